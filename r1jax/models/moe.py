@@ -1,0 +1,346 @@
+"""DeepSeekMoE: router, dropless and dense expert dispatch, auxiliary-loss-free balancing.
+
+DeepSeek-V3 report (arXiv:2412.19437):
+  Sec. 2.1.2  h'_t = u_t + sum_i FFN^(s)_i(u_t) + sum_i g_{i,t} FFN^(r)_i(u_t), with affinities
+              s_{i,t} = Sigmoid(u_t^T e_i) (eq. 15), experts chosen by top-K_r of s_{i,t} + b_i
+              (eq. 16, the bias b_i enters selection only), gate values g_{i,t} from the unbiased
+              s_{i,t}, normalised over the selected experts (eq. 13); b_i moves by gamma after
+              each step towards balance (`update_bias`). Node-limited routing is the group
+              restriction (`n_group`, `topk_group`) of HF `DeepseekV3TopkRouter`.
+  Sec. 2.1.3  the complementary sequence-wise balance loss L_Bal (eqs. 17-20), sown as
+              'aux_loss' and scaled by alpha = `aux_loss_alpha`.
+
+Where this departs from the paper, and why:
+  * Selection follows HF transformers `DeepseekV3TopkRouter` exactly (checkpoint parity):
+    a group's score is the sum of its top-2 biased scores, and experts of dropped groups get a
+    biased score of 0.0 (the official inference code uses -inf; they differ only when every
+    remaining biased score is negative). Gate values are multiplied by
+    `routed_scaling_factor`, and normalisation adds 1e-20 to the denominator.
+  * `scoring_func="softmax"` (DeepSeek-V2) uses the same path; with n_group == 1 and
+    norm_topk_prob False it is V2's greedy top-k.
+  * L_Bal's f_i counts the experts actually chosen (biased, group-limited selection) rather
+    than the unbiased top-K of eq. 18: the loss balances the load the experts really receive.
+  * Expert parallelism (all-to-all over the `expert` mesh axis) is not here yet: the dispatch
+    functions are pure functions of (tokens, routing, expert weights) so that a shard_map
+    variant can be added next to them and chosen by `moe_dispatch`.
+
+Parameters (per MoE layer), kernels stored [in, out] as in `layers.Dense`:
+  gate/kernel [d, E] ('embed', 'expert'); gate/e_score_correction_bias [E] float32 (state: the
+  trainer updates it with `update_all_biases` and keeps it out of the optimizer);
+  experts/{gate_proj, up_proj} [E, d, f], experts/down_proj [E, f, d]; shared_experts/... (a
+  `layers.MLP` of width n_shared_experts * moe_intermediate_size).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+from flax.core import frozen_dict
+
+from r1jax import sharding
+from r1jax.models import config as config_lib
+from r1jax.models import layers
+
+BIAS = "e_score_correction_bias"
+ROUTER = "gate"
+EXPERT_LOAD = "expert_load"
+AUX_LOSS = "aux_loss"
+_BTD = ("act_batch", "act_length", "act_embed")
+
+_SCORING: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "sigmoid": jax.nn.sigmoid,
+    "softmax": functools.partial(jax.nn.softmax, axis=-1),
+}
+
+
+# ---------------------------------------------------------------------------- routing (pure)
+def _mask_groups(biased_te: jax.Array, n_group: int, topk_group: int) -> jax.Array:
+    """Keeps the `topk_group` groups with the largest sum of top-2 biased scores; zeroes others."""
+    t, e = biased_te.shape
+    grouped_tgm = biased_te.reshape(t, n_group, e // n_group)
+    group_score_tg = jax.lax.top_k(grouped_tgm, 2)[0].sum(-1)
+    _, keep_tk = jax.lax.top_k(group_score_tg, topk_group)
+    keep_tg = jax.nn.one_hot(keep_tk, n_group, dtype=jnp.bool_).any(axis=1)
+    return jnp.where(keep_tg[:, :, None], grouped_tgm, 0.0).reshape(t, e)
+
+
+def select_experts(scores_te: jax.Array, bias_e: jax.Array, *, top_k: int, n_group: int,
+                   topk_group: int) -> jax.Array:
+    """Chosen experts per token: top-K_r of s_{i,t} + b_i within the kept groups (eq. 16).
+
+    Args:
+      scores_te: [T, E] float32 affinities s.
+      bias_e: [E] balancing bias b (selection only).
+    Returns:
+      [T, K] int32 expert indices, in decreasing biased score.
+    """
+    biased_te = scores_te + bias_e
+    if n_group > 1:
+        biased_te = _mask_groups(biased_te, n_group, topk_group)
+    return jax.lax.top_k(biased_te, top_k)[1]
+
+
+def gate_values(scores_te: jax.Array, idx_tk: jax.Array, *, norm_topk_prob: bool,
+                routed_scaling_factor: float) -> jax.Array:
+    """g_{i,t}: unbiased affinities of the chosen experts, normalised (eq. 13), scaled. [T, K]."""
+    weight_tk = jnp.take_along_axis(scores_te, idx_tk, axis=-1)
+    if norm_topk_prob:
+        weight_tk = weight_tk / (weight_tk.sum(-1, keepdims=True) + 1e-20)
+    return weight_tk * routed_scaling_factor
+
+
+def route(logits_te: jax.Array, bias_e: jax.Array, config: config_lib.ModelConfig):
+    """Router logits [T, E] -> (scores_te float32, idx_tk int32, weight_tk float32)."""
+    scores_te = _SCORING[config.scoring_func](logits_te.astype(jnp.float32))
+    idx_tk = select_experts(scores_te, jax.lax.stop_gradient(bias_e),
+                            top_k=config.num_experts_per_tok, n_group=config.n_group,
+                            topk_group=config.topk_group)
+    weight_tk = gate_values(scores_te, idx_tk, norm_topk_prob=config.norm_topk_prob,
+                            routed_scaling_factor=config.routed_scaling_factor)
+    return scores_te, idx_tk, weight_tk
+
+
+# ---------------------------------------------------------------------------- statistics
+def expert_load(idx_tk: jax.Array, num_experts: int) -> jax.Array:
+    """Fraction of the T*K assignments that each expert receives: [E] float32, sums to 1."""
+    count_e = jnp.bincount(idx_tk.reshape(-1), length=num_experts)
+    return count_e.astype(jnp.float32) / idx_tk.size
+
+
+def sequence_balance_loss(scores_bte: jax.Array, idx_btk: jax.Array, alpha: float) -> jax.Array:
+    """L_Bal = alpha * sum_i f_i P_i per sequence (eqs. 17-20), averaged over sequences.
+
+    f_i = N_r / (K_r T) * (tokens of the sequence routed to i); P_i = mean_t s'_{i,t} with
+    s'_{i,t} = s_{i,t} / sum_j s_{j,t}. Gradients flow through P only.
+    """
+    _, t, e = scores_bte.shape
+    k = idx_btk.shape[-1]
+    count_be = jax.nn.one_hot(idx_btk, e, dtype=jnp.float32).sum(axis=(1, 2))
+    f_be = count_be * (e / (k * t))
+    p_be = (scores_bte / scores_bte.sum(-1, keepdims=True)).mean(axis=1)
+    return alpha * jnp.mean(jnp.sum(f_be * p_be, axis=-1))
+
+
+# ---------------------------------------------------------------------------- dispatch (pure)
+class ExpertParams(NamedTuple):
+    """Stacked routed-expert weights, already in the compute dtype."""
+
+    gate_edf: jax.Array
+    up_edf: jax.Array
+    down_efd: jax.Array
+
+
+# Signature shared by every dispatch: (x_td, idx_tk, weight_tk, experts) -> y_td.
+Dispatch = Callable[[jax.Array, jax.Array, jax.Array, ExpertParams], jax.Array]
+
+
+def dense_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
+                   experts: ExpertParams) -> jax.Array:
+    """Every expert on every token, weighted by a dense [T, E] gate matrix (exact; tiny E).
+
+    Compute and memory grow with T * E; use it for small expert counts and as a reference.
+    """
+    num_experts = experts.gate_edf.shape[0]
+    gate_te = jnp.einsum("tke,tk->te", jax.nn.one_hot(idx_tk, num_experts, dtype=jnp.float32),
+                         weight_tk)
+    h_tef = (nn.silu(jnp.einsum("td,edf->tef", x_td, experts.gate_edf))
+             * jnp.einsum("td,edf->tef", x_td, experts.up_edf))
+    h_tef = h_tef * gate_te[:, :, None].astype(h_tef.dtype)
+    return jnp.einsum("tef,efd->td", h_tef, experts.down_efd)
+
+
+def padded_rows(num_assignments: int, num_experts: int, block_size: int) -> int:
+    """Static upper bound on rows after padding each expert's rows to a block multiple."""
+    rows = num_assignments + min(num_experts, num_assignments) * (block_size - 1)
+    return -(-rows // block_size) * block_size
+
+
+class BlockLayout(NamedTuple):
+    """Where each assignment lives in the expert-sorted, block-padded row layout."""
+
+    dest_n: jax.Array         # [T*K] row of assignment n = t*K + k
+    row_token_r: jax.Array    # [R] source token of each row; T marks a padding row
+    block_expert_g: jax.Array  # [R / block] expert that owns each block
+
+
+def block_layout(idx_tk: jax.Array, num_experts: int, block_size: int) -> BlockLayout:
+    """Sorts assignments by expert and pads each expert's rows to a multiple of `block_size`."""
+    t, k = idx_tk.shape
+    n = t * k
+    expert_n = idx_tk.reshape(n)
+    order_n = jnp.argsort(expert_n, stable=True)
+    count_e = jnp.bincount(expert_n, length=num_experts)
+    padded_e = -(-count_e // block_size) * block_size
+    padded_end_e = jnp.cumsum(padded_e)
+    # Row of the j-th sorted assignment: its expert's padded start + its rank within the expert.
+    sorted_expert_n = expert_n[order_n]
+    rank_n = jnp.arange(n) - (jnp.cumsum(count_e) - count_e)[sorted_expert_n]
+    dest_sorted_n = (padded_end_e - padded_e)[sorted_expert_n] + rank_n
+    dest_n = jnp.zeros(n, jnp.int32).at[order_n].set(dest_sorted_n.astype(jnp.int32))
+    rows = padded_rows(n, num_experts, block_size)
+    row_token_r = jnp.full(rows, t, jnp.int32).at[dest_n].set(jnp.arange(n, dtype=jnp.int32) // k)
+    block_start_g = jnp.arange(rows // block_size) * block_size
+    # Blocks past the last used row hold only padding; any valid expert id will do.
+    block_expert_g = jnp.minimum(jnp.searchsorted(padded_end_e, block_start_g, side="right"),
+                                 num_experts - 1)
+    return BlockLayout(dest_n, row_token_r, block_expert_g.astype(jnp.int32))
+
+
+def _block_swiglu(x_gbd: jax.Array, block_expert_g: jax.Array, experts: ExpertParams):
+    """SwiGLU of each block of rows with its own expert's weights (one batched matmul each)."""
+    gate_gbf = jnp.einsum("gbd,gdf->gbf", x_gbd, experts.gate_edf[block_expert_g])
+    up_gbf = jnp.einsum("gbd,gdf->gbf", x_gbd, experts.up_edf[block_expert_g])
+    h_gbf = sharding.constrain(nn.silu(gate_gbf) * up_gbf, (None, None, "act_mlp"))
+    return jnp.einsum("gbf,gfd->gbd", h_gbf, experts.down_efd[block_expert_g])
+
+
+def dropless_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
+                      experts: ExpertParams, *, block_size: int) -> jax.Array:
+    """Sort by expert, pad each expert to whole blocks, one batched matmul, unsort, combine.
+
+    Exact (no token is dropped) with static shapes; compute grows with T*K + E*(block - 1)
+    rows rather than with T*E. Padding rows read a zero row and are never read back.
+    """
+    t, d = x_td.shape
+    num_experts = experts.gate_edf.shape[0]
+    block_size = min(block_size, idx_tk.size)
+    layout = block_layout(idx_tk, num_experts, block_size)
+    x_rd = jnp.concatenate([x_td, jnp.zeros((1, d), x_td.dtype)])[layout.row_token_r]
+    y_gbd = _block_swiglu(x_rd.reshape(-1, block_size, d), layout.block_expert_g, experts)
+    y_tkd = y_gbd.reshape(-1, d)[layout.dest_n].reshape(*idx_tk.shape, d)
+    y_td = jnp.einsum("tkd,tk->td", y_tkd.astype(jnp.float32), weight_tk)
+    return y_td.astype(x_td.dtype)
+
+
+def get_dispatch(config: config_lib.ModelConfig) -> Dispatch:
+    """The dispatch function named by `config.moe_dispatch` (chosen once, at module build)."""
+    if config.moe_dispatch == "dense":
+        return dense_dispatch
+    return functools.partial(dropless_dispatch, block_size=config.moe_block_size)
+
+
+# ---------------------------------------------------------------------------- modules
+class Router(nn.Module):
+    """Affinities, selection and gate values; holds `kernel` [d, E] and the bias b [E]."""
+
+    config: config_lib.ModelConfig
+
+    @nn.compact
+    def __call__(self, x_td: jax.Array):
+        num_experts = self.config.n_routed_experts
+        kernel_de = layers.param(self, "kernel", (x_td.shape[-1], num_experts),
+                                 ("embed", "expert"), self.config)
+        # float32 whatever param_dtype is: updates of size gamma ~ 1e-3 vanish in bfloat16.
+        bias_e = self.param(BIAS, nn.with_logical_partitioning(nn.initializers.zeros,
+                                                               ("expert",)),
+                            (num_experts,), jnp.float32)
+        logits_te = jnp.einsum("td,de->te", x_td.astype(jnp.float32),
+                               kernel_de.astype(jnp.float32))
+        return route(logits_te, bias_e, self.config)
+
+
+class Experts(nn.Module):
+    """The N_r routed SwiGLU experts, stacked; applies the configured dispatch."""
+
+    config: config_lib.ModelConfig
+
+    @nn.compact
+    def __call__(self, x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array) -> jax.Array:
+        cfg = self.config
+        e, d, f = cfg.n_routed_experts, x_td.shape[-1], cfg.moe_intermediate_size
+        dtype = layers.dtype_of(cfg.dtype)
+        experts = ExpertParams(
+            layers.param(self, "gate_proj", (e, d, f), ("expert", "embed", "mlp"), cfg),
+            layers.param(self, "up_proj", (e, d, f), ("expert", "embed", "mlp"), cfg),
+            layers.param(self, "down_proj", (e, f, d), ("expert", "mlp", "embed"), cfg))
+        experts = ExpertParams(*(w.astype(dtype) for w in experts))
+        return get_dispatch(cfg)(x_td.astype(dtype), idx_tk, weight_tk, experts)
+
+
+class MoE(nn.Module):
+    """DeepSeekMoE layer: shared experts + routed experts (Sec. 2.1.2). [B, T, d] -> [B, T, d].
+
+    Sows into 'intermediates': `expert_load` [E] (fraction of the B*T*K assignments per
+    expert) and `aux_loss` (L_Bal, Sec. 2.1.3; 0 when aux_loss_alpha == 0).
+    """
+
+    config: config_lib.ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        cfg = self.config
+        b, t, d = x_btd.shape
+        x_btd = sharding.constrain(x_btd, _BTD)
+        x_td = x_btd.reshape(b * t, d)
+        scores_te, idx_tk, weight_tk = Router(cfg, name=ROUTER)(x_td)
+        self.sow("intermediates", EXPERT_LOAD, expert_load(idx_tk, cfg.n_routed_experts))
+        self.sow("intermediates", AUX_LOSS, sequence_balance_loss(
+            scores_te.reshape(b, t, -1), idx_tk.reshape(b, t, -1), cfg.aux_loss_alpha))
+        y_btd = Experts(cfg, name="experts")(x_td, idx_tk, weight_tk).reshape(b, t, d)
+        if cfg.n_shared_experts > 0:
+            shared = layers.MLP(cfg.n_shared_experts * cfg.moe_intermediate_size, cfg,
+                                name="shared_experts")
+            y_btd = y_btd + shared(x_btd)
+        return sharding.constrain(y_btd.astype(x_btd.dtype), _BTD)
+
+
+# ---------------------------------------------------------------------------- bias balancing
+def update_bias(bias_e: jax.Array, load_e: jax.Array, gamma: float) -> jax.Array:
+    """Auxiliary-loss-free balancing (Sec. 2.1.2): b_i += gamma * sign(mean_j load_j - load_i).
+
+    Overloaded experts lose gamma, underloaded ones gain it. Works on stacked layers ([..., E]).
+    """
+    error_e = jnp.mean(load_e, axis=-1, keepdims=True) - load_e
+    return (bias_e + gamma * jnp.sign(error_e)).astype(bias_e.dtype)
+
+
+def _join(path: tuple[str, ...]) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def collect_expert_loads(intermediates: Mapping) -> dict[str, jax.Array]:
+    """Per-MoE-layer loads from the 'intermediates' collection, keyed by the layer's path.
+
+    A layer applied several times in one forward sows several loads; they are averaged.
+    """
+    flat = traverse_util.flatten_dict(frozen_dict.unfreeze(intermediates))
+    return {_join(path[:-1]): jnp.mean(jnp.stack(list(value)), axis=0)
+            for path, value in flat.items() if path[-1] == EXPERT_LOAD}
+
+
+def total_aux_loss(intermediates: Mapping) -> jax.Array:
+    """Sum of every sown `aux_loss` (the L_Bal term to add to the training loss)."""
+    flat = traverse_util.flatten_dict(frozen_dict.unfreeze(intermediates))
+    terms = [jnp.sum(jnp.stack(list(v))) for p, v in flat.items() if p[-1] == AUX_LOSS]
+    return sum(terms, jnp.zeros((), jnp.float32))
+
+
+def update_all_biases(params: Mapping, intermediates: Mapping, gamma: float):
+    """Applies `update_bias` to every MoE layer's bias in an (unboxed) 'params' tree.
+
+    Args:
+      params: the 'params' collection; each `.../<moe>/gate/e_score_correction_bias` is updated.
+      intermediates: the 'intermediates' collection of the same forward pass.
+      gamma: bias update speed (config.bias_update_speed).
+    Returns:
+      A params tree of the same structure with new biases.
+    Raises:
+      KeyError naming a layer whose bias has no sown `expert_load`.
+    """
+    loads = collect_expert_loads(intermediates)
+    flat = traverse_util.flatten_dict(frozen_dict.unfreeze(params))
+    for path, bias in flat.items():
+        if path[-1] == BIAS and path[-2] == ROUTER:
+            layer = _join(path[:-2])
+            if layer not in loads:
+                raise KeyError(f"update_all_biases: no '{EXPERT_LOAD}' sown for MoE layer "
+                               f"'{layer}'; apply the model with mutable=['intermediates']")
+            flat[path] = update_bias(bias, loads[layer], gamma)
+    new_params = traverse_util.unflatten_dict(flat)
+    return frozen_dict.freeze(new_params) if isinstance(params, frozen_dict.FrozenDict) else new_params
