@@ -3,15 +3,25 @@
 Parameter naming follows the HF checkpoints (`gate_proj`, `up_proj`, `down_proj`, `weight`),
 with kernels stored `[in, out]` (HF stores `[out, in]`; `r1jax.models.hf` transposes).
 Every parameter is created with logical axis names (see `r1jax.sharding`).
+
+RoPE (Su et al., arXiv:2104.09864) with YaRN (Peng et al., arXiv:2309.00071) as configured by
+DeepSeek-V2 (arXiv:2405.04434, Appendix B) / V3 (arXiv:2412.19437, Sec. 4.3), and the Llama 3.1
+frequency scaling. Numerics follow HF transformers' `_compute_yarn_parameters` (v5: the
+correction range is floored/ceiled, measured on `original_max_position_embeddings`) and
+`DeepseekV3Attention` (softmax scale times mscale(s, mscale_all_dim)^2). Deviation: frequencies
+are computed in float64 NumPy and cast to float32 once (HF computes them in float32), a
+difference of at most 1 ulp of float32.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from r1jax import sharding
 from r1jax.models import config as config_lib
@@ -77,3 +87,166 @@ class MLP(nn.Module):
         h_btf = sharding.constrain(nn.silu(gate_btf) * up_btf,
                                    ("act_batch", "act_length", "act_mlp"))
         return Dense(x_btd.shape[-1], ("mlp", "embed"), self.config, name="down_proj")(h_btf)
+
+
+class Embed(nn.Module):
+    """Token embedding table `embedding` [V, D] (HF `model.embed_tokens.weight`, same layout)."""
+
+    config: config_lib.ModelConfig
+
+    def setup(self):
+        self.embedding = param(self, "embedding", (self.config.vocab_size, self.config.hidden_size),
+                               ("vocab", "embed"), self.config)
+
+    def __call__(self, tokens_bt: jax.Array) -> jax.Array:
+        x_btd = jnp.take(self.embedding, tokens_bt, axis=0).astype(dtype_of(self.config.dtype))
+        return sharding.constrain(x_btd, ("act_batch", "act_length", "act_embed"))
+
+    def attend(self, x_btd: jax.Array) -> jax.Array:
+        """Tied output head: logits = x @ embedding^T, in float32."""
+        dtype = dtype_of(self.config.dtype)
+        logits_btv = jnp.einsum("btd,vd->btv", x_btd.astype(dtype), self.embedding.astype(dtype))
+        return logits_btv.astype(jnp.float32)
+
+
+class Weight(nn.Module):
+    """A bare kernel (param `kernel`), for projections whose weight is folded into other math
+    (the MLA up-projection `kv_b_proj`, which absorbed decoding splits and re-associates)."""
+
+    shape: tuple[int, ...]
+    axes: tuple[str | None, ...]
+    config: config_lib.ModelConfig
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        kernel = param(self, "kernel", self.shape, self.axes, self.config)
+        return kernel.astype(dtype_of(self.config.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embedding (RoPE, Su et al. 2021) with YaRN (Peng et al. 2023, as configured by
+# DeepSeek-V2/V3) and Llama 3 frequency scaling. Frequencies are computed once in float64 NumPy
+# (static, from the config) and cast to float32, so they do not depend on the device's precision.
+
+
+def yarn_get_mscale(scale: float, mscale: float = 1.0) -> float:
+    """YaRN magnitude correction 0.1 * mscale * ln(s) + 1 (1 when s <= 1)."""
+    if scale <= 1.0:
+        return 1.0
+    return 0.1 * mscale * math.log(scale) + 1.0
+
+
+def _yarn_inv_freq(config: config_lib.ModelConfig, inv_freq: np.ndarray) -> np.ndarray:
+    """Blends interpolated (theta / s) and extrapolated (theta) frequencies with a linear ramp
+    over the dimensions whose wavelengths fall between beta_fast and beta_slow rotations of the
+    original context."""
+    dim, base = config.rope_dim, config.rope_theta
+
+    def correction_dim(num_rotations: float) -> float:
+        wavelengths = config.original_max_position_embeddings / (num_rotations * 2 * math.pi)
+        return dim * math.log(wavelengths) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(config.beta_fast)), 0)
+    high = min(math.ceil(correction_dim(config.beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001  # Avoids a division by zero; matches the reference implementation.
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+    extrapolation_weight = 1.0 - ramp
+    return (inv_freq / config.rope_factor) * (1.0 - extrapolation_weight) \
+        + inv_freq * extrapolation_weight
+
+
+def _llama3_inv_freq(config: config_lib.ModelConfig, inv_freq: np.ndarray) -> np.ndarray:
+    """Llama 3.1 scaling: long wavelengths divided by `rope_factor`, short ones kept, a smooth
+    interpolation in between (bounds original_max_position_embeddings / {low,high}_freq_factor)."""
+    factor, old_len = config.rope_factor, config.original_max_position_embeddings
+    low, high = config.low_freq_factor, config.high_freq_factor
+    wavelength = 2 * math.pi / inv_freq
+    smooth = (old_len / wavelength - low) / (high - low)
+    blended = (1.0 - smooth) * inv_freq / factor + smooth * inv_freq
+    scaled = np.where(wavelength > old_len / low, inv_freq / factor, blended)
+    return np.where(wavelength < old_len / high, inv_freq, scaled)
+
+
+_INV_FREQ_SCALING = {
+    "default": lambda config, inv_freq: inv_freq,
+    "yarn": _yarn_inv_freq,
+    "llama3": _llama3_inv_freq,
+}
+
+
+def rope_frequencies(config: config_lib.ModelConfig) -> np.ndarray:
+    """Inverse frequencies theta_i = base^(-2i/d), i < d/2, after `config.rope_type` scaling.
+
+    Returns:
+      float64 NumPy array [rope_dim // 2].
+    """
+    dim = config.rope_dim
+    inv_freq = 1.0 / config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    return _INV_FREQ_SCALING[config.rope_type](config, inv_freq)
+
+
+def rope_attention_factor(config: config_lib.ModelConfig) -> float:
+    """Factor applied to cos/sin: YaRN's mscale(s, mscale) / mscale(s, mscale_all_dim), else 1.
+
+    As in the DeepSeek / HF reference, a zero `mscale` or `mscale_all_dim` falls back to
+    mscale(s, 1)."""
+    if config.rope_type != "yarn":
+        return 1.0
+    if config.mscale and config.mscale_all_dim:
+        return yarn_get_mscale(config.rope_factor, config.mscale) / yarn_get_mscale(
+            config.rope_factor, config.mscale_all_dim)
+    return yarn_get_mscale(config.rope_factor)
+
+
+def softmax_scale(config: config_lib.ModelConfig) -> float:
+    """Attention logit scale 1/sqrt(d_qk), times mscale(s, mscale_all_dim)^2 under YaRN."""
+    scale = config.qk_head_dim ** -0.5
+    if config.rope_type == "yarn" and config.mscale_all_dim:
+        scale *= yarn_get_mscale(config.rope_factor, config.mscale_all_dim) ** 2
+    return scale
+
+
+def rope_cos_sin(config: config_lib.ModelConfig,
+                 positions_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos and sin of positions * theta_i, times the YaRN attention factor.
+
+    Args:
+      positions_bt: integer positions [B, T].
+    Returns:
+      (cos_btr, sin_btr), float32 [B, T, rope_dim // 2].
+    """
+    inv_freq_r = jnp.asarray(rope_frequencies(config), jnp.float32)
+    angles_btr = positions_bt.astype(jnp.float32)[..., None] * inv_freq_r
+    factor = rope_attention_factor(config)
+    return jnp.cos(angles_btr) * factor, jnp.sin(angles_btr) * factor
+
+
+def deinterleave(x: jax.Array) -> jax.Array:
+    """(x0, x1, x2, x3, ...) -> (x0, x2, ..., x1, x3, ...) along the last axis."""
+    return jnp.concatenate([x[..., 0::2], x[..., 1::2]], axis=-1)
+
+
+def apply_rope(x_bthr: jax.Array, cos_btr: jax.Array, sin_btr: jax.Array,
+               interleave: bool) -> jax.Array:
+    """Rotates the last axis of x by the position angles (computed in float32).
+
+    Pair i is (x_i, x_{i + r/2}) in the half-split layout (Qwen / Llama, `rotate_half`), and
+    (x_{2i}, x_{2i+1}) in the interleaved layout (DeepSeek, `rope_interleave=True`). Interleaved
+    inputs are returned de-interleaved, as in the reference implementation: queries and keys get
+    the same permutation, so their dot products are those of an in-place pair rotation.
+
+    Args:
+      x_bthr: [B, T, H, R] (H may be 1 for the shared MLA key).
+      cos_btr, sin_btr: [B, T, R // 2] from `rope_cos_sin`.
+      interleave: the layout (static).
+    Returns:
+      [B, T, H, R] in x's dtype.
+    """
+    x32 = x_bthr.astype(jnp.float32)
+    if interleave:
+        x32 = deinterleave(x32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    cos, sin = cos_btr[:, :, None, :], sin_btr[:, :, None, :]
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x_bthr.dtype)
