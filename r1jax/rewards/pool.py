@@ -1,0 +1,203 @@
+"""Parallel reward scoring in worker processes, with a per-item timeout.
+
+Rule-based rewards (DeepSeek-R1, Sec. 2.2.2) run on untrusted model output: a symbolic checker
+can hang on a pathological expression and sandboxed code can hang or crash its host. `WorkerPool`
+scores a batch over long-lived worker processes and guarantees an answer for every item:
+
+- soft limit: each item runs under `ITIMER_REAL`; a Python-level hang raises inside the worker,
+  the item scores the failure value and the worker carries on;
+- hard limit: a worker silent for `timeout_s + grace_s` (stuck in C code) or dead (segfault,
+  `os._exit`, OOM kill) is SIGKILLed and replaced; its current item scores the failure value and
+  the rest of its chunk is re-queued.
+
+Items travel in chunks (amortising IPC) but results come back one by one, so the timeout is per
+item. Workers start with "forkserver": forking a parent that runs JAX threads is unsafe.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from multiprocessing import connection
+from typing import Any
+
+import numpy as np
+
+
+class _ItemTimeout(BaseException):
+    """Raised by SIGALRM inside a worker; BaseException so `except Exception` can't swallow it."""
+
+
+def _on_alarm(signum, frame):
+    raise _ItemTimeout()
+
+
+def _score_one(fn: Callable[..., float], kwargs: Mapping[str, Any], timeout_s: float) -> float:
+    """Runs fn(**kwargs) under a soft timeout; any failure gives NaN (scored by the caller)."""
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        value = float(fn(**kwargs))
+    except BaseException:  # noqa: BLE001 - untrusted input: every failure is a zero reward
+        value = math.nan
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    return value
+
+
+def _worker_main(conn: connection.Connection) -> None:
+    """Worker loop: receive (fn, timeout_s, [(index, kwargs), ...]); send (index, value) each."""
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        fn, timeout_s, chunk = message
+        for index, kwargs in chunk:
+            conn.send((index, _score_one(fn, kwargs, timeout_s)))
+
+
+@dataclasses.dataclass
+class _Worker:
+    process: Any
+    conn: connection.Connection
+    pending: collections.deque = dataclasses.field(default_factory=collections.deque)
+    deadline: float = math.inf
+
+
+class WorkerPool:
+    """A fixed set of worker processes that score items in parallel.
+
+    Use as a context manager, or call `close()`. Not thread-safe: one `map` at a time.
+
+    Args:
+      num_workers: processes; default `os.cpu_count()`.
+      grace_s: extra wall time past an item's soft timeout before its worker is killed.
+      start_method: multiprocessing start method ("forkserver" is safe with JAX threads).
+    """
+
+    def __init__(
+        self, num_workers: int | None = None, *, grace_s: float = 1.0, start_method="forkserver"
+    ):
+        self.num_workers = max(1, num_workers or os.cpu_count() or 1)
+        self.grace_s = grace_s
+        self._ctx = mp.get_context(start_method)
+        self._workers: list[_Worker] = [self._spawn() for _ in range(self.num_workers)]
+        self.restarts = 0
+
+    def _spawn(self) -> _Worker:
+        parent_conn, child_conn = self._ctx.Pipe()
+        process = self._ctx.Process(target=_worker_main, args=(child_conn,), daemon=True)
+        process.start()
+        child_conn.close()
+        return _Worker(process=process, conn=parent_conn)
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        worker.process.kill()
+        worker.process.join(timeout=5)
+        worker.conn.close()
+        self.restarts += 1
+        fresh = self._spawn()
+        self._workers[self._workers.index(worker)] = fresh
+        return fresh
+
+    def map(
+        self,
+        fn: Callable[..., float],
+        kwargs_list: Sequence[Mapping[str, Any]],
+        *,
+        timeout_s: float,
+        failure: float = 0.0,
+        chunk_size: int | None = None,
+    ) -> np.ndarray:
+        """Returns float32 [N]: fn(**kwargs_list[i]), or `failure` on error, NaN or timeout.
+
+        Args:
+          fn: a module-level (picklable) function returning a float.
+          kwargs_list: one keyword dict per item.
+          timeout_s: soft wall-clock limit per item.
+          failure: the score of an item that fails, times out or kills its worker.
+          chunk_size: items sent per message; default spreads the batch ~4 chunks per worker.
+        """
+        n = len(kwargs_list)
+        out = np.full([n], np.nan, np.float64)
+        if chunk_size is None:
+            chunk_size = max(1, min(256, n // (4 * self.num_workers)))
+        queue = collections.deque(
+            [(i, kwargs_list[i]) for i in range(s, min(s + chunk_size, n))]
+            for s in range(0, n, chunk_size)
+        )
+        hard_s = timeout_s + self.grace_s
+        while queue or any(w.pending for w in self._workers):
+            for worker in list(self._workers):
+                if queue and not worker.pending:
+                    self._send(worker, fn, timeout_s, queue.popleft(), hard_s)
+            busy = {w.conn: w for w in self._workers if w.pending}
+            wait_s = max(0.0, min(w.deadline for w in busy.values()) - time.monotonic())
+            for conn in connection.wait(list(busy), timeout=wait_s):
+                self._receive(busy[conn], out, queue, failure, hard_s)
+            now = time.monotonic()
+            for worker in [w for w in self._workers if w.pending and w.deadline < now]:
+                self._fail_current(worker, out, queue, failure)
+        out[~np.isfinite(out)] = failure
+        return out.astype(np.float32)
+
+    def _send(self, worker, fn, timeout_s, chunk, hard_s) -> None:
+        if not worker.process.is_alive():  # died while idle: don't blame the next item
+            worker = self._replace(worker)
+        try:
+            worker.conn.send((fn, timeout_s, chunk))
+        except (OSError, ValueError):  # a dead worker's pipe: retry the chunk on a fresh one
+            worker = self._replace(worker)
+            worker.conn.send((fn, timeout_s, chunk))
+        worker.pending.extend(chunk)
+        worker.deadline = time.monotonic() + hard_s
+
+    def _receive(self, worker, out, queue, failure, hard_s) -> None:
+        try:
+            index, value = worker.conn.recv()
+        except (EOFError, OSError):
+            self._fail_current(worker, out, queue, failure)
+            return
+        out[index] = value
+        worker.pending.popleft()
+        worker.deadline = time.monotonic() + hard_s
+
+    def _fail_current(self, worker, out, queue, failure) -> None:
+        """The worker hung or died on its current item: score it, re-queue the rest, replace."""
+        index, _ = worker.pending.popleft()
+        out[index] = failure
+        if worker.pending:
+            queue.appendleft(list(worker.pending))
+        worker.pending.clear()
+        self._replace(worker)
+
+    def close(self) -> None:
+        """Stops the workers (idempotent)."""
+        for worker in self._workers:
+            try:
+                worker.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for worker in self._workers:
+            worker.process.join(timeout=1)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+        self._workers = []
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,273 @@
+"""Reward registry and weighted combination (DeepSeek-R1 Sec. 2.2.2 and 2.3.3).
+
+Every reward has the batched form `fn(completions, **task_fields) -> float32 [N]`, where each
+task field is a per-completion sequence (`answer=[...]`, `numbers=[...]`, `target=[...]`,
+`tests=[...]`, `lengths=[...]`, `language=[...]`). A trainer config lists `{name: weight}`:
+
+    spec = registry.Spec.from_dict({"accuracy": 1.0, "format_strict": 0.5},
+                                   options={"overlong": {"max_length": 1024, "cache_length": 256}})
+    with pool.WorkerPool(8) as workers:
+        result = registry.combine(spec, completions, pool=workers, answer=answers)
+    result.total        # float32 [N] = sum_k w_k r_k
+    result.components   # {name: float32 [N]} for logging
+    result.metrics()    # {"reward/total": mean, "reward/<name>": mean, ...}
+
+The R1 paper sums accuracy and format rewards for R1-Zero (Sec. 2.2.2) and adds language
+consistency "directly" to the accuracy reward in the reasoning RL stage (Sec. 2.3.3): both are
+weighted sums here. Rewards that need `correct` (cosine length scaling) get it from the accuracy
+component when the caller doesn't pass it (accuracy >= 1).
+
+Untrusted scoring (symbolic math, countdown, code) runs in a `WorkerPool` with a per-item
+timeout; cheap text and length rewards run inline. No reward raises on any completion text; a
+failure scores 0 clipped into the reward's range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math as _math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from r1jax.rewards import code, countdown, format, language, length, math, numeric
+from r1jax.rewards import pool as pool_lib
+
+_ACCURACY_NAMES = ("accuracy", "countdown", "math", "numeric", "code")
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardFn:
+    """A named reward.
+
+    Attributes:
+      name: registry name.
+      score: per-item function `score(completion, **fields_i, **options) -> float` (module
+        level, so worker processes can unpickle it); None when `batch` is set.
+      batch: vectorised `batch(**fields, **options) -> [N]` on whole field arrays.
+      fields: task fields the reward requires.
+      optional: task fields it reads when present (None otherwise).
+      low, high: the reward's range; outputs are clipped into it.
+      pooled: score in worker processes (untrusted, possibly slow or hanging work).
+      timeout_s: per-item soft timeout in the pool.
+      options: fixed keyword options, e.g. (("max_length", 1024),).
+    """
+
+    name: str
+    score: Callable[..., float] | None = None
+    batch: Callable[..., np.ndarray] | None = None
+    fields: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    low: float = 0.0
+    high: float = 1.0
+    pooled: bool = False
+    timeout_s: float = 10.0
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def with_options(self, **options) -> RewardFn:
+        """Returns a copy with `options` merged in (the cosine range follows its options)."""
+        merged = {**dict(self.options), **options}
+        fn = dataclasses.replace(self, options=tuple(sorted(merged.items())))
+        if self.name == "cosine":
+            low, high = length.cosine_range(**merged)
+            fn = dataclasses.replace(fn, low=low, high=high)
+        if self.name in ("code", "accuracy") and "timeout_s" in merged:
+            fn = dataclasses.replace(fn, timeout_s=merged["timeout_s"] + 5.0)
+        return fn
+
+    def __call__(
+        self, completions: Sequence[str], *, pool: pool_lib.WorkerPool | None = None, **task_fields
+    ) -> np.ndarray:
+        """Returns float32 [N] rewards in [low, high] for N completions."""
+        columns = _columns(self, len(completions), task_fields)
+        options = dict(self.options)
+        failure = min(max(0.0, self.low), self.high)
+        if self.batch is not None:
+            values = np.asarray(self.batch(**columns, **options), np.float64)
+        elif self.pooled:
+            values = _pooled(self, completions, columns, options, pool, failure)
+        else:
+            values = np.array(
+                [_safe(self.score, c, row, options) for c, row in _rows(completions, columns)]
+            )
+        values = np.where(np.isfinite(values), values, failure)
+        return np.clip(values, self.low, self.high).astype(np.float32)
+
+
+def _columns(fn: RewardFn, n: int, task_fields: Mapping[str, Sequence]) -> dict[str, Sequence]:
+    missing = [f for f in fn.fields if f not in task_fields]
+    if missing:
+        raise ValueError(f"reward {fn.name!r} needs task field(s) {missing}")
+    names = [f for f in fn.fields + fn.optional if f in task_fields]
+    for name in names:
+        if len(task_fields[name]) != n:
+            raise ValueError(
+                f"task field {name!r} has {len(task_fields[name])} entries for {n} completions"
+            )
+    return {name: task_fields[name] for name in names}
+
+
+def _rows(completions, columns):
+    for i, completion in enumerate(completions):
+        yield completion, {name: column[i] for name, column in columns.items()}
+
+
+def _safe(score, completion, row, options) -> float:
+    try:
+        return float(score(completion, **row, **options))
+    except Exception:  # noqa: BLE001 - never raise on model output
+        return _math.nan
+
+
+def _pooled(fn, completions, columns, options, workers, failure) -> np.ndarray:
+    kwargs = [{"completion": c, **row, **options} for c, row in _rows(completions, columns)]
+    if workers is not None:
+        return workers.map(fn.score, kwargs, timeout_s=fn.timeout_s, failure=failure)
+    with pool_lib.WorkerPool() as temporary:
+        return temporary.map(fn.score, kwargs, timeout_s=fn.timeout_s, failure=failure)
+
+
+def accuracy(completion, numbers=None, target=None, answer=None, tests=None, timeout_s=5.0):
+    """Per-item accuracy chosen by the task fields present: code tests, countdown, else math."""
+    if tests is not None:
+        return code.reward(completion, tests, timeout_s=timeout_s)
+    if numbers is not None and target is not None:
+        return countdown.accuracy(completion, numbers, target)
+    if answer is not None:
+        return math.accuracy(completion, answer)
+    return 0.0
+
+
+def _overlong(lengths, max_length=None, cache_length=None):
+    if max_length is None or cache_length is None:
+        raise ValueError("reward 'overlong' needs options max_length and cache_length")
+    return length.overlong(lengths, max_length=max_length, cache_length=cache_length)
+
+
+def _cosine(lengths, correct, max_length=None, **options):
+    if max_length is None:
+        raise ValueError("reward 'cosine' needs option max_length")
+    return length.cosine(lengths, correct, max_length=max_length, **options)
+
+
+_REGISTRY: dict[str, RewardFn] = {
+    fn.name: fn
+    for fn in (
+        RewardFn("accuracy", accuracy, optional=("numbers", "target", "answer", "tests"),
+                 pooled=True, timeout_s=10.0),
+        RewardFn("countdown", countdown.accuracy, fields=("numbers", "target"), pooled=True),
+        RewardFn("math", math.accuracy, fields=("answer",), pooled=True),
+        RewardFn("numeric", numeric.accuracy, fields=("answer",)),
+        RewardFn("code", code.reward, fields=("tests",), pooled=True, timeout_s=10.0),
+        RewardFn("format_strict", format.strict),
+        RewardFn("format_lenient", format.lenient),
+        RewardFn("language", language.consistency, optional=("language",)),
+        RewardFn("overlong", batch=_overlong, fields=("lengths",), low=-1.0, high=0.0),
+        RewardFn("cosine", batch=_cosine, fields=("lengths", "correct"), low=-10.0, high=2.0),
+    )
+}  # fmt: skip
+
+
+def names() -> tuple[str, ...]:
+    """Returns the registered reward names."""
+    return tuple(sorted(_REGISTRY))
+
+
+def get(name: str, **options) -> RewardFn:
+    """Returns the reward called `name` with `options`; ValueError names the choices."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown reward {name!r}; choose from {names()}")
+    fn = _REGISTRY[name]
+    return fn.with_options(**options) if options else fn
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A weighted sum of rewards, as a trainer config lists it (hashable, validated).
+
+    Attributes:
+      weights: ((name, weight), ...).
+      options: ((name, ((option, value), ...)), ...) for rewards that take options.
+    """
+
+    weights: tuple[tuple[str, float], ...]
+    options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+
+    def __post_init__(self):
+        for name, weight in self.weights:
+            get(name)
+            if not _math.isfinite(weight):
+                raise ValueError(f"reward weight {name!r} must be finite, got {weight}")
+        for name, _ in self.options:
+            get(name)
+
+    @classmethod
+    def from_dict(cls, weights: Mapping[str, float], options: Mapping[str, Mapping] | None = None):
+        """Builds a Spec from `{name: weight}` and `{name: {option: value}}`."""
+        opts = tuple(
+            sorted((k, tuple(sorted(dict(v).items()))) for k, v in (options or {}).items())
+        )
+        return cls(tuple((k, float(w)) for k, w in weights.items()), opts)
+
+    def reward(self, name: str) -> RewardFn:
+        return get(name, **dict(dict(self.options).get(name, ())))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rewards:
+    """The result of `combine`: total [N] and each component [N]."""
+
+    total: np.ndarray
+    components: dict[str, np.ndarray]
+    sandbox: str | None = None
+
+    def metrics(self) -> dict[str, float | str]:
+        """Means for logging: reward/total, reward/<name>, and reward/sandbox if code ran."""
+        out: dict[str, float | str] = {"reward/total": float(np.mean(self.total))}
+        out.update({f"reward/{k}": float(np.mean(v)) for k, v in self.components.items()})
+        if self.sandbox is not None:
+            out["reward/sandbox"] = self.sandbox
+        return out
+
+
+def combine(
+    spec: Spec | Mapping[str, float],
+    completions: Sequence[str],
+    *,
+    pool: pool_lib.WorkerPool | None = None,
+    **task_fields,
+) -> Rewards:
+    """Returns the weighted total sum_k w_k r_k [N] and every component r_k [N].
+
+    Args:
+      spec: a `Spec` or a `{name: weight}` mapping.
+      completions: N model outputs (full assistant turns, see `format`).
+      pool: worker processes for pooled rewards; a temporary pool is made if needed and None.
+      **task_fields: per-completion sequences of length N.
+    """
+    if not isinstance(spec, Spec):
+        spec = Spec.from_dict(spec)
+    needs_pool = any(spec.reward(name).pooled for name, _ in spec.weights)
+    if pool is None and needs_pool:
+        with pool_lib.WorkerPool() as temporary:
+            return combine(spec, completions, pool=temporary, **task_fields)
+    components: dict[str, np.ndarray] = {}
+    for name, _ in sorted(spec.weights, key=lambda kv: "correct" in spec.reward(kv[0]).fields):
+        fn = spec.reward(name)
+        fields = dict(task_fields)
+        if "correct" in fn.fields and "correct" not in fields:
+            fields["correct"] = _correct(spec, components, completions, pool, task_fields)
+        components[name] = fn(completions, pool=pool, **fields)
+    total = np.zeros([len(completions)], np.float32)
+    for name, weight in spec.weights:
+        total += np.float32(weight) * components[name]
+    uses_code = any(n in ("code", "accuracy") for n, _ in spec.weights)
+    return Rewards(total, components, code.sandbox_kind() if uses_code else None)
+
+
+def _correct(spec, components, completions, workers, task_fields) -> np.ndarray:
+    for name in _ACCURACY_NAMES:
+        if name in components:
+            return components[name] >= 1.0
+    return spec.reward("accuracy")(completions, pool=workers, **task_fields) >= 1.0
