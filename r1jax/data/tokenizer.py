@@ -203,7 +203,8 @@ def train_sentencepiece(
 
     Deterministic (one thread, no sentence sampling): the same texts give the same file.
     The special pieces (`SPECIAL_PIECES` + `extra_pieces`) are single pieces; PAD is id 0.
-    `vocab_size` is an upper bound: a small corpus may yield fewer pieces.
+    `vocab_size` is an upper bound (a small corpus may yield fewer pieces) and must exceed
+    256 byte pieces + the special pieces + the distinct characters of the corpus.
 
     Returns:
       The trained tokenizer. The file is written atomically (temp file + rename).
@@ -218,7 +219,7 @@ def train_sentencepiece(
         vocab_size=vocab_size,
         model_type="bpe",
         byte_fallback=True,
-        character_coverage=1.0,
+        character_coverage=0.9995,  # the rarest characters fall back to bytes
         user_defined_symbols=list(dict.fromkeys(SPECIAL_PIECES + tuple(extra_pieces))),
         pad_id=0, pad_piece=PAD, unk_id=1, unk_piece=UNK, bos_id=-1, eos_id=-1,
         normalization_rule_name="identity",
