@@ -192,6 +192,27 @@ class SentencePieceTokenizer(Tokenizer):
         return self._pad
 
 
+# Why each option: exact round trips (identity normalisation, no dummy prefix, keep whitespace),
+# any unicode (byte fallback), determinism (one thread, every sentence, in order).
+_TRAINER_OPTIONS = dict(
+    model_type="bpe",
+    byte_fallback=True,
+    character_coverage=0.9995,  # the rarest characters fall back to bytes
+    pad_id=0, pad_piece=PAD, unk_id=1, unk_piece=UNK, bos_id=-1, eos_id=-1,
+    normalization_rule_name="identity",
+    remove_extra_whitespaces=False,
+    add_dummy_prefix=False,
+    allow_whitespace_only_pieces=True,
+    split_digits=True,
+    hard_vocab_limit=False,
+    max_sentence_length=1 << 20,
+    input_sentence_size=0,
+    shuffle_input_sentence=False,
+    num_threads=1,
+    minloglevel=2,
+)
+
+
 def train_sentencepiece(
     text_iterator: Iterable[str],
     vocab_size: int,
@@ -217,22 +238,8 @@ def train_sentencepiece(
         sentence_iterator=iter(texts),
         model_writer=buf,
         vocab_size=vocab_size,
-        model_type="bpe",
-        byte_fallback=True,
-        character_coverage=0.9995,  # the rarest characters fall back to bytes
         user_defined_symbols=list(dict.fromkeys(SPECIAL_PIECES + tuple(extra_pieces))),
-        pad_id=0, pad_piece=PAD, unk_id=1, unk_piece=UNK, bos_id=-1, eos_id=-1,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=False,
-        allow_whitespace_only_pieces=True,
-        split_digits=True,
-        hard_vocab_limit=False,
-        max_sentence_length=1 << 20,
-        input_sentence_size=0,
-        shuffle_input_sentence=False,
-        num_threads=1,
-        minloglevel=2,
+        **_TRAINER_OPTIONS,
     )
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

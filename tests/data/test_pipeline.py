@@ -27,18 +27,23 @@ def tok(source, tmp_path_factory):
 
 
 def loader(source, tok, **overrides):
-    kwargs = {k: overrides.pop(k) for k in ("start_step", "process_index", "process_count")
-              if k in overrides}
+    kwargs = {
+        k: overrides.pop(k)
+        for k in ("start_step", "process_index", "process_count")
+        if k in overrides
+    }
     kwargs.setdefault("process_index", 0)
     kwargs.setdefault("process_count", 1)
+    format_prompt = overrides.pop("format_prompt", template)
     config = pipeline.PromptConfig(**{"batch_size": 8, "max_prompt_len": 128, **overrides})
-    return pipeline.prompt_loader(source, tok, template, config, **kwargs)
+    return pipeline.prompt_loader(source, tok, format_prompt, config, **kwargs)
 
 
 def same(a: dict, b: dict) -> bool:
     assert a.keys() == b.keys()
-    return all(np.array_equal(a[k], b[k]) if isinstance(a[k], np.ndarray) else a[k] == b[k]
-               for k in a)
+    return all(
+        np.array_equal(a[k], b[k]) if isinstance(a[k], np.ndarray) else a[k] == b[k] for k in a
+    )
 
 
 def test_batch_contents(source, tok):
@@ -61,7 +66,7 @@ def test_deterministic_per_seed_and_epochs_are_permutations(source, tok):
     assert not all(same(x, y) for x, y in zip(a, c))
     order = np.concatenate([x["source_index"] for x in a])  # 112 = one epoch of 60 + 52
     assert sorted(order[:N]) == list(range(N))
-    assert list(order[N:2 * N]) != list(order[:len(order) - N])  # reshuffled next epoch
+    assert list(order[N : 2 * N]) != list(order[: len(order) - N])  # reshuffled next epoch
     unshuffled = next(loader(source, tok, shuffle=False))
     assert unshuffled["source_index"].tolist() == list(range(8))
 
@@ -83,8 +88,18 @@ def test_resume_from_state_gives_the_exact_next_batch(source, tok):
 @pytest.mark.parametrize("num_epochs", [None, 2])
 def test_hosts_partition_the_global_batch(source, tok, num_epochs):
     single = loader(source, tok, batch_size=12, num_epochs=num_epochs, seed=5)
-    hosts = [loader(source, tok, batch_size=4, num_epochs=num_epochs, seed=5, process_index=h,
-                    process_count=3) for h in range(3)]
+    hosts = [
+        loader(
+            source,
+            tok,
+            batch_size=4,
+            num_epochs=num_epochs,
+            seed=5,
+            process_index=h,
+            process_count=3,
+        )
+        for h in range(3)
+    ]
     if num_epochs:
         assert len(single) == len(hosts[0]) == len(hosts[2]) == 2 * N // 12
     for step in range(8):
@@ -108,8 +123,8 @@ def test_padding_sides_and_bucket(source, tok, side):
     width = tokens.shape[1]
     assert width % 32 == 0 and width - 32 < lengths.max() <= width
     for row, n in zip(tokens, lengths):
-        real = row[:n] if side == "right" else row[width - n:]
-        pad = row[n:] if side == "right" else row[:width - n]
+        real = row[:n] if side == "right" else row[width - n :]
+        pad = row[n:] if side == "right" else row[: width - n]
         assert real[0] == tok.bos_id and (pad == tok.pad_id).all() and (real != tok.pad_id).all()
 
 
@@ -118,15 +133,23 @@ def test_overlong_prompts(source, tok):
     with pytest.raises(ValueError, match="max_prompt_len"):
         list(loader(source, tok, max_prompt_len=longest - 1, num_epochs=1))
     limit = longest - 5
-    batches = list(loader(source, tok, max_prompt_len=limit, overlong="truncate", num_epochs=1,
-                          shuffle=False,
-                          batch_size=N))
+    batches = list(
+        loader(
+            source,
+            tok,
+            max_prompt_len=limit,
+            overlong="truncate",
+            num_epochs=1,
+            shuffle=False,
+            batch_size=N,
+        )
+    )
     batch = batches[0]
     assert batch["prompt_tokens"].shape[1] == limit
     for i, ex in enumerate(source):
         ids = tok.encode(template(ex["question"]))
         assert batch["prompt_truncated"][i] == (len(ids) > limit)
-        assert batch["prompt_tokens"][i, :batch["prompt_lengths"][i]].tolist() == ids[-limit:]
+        assert batch["prompt_tokens"][i, : batch["prompt_lengths"][i]].tolist() == ids[-limit:]
 
 
 def test_config_validation():
@@ -148,9 +171,22 @@ def test_generated_source_is_unlimited_deterministic_and_shardable(tok):
     assert batch["source_index"].tolist() == list(range(8000, 8008))
     assert batch["question"][3] == task.example("test", 2, 8003)["question"]
     assert set(batch["split"]) == {"test"}
-    hosts = [loader(source, tok, batch_size=4, process_index=h, process_count=2)
-             for h in range(2)]
+    hosts = [loader(source, tok, batch_size=4, process_index=h, process_count=2) for h in range(2)]
     single = loader(source, tok, batch_size=8)
-    merged = sorted(hosts[0].batch(5)["source_index"].tolist()
-                    + hosts[1].batch(5)["source_index"].tolist())
+    merged = sorted(
+        hosts[0].batch(5)["source_index"].tolist() + hosts[1].batch(5)["source_index"].tolist()
+    )
     assert merged == sorted(single.batch(5)["source_index"].tolist())
+
+
+def test_r1_templates_tokenize_with_single_special_pieces(source, tok):
+    from r1jax.data import templates
+
+    chat = loader(
+        source, tok, format_prompt=templates.get("r1_chat").format_prompt, max_prompt_len=512
+    )
+    batch = next(chat)
+    assert (batch["prompt_tokens"][:, 0] == tok.bos_id).all()
+    row = batch["prompt_tokens"][0, : batch["prompt_lengths"][0]].tolist()
+    assert tok.id_of("<|User|>") in row and tok.id_of("<|Assistant|>") in row
+    assert tok.decode(row) == batch["prompt"][0]

@@ -22,8 +22,12 @@ def take(task, split, seed, n):
 
 def evaluate(expression: str) -> tuple[fractions.Fraction, list[int]]:
     """Our own evaluator: exact value and the integer literals of an arithmetic expression."""
-    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-           ast.Div: operator.truediv}
+    ops = {
+        ast.Add: operator.add,
+        ast.Sub: operator.sub,
+        ast.Mult: operator.mul,
+        ast.Div: operator.truediv,
+    }
     literals = []
 
     def walk(node):
@@ -59,8 +63,9 @@ def test_examples_deterministic_per_seed_and_fields(name):
         assert ex["worked_solution"].endswith(ex["answer"])
 
 
-@pytest.mark.parametrize("name,n_test", [("countdown", 150), ("arithmetic", 400),
-                                         ("word_problems", 400)])
+@pytest.mark.parametrize(
+    "name,n_test", [("countdown", 150), ("arithmetic", 400), ("word_problems", 400)]
+)
 def test_splits_never_overlap(name, n_test):
     task = tasks.get(name)
     train = take(task, "train", 0, 3000)
@@ -87,8 +92,14 @@ def test_split_stable_across_languages_and_test_percent():
         tasks.get("countdown", test_percent=0).example("test", 0, 0)
 
 
-@pytest.mark.parametrize("knobs", [{}, {"min_numbers": 5, "max_numbers": 6, "max_target": 1000},
-                                   {"max_number": 9, "max_target": 30}])
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {},
+        {"min_numbers": 5, "max_numbers": 6, "max_target": 1000},
+        {"max_number": 9, "max_target": 30},
+    ],
+)
 def test_countdown_always_solvable(knobs):
     task = tasks.get("countdown", **knobs)
     for ex in take(task, "train", 1, 300):
@@ -100,8 +111,9 @@ def test_countdown_always_solvable(knobs):
         assert all(1 <= n <= knobs.get("max_number", 99) for n in ex["numbers"])
         assert str(ex["numbers"]) in ex["question"] and str(ex["target"]) in ex["question"]
         # Every step shown in the worked solution is correct arithmetic.
-        for a, op, b, c in re.findall(r"(?:Try |then )(\d+) ([-+*/]) (\d+) = (\d+)",
-                                    ex["worked_solution"]):
+        for a, op, b, c in re.findall(
+            r"(?:Try |then )(\d+) ([-+*/]) (\d+) = (\d+)", ex["worked_solution"]
+        ):
             assert evaluate(f"{a} {op} {b}")[0] == int(c)
 
 
@@ -159,8 +171,12 @@ def write_lines(path, lines):
     return path
 
 
-GSM8K_GOOD = json.dumps({"question": "Tom has 3 bags of 415 apples. How many?",
-                         "answer": "3 * 415 = <<3*415=1245>>1245 apples.\n#### 1,245"})
+GSM8K_GOOD = json.dumps(
+    {
+        "question": "Tom has 3 bags of 415 apples. How many?",
+        "answer": "3 * 415 = <<3*415=1245>>1245 apples.\n#### 1,245",
+    }
+)
 
 
 def test_gsm8k(tmp_path):
@@ -176,13 +192,18 @@ def test_gsm8k(tmp_path):
 
 def test_math_formats_and_boxed(tmp_path):
     lines = [
-        json.dumps({"problem": "p1", "solution": "So $\\boxed{1}$, no: $\\boxed{\\frac{a^{2}}{b}}$.",
-                    "level": "Level 3", "type": "Algebra"}),
+        json.dumps(
+            {
+                "problem": "p1",
+                "solution": "So $\\boxed{1}$, no: $\\boxed{\\frac{a^{2}}{b}}$.",
+                "level": "Level 3",
+                "type": "Algebra",
+            }
+        ),
         json.dumps({"problem": "p2", "answer": "\\sqrt{2}", "solution": "\\boxed{wrong}"}),
         json.dumps({"problem": "p3", "answer": 204}),  # AIME answers are often integers
     ]
-    examples = jsonl.load(write_lines(tmp_path / "math.jsonl", lines), "math",
-                          task="aime").examples
+    examples = jsonl.load(write_lines(tmp_path / "math.jsonl", lines), "math", task="aime").examples
     assert [e["answer"] for e in examples] == ["\\frac{a^{2}}{b}", "\\sqrt{2}", "204"]
     assert examples[0]["subject"] == "Algebra" and examples[0]["level"] == "Level 3"
     assert examples[0]["worked_solution"].endswith("The answer is \\frac{a^{2}}{b}")
@@ -194,9 +215,12 @@ def test_math_formats_and_boxed(tmp_path):
 
 
 def test_code(tmp_path):
-    lines = [json.dumps({"prompt": "Write add(a, b).", "tests": ["assert add(1, 2) == 3"],
-                         "entry_point": "add"}),
-             json.dumps({"prompt": "Write neg(x).", "tests": ["assert neg(1) == -1"]})]
+    lines = [
+        json.dumps(
+            {"prompt": "Write add(a, b).", "tests": ["assert add(1, 2) == 3"], "entry_point": "add"}
+        ),
+        json.dumps({"prompt": "Write neg(x).", "tests": ["assert neg(1) == -1"]}),
+    ]
     examples = jsonl.load(write_lines(tmp_path / "code.jsonl", lines), "code").examples
     assert examples[0]["tests"] == ["assert add(1, 2) == 3"]
     assert examples[0]["entry_point"] == "add" and examples[1]["entry_point"] == ""
@@ -204,21 +228,30 @@ def test_code(tmp_path):
 
 
 BAD = {
-    "gsm8k": [("{not json", "invalid JSON"), ("[1, 2]", "JSON object"),
-              (json.dumps({"question": "q"}), "missing field 'answer'"),
-              (json.dumps({"question": 3, "answer": "#### 1"}), "field 'question'"),
-              (json.dumps({"question": "q", "answer": "no marker"}), "####")],
-    "math": [(json.dumps({"problem": "p"}), "'answer' or 'solution'"),
-             (json.dumps({"problem": "p", "solution": "no box"}), "boxed"),
-             (json.dumps({"problem": "p", "answer": True}), "field 'answer'"),
-             (json.dumps({"problem": "p", "answer": [1]}), "field 'answer'")],
-    "code": [(json.dumps({"prompt": "p", "tests": "assert x"}), "field 'tests'"),
-             (json.dumps({"prompt": "p", "tests": [1]}), "list of strings"),
-             (json.dumps({"prompt": "p", "tests": ["assert 1"], "entry_point": 5}),
-              "entry_point")],
+    "gsm8k": [
+        ("{not json", "invalid JSON"),
+        ("[1, 2]", "JSON object"),
+        (json.dumps({"question": "q"}), "missing field 'answer'"),
+        (json.dumps({"question": 3, "answer": "#### 1"}), "field 'question'"),
+        (json.dumps({"question": "q", "answer": "no marker"}), "####"),
+    ],
+    "math": [
+        (json.dumps({"problem": "p"}), "'answer' or 'solution'"),
+        (json.dumps({"problem": "p", "solution": "no box"}), "boxed"),
+        (json.dumps({"problem": "p", "answer": True}), "field 'answer'"),
+        (json.dumps({"problem": "p", "answer": [1]}), "field 'answer'"),
+    ],
+    "code": [
+        (json.dumps({"prompt": "p", "tests": "assert x"}), "field 'tests'"),
+        (json.dumps({"prompt": "p", "tests": [1]}), "list of strings"),
+        (json.dumps({"prompt": "p", "tests": ["assert 1"], "entry_point": 5}), "entry_point"),
+    ],
 }
-GOOD = {"gsm8k": GSM8K_GOOD, "math": json.dumps({"problem": "p", "answer": "1"}),
-        "code": json.dumps({"prompt": "p", "tests": ["assert True"]})}
+GOOD = {
+    "gsm8k": GSM8K_GOOD,
+    "math": json.dumps({"problem": "p", "answer": "1"}),
+    "code": json.dumps({"prompt": "p", "tests": ["assert True"]}),
+}
 
 
 @pytest.mark.parametrize("fmt", sorted(BAD))
@@ -233,3 +266,17 @@ def test_malformed_lines_name_file_and_line(tmp_path, fmt):
         assert loaded.errors[0].startswith(f"{path}:3:")
     with pytest.raises(ValueError, match="on_error"):
         jsonl.load(path, fmt, on_error="ignore")
+
+
+def test_generated_answers_score_full_accuracy_under_the_rewards():
+    """Contract with r1jax.rewards: a completion that states the canonical answer scores 1."""
+    from r1jax.rewards import countdown as countdown_reward
+    from r1jax.rewards import math as math_reward
+
+    for ex in take(tasks.get("countdown"), "train", 9, 50):
+        completion = f"<think>{ex['worked_solution']}</think> <answer>{ex['answer']}</answer>"
+        assert countdown_reward.accuracy(completion, ex["numbers"], ex["target"]) == 1.0
+    for name in ("arithmetic", "word_problems"):
+        for ex in take(tasks.get(name), "train", 9, 30):
+            completion = f"<think>{ex['worked_solution']}</think> <answer>{ex['answer']}</answer>"
+            assert math_reward.accuracy(completion, ex["answer"]) == 1.0
