@@ -19,8 +19,8 @@ the module tests and the report that came with this file):
 Both: `python -I` with an empty environment (no variable of the parent leaks), an empty temp
 work dir, RLIMIT_CPU (wall timeout + 1 s), RLIMIT_AS (`memory_mb`), RLIMIT_FSIZE (16 MiB),
 RLIMIT_NOFILE, no core dumps, RLIMIT_NPROC (enforced by the kernel only for non-root users;
-root is exempt), process creation (`os.fork`, `subprocess`, `os.system`, `exec*`) refused at
-the Python level, a wall-clock limit after which the whole process group (new session) is
+root is exempt), process creation and signals (`os.fork`, `subprocess`, `os.system`, `exec*`, `os.kill`)
+refused at the Python level, a wall-clock limit after which the whole process group (new session) is
 SIGKILLed, and PR_SET_PDEATHSIG so the sandbox dies with the worker that started it.
 
 Results come back on a private pipe as lines tagged with a random nonce: printing or exiting
@@ -76,7 +76,7 @@ def _block_processes():
     import _posixsubprocess
     _posixsubprocess.fork_exec = _deny
     for name in ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp", "execv", "execve",
-                 "spawnv", "spawnve", "popen"):
+                 "spawnv", "spawnve", "popen", "kill", "killpg"):
         if hasattr(os, name):
             setattr(os, name, _deny)
 def _main():

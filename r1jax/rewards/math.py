@@ -29,7 +29,7 @@ MAX_CHARS = 1000
 _SPACING = re.compile(r"\\left|\\right|\\[,!;: ]|\s|\$")
 
 
-def accuracy(completion: str, answer: str, *, timeout_s: int = 5) -> float:
+def accuracy(completion: str, answer: str, *, timeout_s: float = 5.0) -> float:
     """Returns 1.0 if the completion's final answer equals `answer` (symbolically), else 0.0."""
     predicted = templates.extract_answer(completion)
     if predicted is None or not predicted or len(predicted) > MAX_CHARS:
@@ -63,7 +63,7 @@ def _fast_equal(predicted: str, answer: str) -> bool | None:
     return None
 
 
-def _verify(predicted: str, answer: str, timeout_s: int) -> bool:
+def _verify(predicted: str, answer: str, timeout_s: float) -> bool:
     import math_verify  # deferred: sympy import is slow and only this path needs it
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -71,7 +71,7 @@ def _verify(predicted: str, answer: str, timeout_s: int) -> bool:
     own_timer = threading.current_thread() is threading.main_thread() and (
         signal.getitimer(signal.ITIMER_REAL)[0] == 0
     )
-    limit = timeout_s if own_timer else None
+    limit = max(1, round(timeout_s)) if own_timer else None  # math-verify uses alarm(int)
     gold = math_verify.parse(_wrap(answer), parsing_timeout=limit)
     pred = math_verify.parse(_wrap(predicted), parsing_timeout=limit)
     if not gold or not pred:

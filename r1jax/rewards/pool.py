@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import importlib
 import math
 import multiprocessing as mp
 import os
@@ -28,6 +29,8 @@ from multiprocessing import connection
 from typing import Any
 
 import numpy as np
+
+PRELOAD = ("r1jax.rewards.registry", "math_verify")
 
 
 class _ItemTimeout(BaseException):
@@ -50,10 +53,19 @@ def _score_one(fn: Callable[..., float], kwargs: Mapping[str, Any], timeout_s: f
     return value
 
 
-def _worker_main(conn: connection.Connection) -> None:
-    """Worker loop: receive (fn, timeout_s, [(index, kwargs), ...]); send (index, value) each."""
+_ACK = -1
+
+
+def _worker_main(conn: connection.Connection, preload: Sequence[str]) -> None:
+    """Worker loop: receive (fn, timeout_s, [(index, kwargs), ...]); ack, then send each
+    (index, value)."""
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    for module in preload:  # slow imports (sympy) here, not under the first item's timer
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
     while True:
         try:
             message = conn.recv()
@@ -62,6 +74,7 @@ def _worker_main(conn: connection.Connection) -> None:
         if message is None:
             return
         fn, timeout_s, chunk = message
+        conn.send((_ACK, 0.0))  # the item clock starts now, not while we were importing
         for index, kwargs in chunk:
             conn.send((index, _score_one(fn, kwargs, timeout_s)))
 
@@ -83,20 +96,32 @@ class WorkerPool:
       num_workers: processes; default `os.cpu_count()`.
       grace_s: extra wall time past an item's soft timeout before its worker is killed.
       start_method: multiprocessing start method ("forkserver" is safe with JAX threads).
+      preload: modules each worker imports at start (before any item's timer runs).
+      startup_s: how long a worker may take to pick up its first message.
     """
 
     def __init__(
-        self, num_workers: int | None = None, *, grace_s: float = 1.0, start_method="forkserver"
+        self,
+        num_workers: int | None = None,
+        *,
+        grace_s: float = 1.0,
+        start_method: str = "forkserver",
+        preload: Sequence[str] = PRELOAD,
+        startup_s: float = 120.0,
     ):
         self.num_workers = max(1, num_workers or os.cpu_count() or 1)
         self.grace_s = grace_s
+        self.preload = tuple(preload)
+        self.startup_s = startup_s
         self._ctx = mp.get_context(start_method)
         self._workers: list[_Worker] = [self._spawn() for _ in range(self.num_workers)]
         self.restarts = 0
 
     def _spawn(self) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child_conn,), daemon=True)
+        process = self._ctx.Process(
+            target=_worker_main, args=(child_conn, self.preload), daemon=True
+        )
         process.start()
         child_conn.close()
         return _Worker(process=process, conn=parent_conn)
@@ -160,7 +185,7 @@ class WorkerPool:
             worker = self._replace(worker)
             worker.conn.send((fn, timeout_s, chunk))
         worker.pending.extend(chunk)
-        worker.deadline = time.monotonic() + hard_s
+        worker.deadline = time.monotonic() + self.startup_s + hard_s
 
     def _receive(self, worker, out, queue, failure, hard_s) -> None:
         try:
@@ -168,8 +193,9 @@ class WorkerPool:
         except (EOFError, OSError):
             self._fail_current(worker, out, queue, failure)
             return
-        out[index] = value
-        worker.pending.popleft()
+        if index != _ACK:
+            out[index] = value
+            worker.pending.popleft()
         worker.deadline = time.monotonic() + hard_s
 
     def _fail_current(self, worker, out, queue, failure) -> None:

@@ -34,6 +34,7 @@ import numpy as np
 from r1jax.rewards import code, countdown, format, language, length, math, numeric
 from r1jax.rewards import pool as pool_lib
 
+_TIMEOUT_MARGIN_S = 1.0
 _ACCURACY_NAMES = ("accuracy", "countdown", "math", "numeric", "code")
 
 
@@ -51,7 +52,8 @@ class RewardFn:
       low, high: the reward's range; outputs are clipped into it.
       pooled: score in worker processes (untrusted, possibly slow or hanging work).
       timeout_s: per-item soft timeout in the pool.
-      options: fixed keyword options, e.g. (("max_length", 1024),).
+      options: fixed keyword options, e.g. (("max_length", 1024),); `timeout_s` (math, code,
+        accuracy) is the scorer's own limit, and the pool's sits 1 s above it.
     """
 
     name: str
@@ -72,8 +74,8 @@ class RewardFn:
         if self.name == "cosine":
             low, high = length.cosine_range(**merged)
             fn = dataclasses.replace(fn, low=low, high=high)
-        if self.name in ("code", "accuracy") and "timeout_s" in merged:
-            fn = dataclasses.replace(fn, timeout_s=merged["timeout_s"] + 5.0)
+        if "timeout_s" in merged:  # the pool's limit sits just above the scorer's own
+            fn = dataclasses.replace(fn, timeout_s=merged["timeout_s"] + _TIMEOUT_MARGIN_S)
         return fn
 
     def __call__(
@@ -135,7 +137,7 @@ def accuracy(completion, numbers=None, target=None, answer=None, tests=None, tim
     if numbers is not None and target is not None:
         return countdown.accuracy(completion, numbers, target)
     if answer is not None:
-        return math.accuracy(completion, answer)
+        return math.accuracy(completion, answer, timeout_s=timeout_s)
     return 0.0
 
 
