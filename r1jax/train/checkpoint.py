@@ -10,8 +10,9 @@ Each step directory holds two items, written together:
 Guarantees relied on by the trainers:
   * Atomic: orbax writes `<step>.orbax-checkpoint-tmp-<ts>/` and renames it to `<step>/` only
     once every item is complete (on GCS a `commit_success.txt` marks it instead). A crash
-    mid-write leaves a tmp directory that is never taken for a step and is deleted when the next
-    `Checkpointer` opens the directory.
+    mid-write leaves a tmp directory that is never taken for a step; the next `Checkpointer` on
+    the directory deletes it (orbax starts that when it opens and finishes it before the first
+    save).
   * Async: `save` returns once the arrays are copied to host memory, so the caller may donate
     or overwrite the device buffers right after; writing continues in a background thread.
     `wait()` blocks until it is on disk.
