@@ -303,3 +303,21 @@ def test_bad_options_raise_naming_the_argument():
         grpo.group_advantages(jnp.zeros(4), 2, "std")
     with pytest.raises(ValueError, match="group_size=3"):
         grpo.group_advantages(jnp.zeros(4), 3)
+
+
+def test_sharded_loss_and_grad_match_single_device():
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
+    lp, old, ref, mask, rewards = random_batch(11, n=16, t=6)
+    args = [jnp.asarray(x, jnp.float32) for x in (lp, old, ref)]
+    adv = grpo.group_advantages(jnp.asarray(rewards, jnp.float32), 4)
+    kw = dict(clip_eps_low=0.2, clip_eps_high=0.28, beta=0.04, aggregation="token_mean")
+    fn = jax.jit(jax.value_and_grad(lambda x, o, r, a, m: grpo.grpo_loss(x, o, r, a, m, **kw)[0]))
+    want = fn(*args, adv, jnp.asarray(mask))
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+    sharded = [jax.device_put(x, rows) for x in (*args, adv, jnp.asarray(mask))]
+    got = fn(*sharded)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-8)
+    assert got[1].sharding.is_equivalent_to(rows, 2)

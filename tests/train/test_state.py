@@ -171,6 +171,20 @@ def test_accumulation_equals_full_batch(num_micro):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_accumulation_on_a_data_sharded_batch():
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    params = _params()
+    x = jax.random.normal(jax.random.key(4), (16, 4))
+    loss_fn = lambda p, b: (_loss(p, b), ())
+    want = jax.grad(_loss)(params, x)
+    _, _, grads = jax.jit(state_lib.accumulate_gradients, static_argnums=(0, 3))(
+        loss_fn, params, jax.device_put(x, rows), 2
+    )
+    for got, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_accumulation_rejects_indivisible_batch():
     with pytest.raises(ValueError, match="num_micro=3"):
         state_lib.accumulate_gradients(
