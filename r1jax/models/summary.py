@@ -14,8 +14,6 @@ MTP modules are excluded from the totals and reported on their own.
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app
 from flax import traverse_util
@@ -29,18 +27,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file (pr
 _ROUTED = "experts"  # moe.Experts' module name; `shared_experts` are always active.
 
 
-def abstract_params(config: config_lib.ModelConfig) -> dict:
-    """The parameter tree as `jax.ShapeDtypeStruct`s (logical-axis boxes removed)."""
-    model = transformer.Transformer(config)
-
-    def init():
-        return model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
-
-    boxed = jax.eval_shape(init)
-    return jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, boxed,
-                        is_leaf=lambda x: hasattr(x, "value"))
-
-
 def count_params(config: config_lib.ModelConfig) -> dict[str, int]:
     """Parameter counts by shape.
 
@@ -50,7 +36,7 @@ def count_params(config: config_lib.ModelConfig) -> dict[str, int]:
       (input table + untied head),
       `kv_cache_bytes_per_token` (all layers, in `config.dtype`).
     """
-    flat = traverse_util.flatten_dict(abstract_params(config))
+    flat = traverse_util.flatten_dict(transformer.abstract_params(config))
     counts = {"total": 0, "mtp": 0, "routed_experts": 0, "embedding": 0}
     routed_active_fraction = (config.num_experts_per_tok / config.n_routed_experts
                               if config.is_moe else 1.0)

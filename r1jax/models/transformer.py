@@ -36,6 +36,8 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
 
 from r1jax import sharding
 from r1jax.models import attention, layers, moe
@@ -254,6 +256,37 @@ class Transformer(nn.Module):
         h_btd, caches = self._backbone(self.embed_tokens(tokens_bt), positions_bt, mask_bts,
                                        cache.layers, cache.index)
         return self._head(self.norm(h_btd)), Cache(caches, valid_bs, cache.index + t)
+
+
+def abstract_params(config: config_lib.ModelConfig) -> dict:
+    """The parameter tree as `jax.ShapeDtypeStruct`s, logical-axis boxes removed (no memory)."""
+    def init():
+        tokens_bt = jnp.zeros((1, 1), jnp.int32)
+        return Transformer(config).init(jax.random.key(0), tokens_bt)["params"]
+
+    return nn.unbox(jax.eval_shape(init))
+
+
+def random_params(config: config_lib.ModelConfig, seed: int = 0) -> dict:
+    """Random parameters with O(1) activations, made in NumPy (no `init` to compile).
+
+    For tests and benchmarks: kernels N(0, 1/fan_in), embeddings N(0, 1), norm scales
+    1 + N(0, 0.01), biases N(0, 0.01). (`init`'s N(0, 0.02) makes attention nearly uniform,
+    which would hide masking and caching bugs.)
+    """
+    rng = np.random.default_rng(seed)
+    flat = traverse_util.flatten_dict(abstract_params(config))
+    out = {}
+    for path, leaf in flat.items():
+        noise = rng.standard_normal(leaf.shape)
+        if path[-1] == "weight":
+            noise = 1.0 + 0.1 * noise
+        elif path[-1] in ("bias", moe.BIAS):
+            noise = 0.1 * noise
+        elif path[-1] != "embedding":
+            noise = noise / np.sqrt(leaf.shape[-2])
+        out[path] = jnp.asarray(noise, leaf.dtype)
+    return traverse_util.unflatten_dict(out)
 
 
 def mtp_loss(mtp_logits_dbtv: jax.Array, tokens_bt: jax.Array, mask_bt: jax.Array | None = None,
