@@ -7,11 +7,11 @@ scores a batch over long-lived worker processes and guarantees an answer for eve
 - soft limit: each item runs under `ITIMER_REAL`; a Python-level hang raises inside the worker,
   the item scores the failure value and the worker carries on;
 - hard limit: a worker silent for `timeout_s + grace_s` (stuck in C code) or dead (segfault,
-  `os._exit`, OOM kill) is SIGKILLed and replaced; its current item scores the failure value and
-  the rest of its chunk is re-queued.
+  `os._exit`, OOM kill) is SIGKILLed and replaced. Its unreported items are re-run one per
+  message, so the culprit is identified and scores the failure value; the others are unharmed.
 
-Items travel in chunks (amortising IPC) but results come back one by one, so the timeout is per
-item. Workers start with "forkserver": forking a parent that runs JAX threads is unsafe.
+Items travel in chunks and results come back in batches at least every `FLUSH_S` (amortising
+IPC), so the timeout stays per item. Workers start with "forkserver": forking a parent that runs JAX threads is unsafe.
 """
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ def _score_one(fn: Callable[..., float], kwargs: Mapping[str, Any], timeout_s: f
     return value
 
 
-_ACK = -1
+FLUSH_S = 0.02
 
 
 def _worker_main(conn: connection.Connection, preload: Sequence[str]) -> None:
-    """Worker loop: receive (fn, timeout_s, [(index, kwargs), ...]); ack, then send each
-    (index, value)."""
+    """Worker loop: receive (fn, timeout_s, [(index, kwargs), ...]); ack with an empty list,
+    then send lists of (index, value), at least every FLUSH_S and at the end of the chunk."""
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
     for module in preload:  # slow imports (sympy) here, not under the first item's timer
@@ -74,9 +74,14 @@ def _worker_main(conn: connection.Connection, preload: Sequence[str]) -> None:
         if message is None:
             return
         fn, timeout_s, chunk = message
-        conn.send((_ACK, 0.0))  # the item clock starts now, not while we were importing
+        conn.send([])  # the item clock starts now, not while we were importing
+        done, last_flush = [], time.monotonic()
         for index, kwargs in chunk:
-            conn.send((index, _score_one(fn, kwargs, timeout_s)))
+            done.append((index, _score_one(fn, kwargs, timeout_s)))
+            if time.monotonic() - last_flush > FLUSH_S:
+                conn.send(done)
+                done, last_flush = [], time.monotonic()
+        conn.send(done)
 
 
 @dataclasses.dataclass
@@ -161,7 +166,7 @@ class WorkerPool:
             [(i, kwargs_list[i]) for i in range(s, min(s + chunk_size, n))]
             for s in range(0, n, chunk_size)
         )
-        hard_s = timeout_s + self.grace_s
+        hard_s = timeout_s + self.grace_s + FLUSH_S
         while queue or any(w.pending for w in self._workers):
             for worker in list(self._workers):
                 if queue and not worker.pending:
@@ -172,7 +177,7 @@ class WorkerPool:
                 self._receive(busy[conn], out, queue, failure, hard_s)
             now = time.monotonic()
             for worker in [w for w in self._workers if w.pending and w.deadline < now]:
-                self._fail_current(worker, out, queue, failure)
+                self._recover(worker, out, queue, failure)
         out[~np.isfinite(out)] = failure
         return out.astype(np.float32)
 
@@ -189,21 +194,24 @@ class WorkerPool:
 
     def _receive(self, worker, out, queue, failure, hard_s) -> None:
         try:
-            index, value = worker.conn.recv()
+            done = worker.conn.recv()
         except (EOFError, OSError):
-            self._fail_current(worker, out, queue, failure)
+            self._recover(worker, out, queue, failure)
             return
-        if index != _ACK:
+        for index, value in done:  # in chunk order
             out[index] = value
             worker.pending.popleft()
         worker.deadline = time.monotonic() + hard_s
 
-    def _fail_current(self, worker, out, queue, failure) -> None:
-        """The worker hung or died on its current item: score it, re-queue the rest, replace."""
-        index, _ = worker.pending.popleft()
-        out[index] = failure
-        if worker.pending:
-            queue.appendleft(list(worker.pending))
+    def _recover(self, worker, out, queue, failure) -> None:
+        """The worker hung or died. Results are flushed in batches, so the culprit is only
+        known when one item was pending: score it as a failure. Otherwise re-queue every
+        pending item as its own chunk, which pins the culprit down on the next round."""
+        if len(worker.pending) == 1:
+            index, _ = worker.pending.popleft()
+            out[index] = failure
+        else:
+            queue.extendleft([item] for item in reversed(worker.pending))
         worker.pending.clear()
         self._replace(worker)
 
