@@ -19,9 +19,10 @@ the module tests and the report that came with this file):
 Both: `python -I` with an empty environment (no variable of the parent leaks), an empty temp
 work dir, RLIMIT_CPU (wall timeout + 1 s), RLIMIT_AS (`memory_mb`), RLIMIT_FSIZE (16 MiB),
 RLIMIT_NOFILE, no core dumps, RLIMIT_NPROC (enforced by the kernel only for non-root users;
-root is exempt), process creation and signals (`os.fork`, `subprocess`, `os.system`, `exec*`, `os.kill`)
-refused at the Python level, a wall-clock limit after which the whole process group (new session) is
-SIGKILLed, and PR_SET_PDEATHSIG so the sandbox dies with the worker that started it.
+root is exempt), process creation and signals (`os.fork`, `subprocess`, `os.system`, `exec*`,
+`os.kill`) refused at the Python level, a wall-clock limit after which the whole process group
+(new session) is SIGKILLed, and PR_SET_PDEATHSIG so the sandbox dies with the worker that
+started it.
 
 Results come back on a private pipe as lines tagged with a random nonce: printing or exiting
 early cannot fake a pass. A program that deliberately introspects the harness's memory could
