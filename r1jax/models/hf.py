@@ -1,0 +1,574 @@
+"""Hugging Face checkpoints: import (`load_hf`) and export (`save_hf`) of safetensors directories.
+
+Supported architectures: `DeepseekV3ForCausalLM` (MLA + DeepSeekMoE, optional MTP layers),
+`Qwen2ForCausalLM` and `LlamaForCausalLM` (GQA). A directory holds `config.json` and either
+`model.safetensors` or `model.safetensors.index.json` with its shards.
+
+Mapping. Our parameter paths (`r1jax.models.transformer`, scan_layers=False) map one to one onto
+HF tensor names: `layers_{i}/...` -> `model.layers.{i}....`, `.../kernel` [in, out] ->
+`....weight` [out, in] (transposed), norm `weight` and `bias` as they are; routed experts
+`experts/{gate,up,down}_proj` [E, ...] are stacked from `experts.{e}.{...}.weight`; MTP depth k
+(`mtp_{k}`) is the checkpoint's extra layer `model.layers.{num_hidden_layers + k}` with
+`enorm`, `hnorm`, `eh_proj` and `shared_head.norm` (its copies of the embedding and output head,
+`embed_tokens` and `shared_head.head`, are ignored on load and written on save).
+
+Files are untrusted: config.json fields are checked (unsupported architectures, RoPE types and
+options raise a ValueError naming the file and field); every expected tensor must be present
+with its expected shape; unexpected tensors are an error except rotary `inv_freq` buffers, a
+tied model's `lm_head.weight`, and the MTP copies above. MTP layers are loaded when present; a
+config that announces `num_nextn_predict_layers` without shipping the layers (as transformers'
+own `save_pretrained` does) gives a config with num_nextn_predict_layers = 0.
+
+Deviations: the mscale fallbacks and defaults follow transformers 5.x (`rope_parameters`, or the
+legacy `rope_scaling` + `rope_theta`); implementation choices of `ModelConfig` that HF configs do
+not hold (moe_dispatch, remat, scan_layers, aux_loss_alpha, ...) take their defaults on load;
+change them with `config.replace(...)`. Only the scan_layers=False parameter tree is supported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from r1jax.models import config as config_lib
+from r1jax.models import moe, transformer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DEEPSEEK_V3, QWEN2, LLAMA = "DeepseekV3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM"
+ARCHITECTURES = (DEEPSEEK_V3, QWEN2, LLAMA)
+_MODEL_TYPES = {DEEPSEEK_V3: "deepseek_v3", QWEN2: "qwen2", LLAMA: "llama"}
+_REQUIRED = object()
+_FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json -> ModelConfig.
+
+
+class _Fields:
+    """Typed access to a config.json dict; every error names the file and the field."""
+
+    def __init__(self, values: Mapping[str, Any], file: str, prefix: str = ""):
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{file}: {prefix or 'the top level'} must be a JSON object")
+        self.values, self.file, self.prefix = values, file, prefix
+
+    def fail(self, key: str, msg: str):
+        raise ValueError(f"{self.file}: field {self.prefix}{key!r} {msg}")
+
+    def get(self, key: str, kind: type, default: Any = _REQUIRED, allow_none: bool = False):
+        if key not in self.values:
+            if default is _REQUIRED:
+                self.fail(key, "is missing")
+            return default
+        value = self.values[key]
+        if value is None and allow_none:
+            return None
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if kind is float \
+            else isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if not ok:
+            self.fail(key, f"must be {kind.__name__}{' or null' if allow_none else ''}, "
+                      f"got {value!r}")
+        return float(value) if kind is float else value
+
+    def expect(self, key: str, allowed: tuple, default: Any = None):
+        value = self.values.get(key, default)
+        if value not in allowed:
+            self.fail(key, f"= {value!r} is not supported (supported: "
+                      f"{', '.join(map(repr, allowed))})")
+
+
+def _architecture(fields: _Fields) -> str:
+    archs = fields.get("architectures", list)
+    if len(archs) != 1 or archs[0] not in ARCHITECTURES:
+        fields.fail("architectures", f"= {archs!r} is not supported (supported: one of "
+                    f"{', '.join(ARCHITECTURES)})")
+    return archs[0]
+
+
+def _common_fields(f: _Fields) -> dict[str, Any]:
+    f.expect("hidden_act", ("silu",), "silu")
+    if f.values.get("quantization_config") is not None:
+        f.fail("quantization_config", "is set: quantized (e.g. FP8) checkpoints are not supported; "
+               "dequantize to bfloat16 first")
+    heads = f.get("num_attention_heads", int)
+    hidden = f.get("hidden_size", int)
+    return dict(
+        vocab_size=f.get("vocab_size", int), hidden_size=hidden,
+        num_hidden_layers=f.get("num_hidden_layers", int),
+        intermediate_size=f.get("intermediate_size", int), num_attention_heads=heads,
+        num_key_value_heads=f.get("num_key_value_heads", int, heads, allow_none=True) or heads,
+        rms_norm_eps=f.get("rms_norm_eps", float, 1e-6),
+        tie_word_embeddings=f.get("tie_word_embeddings", bool, False),
+        max_position_embeddings=f.get("max_position_embeddings", int),
+        initializer_range=f.get("initializer_range", float, 0.02))
+
+
+def _rope_dict(f: _Fields) -> tuple[_Fields, float]:
+    """The RoPE parameters as transformers 5.x resolves them: `rope_scaling` (legacy) if set,
+    else `rope_parameters`; rope_theta from that dict, else the top-level field."""
+    key = "rope_scaling" if f.values.get("rope_scaling") else "rope_parameters"
+    rope = f.get(key, dict, {}, allow_none=True) or {}
+    rope_f = _Fields(rope, f.file, f"{key}.")
+    theta = rope_f.get("rope_theta", float, None) or f.get("rope_theta", float, 10000.0)
+    return rope_f, theta
+
+
+def _rope_fields(f: _Fields, arch: str) -> dict[str, Any]:
+    rope, theta = _rope_dict(f)
+    rope_type = rope.values.get("rope_type", rope.values.get("type", "default"))
+    rope.expect("rope_type", config_lib.ROPE_TYPES, rope_type)
+    rope.expect("truncate", (True,), True)
+    rope.expect("partial_rotary_factor", (1, 1.0), 1.0)
+    rope.expect("attention_factor", (None,))
+    out = dict(rope_theta=theta, rope_type=rope_type)
+    if rope_type == "default":
+        return out
+    max_pos = f.get("max_position_embeddings", int)
+    old = rope.get("original_max_position_embeddings", int,
+                   f.get("original_max_position_embeddings", int, max_pos))
+    factor = rope.get("factor", float, None, allow_none=True)
+    out.update(original_max_position_embeddings=old,
+               rope_factor=max_pos / old if factor is None else factor)
+    if rope_type == "llama3":
+        out.update(low_freq_factor=rope.get("low_freq_factor", float),
+                   high_freq_factor=rope.get("high_freq_factor", float))
+        return out
+    if arch != DEEPSEEK_V3:  # Only DeepSeek's attention applies mscale_all_dim to the softmax.
+        rope.expect("mscale_all_dim", (None, 0, 0.0))
+    out.update(beta_fast=rope.get("beta_fast", float, None, allow_none=True) or 32.0,
+               beta_slow=rope.get("beta_slow", float, None, allow_none=True) or 1.0,
+               mscale=rope.get("mscale", float, None, allow_none=True) or 0.0,
+               mscale_all_dim=rope.get("mscale_all_dim", float, None, allow_none=True) or 0.0)
+    return out
+
+
+def _deepseek_fields(f: _Fields) -> dict[str, Any]:
+    f.expect("scoring_func", ("sigmoid",), "sigmoid")
+    f.expect("topk_method", ("noaux_tc",), "noaux_tc")
+    f.expect("moe_layer_freq", (1,), 1)
+    return dict(
+        attention_type="mla", attention_bias=f.get("attention_bias", bool, False),
+        q_lora_rank=f.get("q_lora_rank", int, allow_none=True),
+        kv_lora_rank=f.get("kv_lora_rank", int), qk_nope_head_dim=f.get("qk_nope_head_dim", int),
+        qk_rope_head_dim=f.get("qk_rope_head_dim", int), v_head_dim=f.get("v_head_dim", int),
+        rope_interleave=f.get("rope_interleave", bool, True),
+        n_routed_experts=f.get("n_routed_experts", int),
+        n_shared_experts=f.get("n_shared_experts", int),
+        num_experts_per_tok=f.get("num_experts_per_tok", int),
+        moe_intermediate_size=f.get("moe_intermediate_size", int),
+        n_group=f.get("n_group", int), topk_group=f.get("topk_group", int),
+        routed_scaling_factor=f.get("routed_scaling_factor", float),
+        norm_topk_prob=f.get("norm_topk_prob", bool), scoring_func="sigmoid",
+        first_k_dense_replace=f.get("first_k_dense_replace", int),
+        num_nextn_predict_layers=f.get("num_nextn_predict_layers", int, 0))
+
+
+def _gqa_fields(f: _Fields, arch: str) -> dict[str, Any]:
+    if arch == QWEN2:
+        f.expect("use_sliding_window", (False,), False)
+    else:  # Llama's attention_bias also biases o_proj, which our GQA does not have.
+        f.expect("attention_bias", (False,), False)
+        f.expect("mlp_bias", (False,), False)
+    heads, hidden = f.get("num_attention_heads", int), f.get("hidden_size", int)
+    head_dim = f.get("head_dim", int, None, allow_none=True) or hidden // heads
+    return dict(attention_type="gqa", head_dim=head_dim, attention_bias=arch == QWEN2,
+                rope_interleave=False, q_lora_rank=None, n_routed_experts=0,
+                n_shared_experts=0)
+
+
+def config_from_hf(values: Mapping[str, Any], file: str = CONFIG_FILE,
+                   dtype: Any = jnp.float32) -> config_lib.ModelConfig:
+    """Maps a parsed HF config.json onto a ModelConfig (params and compute in `dtype`)."""
+    f = _Fields(values, file)
+    arch = _architecture(f)
+    fields = _common_fields(f)
+    fields.update(_rope_fields(f, arch))
+    fields.update(_deepseek_fields(f) if arch == DEEPSEEK_V3 else _gqa_fields(f, arch))
+    name = jnp.dtype(dtype).name
+    if name not in config_lib.DTYPES:
+        raise ValueError(f"load_hf: dtype {name!r} is not one of {config_lib.DTYPES}")
+    try:
+        return config_lib.ModelConfig(**fields, dtype=name, param_dtype=name)
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# ModelConfig -> config.json.
+
+
+def architecture_of(config: config_lib.ModelConfig) -> str:
+    """The HF architecture that represents `config` exactly; ValueError if there is none."""
+    if config.attention_type == "mla":
+        if not config.is_moe or config.scoring_func != "sigmoid":
+            raise ValueError("save_hf: an MLA model is saved as DeepseekV3ForCausalLM, which needs "
+                             "n_routed_experts > 0 and scoring_func='sigmoid'")
+        return DEEPSEEK_V3
+    if config.is_moe or config.rope_interleave:
+        raise ValueError("save_hf: a GQA model must be dense with rope_interleave=False")
+    if config.rope_type == "yarn" and config.mscale_all_dim:
+        raise ValueError("save_hf: mscale_all_dim is only representable for DeepSeek models")
+    return QWEN2 if config.attention_bias else LLAMA
+
+
+def _rope_to_hf(config: config_lib.ModelConfig) -> dict[str, Any]:
+    rope: dict[str, Any] = {"rope_type": config.rope_type}
+    if config.rope_type != "default":
+        rope.update(factor=config.rope_factor,
+                    original_max_position_embeddings=config.original_max_position_embeddings)
+    if config.rope_type == "llama3":
+        rope.update(low_freq_factor=config.low_freq_factor,
+                    high_freq_factor=config.high_freq_factor)
+    if config.rope_type == "yarn":
+        rope.update(beta_fast=config.beta_fast, beta_slow=config.beta_slow,
+                    mscale=config.mscale, mscale_all_dim=config.mscale_all_dim)
+    return rope
+
+
+def config_to_hf(config: config_lib.ModelConfig) -> dict[str, Any]:
+    """The config.json dict for `config` (read by transformers 5.x and by 4.x-era tools)."""
+    arch = architecture_of(config)
+    rope = _rope_to_hf(config)
+    out = dict(
+        architectures=[arch], model_type=_MODEL_TYPES[arch], vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads, hidden_act="silu",
+        max_position_embeddings=config.max_position_embeddings,
+        rms_norm_eps=config.rms_norm_eps, tie_word_embeddings=config.tie_word_embeddings,
+        initializer_range=config.initializer_range, dtype=config.param_dtype,
+        rope_theta=config.rope_theta, rope_scaling=None if config.rope_type == "default" else rope,
+        rope_parameters={**rope, "rope_theta": config.rope_theta})
+    if arch == DEEPSEEK_V3:
+        out.update({k: getattr(config, k) for k in (
+            "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+            "n_routed_experts", "n_shared_experts", "num_experts_per_tok",
+            "moe_intermediate_size", "n_group", "topk_group", "routed_scaling_factor",
+            "norm_topk_prob", "scoring_func", "first_k_dense_replace", "rope_interleave",
+            "attention_bias", "num_nextn_predict_layers")})
+        out.update(num_key_value_heads=config.num_attention_heads,
+                   head_dim=config.qk_rope_head_dim, topk_method="noaux_tc", moe_layer_freq=1)
+    else:
+        out.update(num_key_value_heads=config.num_key_value_heads, head_dim=config.head_dim)
+        if arch == LLAMA:
+            out.update(attention_bias=False, mlp_bias=False)
+        else:
+            out.update(use_sliding_window=False)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter paths <-> HF tensor names.
+
+
+def _layer_names(rest: tuple[str, ...], prefix: str, config) -> tuple[list[str], bool]:
+    """HF names for one decoder layer's param path `rest`, and whether kernels transpose."""
+    if rest[-2:-1] == ("experts",):  # Stacked routed experts [E, in, out].
+        return [f"{prefix}mlp.experts.{e}.{rest[-1]}.weight"
+                for e in range(config.n_routed_experts)], True
+    if rest[-1] == "kernel":
+        return [prefix + ".".join(rest[:-1]) + ".weight"], True
+    return [prefix + ".".join(rest)], False
+
+
+def hf_names(path: tuple[str, ...], config: config_lib.ModelConfig) -> tuple[list[str], bool]:
+    """The HF tensor name(s) holding our param at `path`, and whether it is transposed.
+
+    One name per leaf, except stacked experts (one name per expert, stacked on axis 0)."""
+    head, rest = path[0], path[1:]
+    fixed = {("embed_tokens", "embedding"): ("model.embed_tokens.weight", False),
+             ("norm", "weight"): ("model.norm.weight", False),
+             ("lm_head", "kernel"): ("lm_head.weight", True)}
+    if path in fixed:
+        name, transpose = fixed[path]
+        return [name], transpose
+    if head.startswith("layers_"):
+        return _layer_names(rest, f"model.layers.{int(head[7:])}.", config)
+    if head.startswith("mtp_"):
+        prefix = f"model.layers.{config.num_hidden_layers + int(head[4:])}."
+        if rest[0] == "block":
+            return _layer_names(rest[1:], prefix, config)
+        if rest == ("norm", "weight"):
+            return [prefix + "shared_head.norm.weight"], False
+        return _layer_names(rest, prefix, config)
+    raise ValueError(f"no HF name for parameter {'/'.join(path)}")
+
+
+def _hf_shape(shape: tuple[int, ...], transpose: bool, stacked: bool) -> tuple[int, ...]:
+    per_tensor = shape[1:] if stacked else shape
+    return tuple(reversed(per_tensor)) if transpose else tuple(per_tensor)
+
+
+def _ignorable(name: str, config: config_lib.ModelConfig) -> bool:
+    if name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight"
+                                                and config.tie_word_embeddings):
+        return True
+    match = re.fullmatch(r"model\.layers\.(\d+)\.(embed_tokens|shared_head\.head)\.weight", name)
+    return bool(match) and int(match.group(1)) >= config.num_hidden_layers
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading safetensors.
+
+
+class _Checkpoint:
+    """Tensor name -> file of a (possibly sharded) safetensors directory, read lazily."""
+
+    def __init__(self, path: str):
+        self.path = path
+        index = os.path.join(path, INDEX_FILE)
+        if os.path.exists(index):
+            self.files = self._from_index(index)
+        elif os.path.exists(os.path.join(path, WEIGHTS_FILE)):
+            self.files = {name: WEIGHTS_FILE for name in self._keys(WEIGHTS_FILE)}
+        else:
+            raise ValueError(f"{path}: neither {WEIGHTS_FILE} nor {INDEX_FILE} found")
+
+    def _from_index(self, index: str) -> dict[str, str]:
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: field 'weight_map' is missing or not an object")
+        for shard in sorted(set(map(str, weight_map.values()))):
+            if os.path.basename(shard) != shard or not os.path.isfile(
+                    os.path.join(self.path, shard)):
+                raise ValueError(f"{index}: shard {shard!r} is not a file in {self.path}")
+            present = set(self._keys(shard))
+            missing = sorted(n for n, s in weight_map.items() if s == shard and n not in present)
+            if missing:
+                raise ValueError(f"{index}: tensor {missing[0]!r} is mapped to {shard}, "
+                                 "which does not hold it")
+        return dict(weight_map)
+
+    def _keys(self, file: str) -> list[str]:
+        full = os.path.join(self.path, file)
+        try:
+            with safe_open(full, framework="np") as f:
+                return list(f.keys())
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{full}: not a readable safetensors file ({e})") from None
+
+    def read(self, name: str) -> np.ndarray:
+        full = os.path.join(self.path, self.files[name])
+        try:
+            with safe_open(full, framework="np") as f:
+                return f.get_tensor(name)
+        except (SafetensorError, OSError, TypeError) as e:
+            raise ValueError(f"{full}: cannot read tensor {name!r} ({e})") from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        full = os.path.join(self.path, self.files[name])
+        with safe_open(full, framework="np") as f:
+            return tuple(f.get_slice(name).get_shape())
+
+
+def _read_json(file: str) -> dict:
+    try:
+        with open(file, encoding="utf-8") as fh:
+            values = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file}: not a readable JSON file ({e})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{file}: must hold a JSON object")
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# load_hf.
+
+
+def _mtp_present(config: config_lib.ModelConfig, names: Iterable[str]) -> bool:
+    prefix = f"model.layers.{config.num_hidden_layers}."
+    return any(n.startswith(prefix) and not _ignorable(n, config) for n in names)
+
+
+def _load_leaf(ckpt: _Checkpoint, path, leaf, config, dtype) -> np.ndarray:
+    names, transpose = hf_names(path, config)
+    stacked = len(names) > 1 or path[-2] == "experts"
+    want = _hf_shape(leaf.shape, transpose, stacked)
+    arrays = []
+    for name in names:
+        if name not in ckpt.files:
+            raise ValueError(f"{ckpt.path}: tensor {name!r} is missing (expected shape "
+                             f"{list(want)}, for parameter {'/'.join(path)})")
+        found = ckpt.shape(name)
+        if found != want:
+            raise ValueError(f"{ckpt.path}: tensor {name!r} has shape {list(found)}, expected "
+                             f"{list(want)}")
+        array = ckpt.read(name)
+        if array.dtype.name not in _FLOAT_DTYPES:
+            raise ValueError(f"{ckpt.path}: tensor {name!r} has dtype {array.dtype.name}; "
+                             f"expected one of {_FLOAT_DTYPES}")
+        arrays.append(array.T if transpose else array)
+    value = np.stack(arrays) if stacked else arrays[0]
+    keep_f32 = path[-1] == moe.BIAS  # The balancing bias stays float32 (see moe.Router).
+    return jnp.asarray(value, jnp.float32 if keep_f32 else dtype)
+
+
+def load_hf(path: str, dtype: Any = jnp.float32) -> tuple[config_lib.ModelConfig, dict]:
+    """Reads an HF checkpoint directory into (ModelConfig, params).
+
+    Args:
+      path: a local directory with config.json and model.safetensors (or a sharded index).
+      dtype: the dtype of the returned params (and of config.dtype / config.param_dtype);
+        the MoE balancing bias stays float32.
+    Returns:
+      (config, params): params is the scan_layers=False tree of `transformer.Transformer`.
+    Raises:
+      ValueError naming the file and field / tensor for unsupported or malformed input.
+    """
+    config_file = os.path.join(path, CONFIG_FILE)
+    if not os.path.isdir(path):
+        raise ValueError(f"{path}: not a directory")
+    config = config_from_hf(_read_json(config_file), config_file, dtype)
+    ckpt = _Checkpoint(path)
+    if config.num_nextn_predict_layers and not _mtp_present(config, ckpt.files):
+        config = config.replace(num_nextn_predict_layers=0)  # Announced but not shipped.
+    flat = traverse_util.flatten_dict(transformer.abstract_params(config))
+    params, used = {}, set()
+    for leaf_path, leaf in flat.items():
+        params[leaf_path] = _load_leaf(ckpt, leaf_path, leaf, config, jnp.dtype(dtype))
+        used.update(hf_names(leaf_path, config)[0])
+    extra = sorted(n for n in ckpt.files if n not in used and not _ignorable(n, config))
+    if extra:
+        raise ValueError(f"{path}: unexpected tensor(s) {extra[:5]}{' ...' if len(extra) > 5 else ''}"
+                         f" ({len(extra)} in all) that this config does not use")
+    return config, traverse_util.unflatten_dict(params)
+
+
+# ---------------------------------------------------------------------------------------------
+# save_hf.
+
+
+def _hf_tensors(config: config_lib.ModelConfig, params: Mapping) -> dict[str, np.ndarray]:
+    """Our params -> {HF name: array}, after checking the tree against the config."""
+    expected = traverse_util.flatten_dict(transformer.abstract_params(config))
+    flat = traverse_util.flatten_dict(dict(params))
+    missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
+    if missing or extra:
+        raise ValueError(f"save_hf: params do not match the config (missing "
+                         f"{['/'.join(p) for p in missing[:3]]}, unexpected "
+                         f"{['/'.join(p) for p in extra[:3]]}); only scan_layers=False trees")
+    out = {}
+    for path, leaf in flat.items():
+        if tuple(leaf.shape) != tuple(expected[path].shape):
+            raise ValueError(f"save_hf: parameter {'/'.join(path)} has shape {list(leaf.shape)}, "
+                             f"expected {list(expected[path].shape)}")
+        array = np.asarray(jax.device_get(leaf))
+        names, transpose = hf_names(path, config)
+        parts = list(array) if path[-2] == "experts" else [array]
+        for name, part in zip(names, parts, strict=True):
+            out[name] = np.ascontiguousarray(part.T if transpose else part)
+    return out | _mtp_copies(config, out)
+
+
+def _mtp_copies(config: config_lib.ModelConfig, tensors: Mapping[str, np.ndarray]) -> dict:
+    """The embedding and output head that the released checkpoints repeat in each MTP layer."""
+    head = tensors["model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"]
+    copies = {}
+    for k in range(config.num_nextn_predict_layers):
+        prefix = f"model.layers.{config.num_hidden_layers + k}."
+        copies[prefix + "embed_tokens.weight"] = tensors["model.embed_tokens.weight"]
+        copies[prefix + "shared_head.head.weight"] = head
+    return copies
+
+
+def _shards(tensors: Mapping[str, np.ndarray], max_shard_bytes: int) -> list[list[str]]:
+    """Groups tensor names, in order, into shards of at most `max_shard_bytes` (one tensor
+    larger than that gets a shard of its own)."""
+    shards, size = [[]], 0
+    for name, array in tensors.items():
+        if shards[-1] and size + array.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += array.nbytes
+    return shards
+
+
+def _write_weights(tensors: dict[str, np.ndarray], directory: str, max_shard_bytes: int):
+    shards = _shards(tensors, max_shard_bytes)
+    if len(shards) == 1:
+        save_file(tensors, os.path.join(directory, WEIGHTS_FILE), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, names in enumerate(shards, start=1):
+        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file({n: tensors[n] for n in names}, os.path.join(directory, file),
+                  metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(names, file))
+    index = {"metadata": {"total_size": sum(a.nbytes for a in tensors.values())},
+             "weight_map": weight_map}
+    _write_json(index, os.path.join(directory, INDEX_FILE))
+
+
+def _write_json(values: Mapping, file: str):
+    with open(file, "w", encoding="utf-8") as fh:
+        json.dump(values, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+
+
+def save_hf(config: config_lib.ModelConfig, params: Mapping, path: str, *,
+            overwrite: bool = False, max_shard_bytes: int = 5 * 2**30,
+            generation_config: Mapping[str, Any] | None = None) -> None:
+    """Writes an HF checkpoint directory that `transformers.AutoModelForCausalLM` loads.
+
+    Args:
+      config, params: the model (scan_layers=False tree); params keep their dtypes.
+      path: the directory to create. An existing non-empty one is an error unless `overwrite`.
+      max_shard_bytes: above this total size, weights are sharded with an index file.
+      generation_config: written as generation_config.json when given.
+    The directory is written under a temporary name beside `path` and renamed into place, so an
+    interrupted save never leaves a half-written checkpoint at `path`.
+    """
+    path = os.path.abspath(path)
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise FileExistsError(f"save_hf: {path} exists and is not empty; pass overwrite=True")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"save_hf: {path} exists and is not a directory")
+    tensors = _hf_tensors(config, params)
+    hf_config = config_to_hf(config)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    try:
+        _write_json(hf_config, os.path.join(tmp, CONFIG_FILE))
+        if generation_config is not None:
+            _write_json(generation_config, os.path.join(tmp, "generation_config.json"))
+        _write_weights(tensors, tmp, max_shard_bytes)
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _replace_dir(src: str, dst: str):
+    """Renames `src` to `dst`; an existing `dst` is moved aside first and removed only after."""
+    old = None
+    if os.path.exists(dst):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=os.path.dirname(dst))
+        os.rmdir(old)
+        os.rename(dst, old)
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        if old is not None:
+            os.rename(old, dst)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
