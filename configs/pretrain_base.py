@@ -1,0 +1,44 @@
+"""Pretraining the toy base model that R1-Zero starts from.
+
+  python experiments/pretrain_base.py                       # tiny preset, ./runs/base_tiny
+  python experiments/pretrain_base.py --config=configs/pretrain_base.py:smoke
+
+Presets: `tiny` (the default base of configs/r1_zero.py:tiny; a few minutes on 2 CPU cores),
+`smoke` (seconds; for tests).
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+    arg = arg or "tiny"
+    c = ml_collections.ConfigDict()
+    c.model_preset = "tiny"
+    c.model = {}
+    c.tasks = ("countdown", "arithmetic", "word_problems")
+    c.task_knobs = {"countdown": {"min_numbers": 3, "max_numbers": 3, "max_number": 50,
+                                  "max_target": 100},
+                    "arithmetic": {"min_digits": 2, "max_digits": 3},
+                    "word_problems": {"language": "en"}}
+    c.num_documents = 30000
+    c.instruction_fraction = 0.3
+    c.vocab_size = 1024
+    c.tokenizer_documents = 3000
+    c.seed = 0
+    c.sft = dict(steps=600, batch_size=32, seq_len=256, micro_batches=1, log_every=20,
+                 checkpoint_every=200, keep_checkpoints=2, seed=0, mesh={"fsdp": -1})
+    c.optim = dict(learning_rate=3e-3, warmup_steps=50, schedule="cosine", total_steps=600,
+                   end_lr_factor=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
+                   grad_clip_norm=1.0)
+    if arg == "smoke":
+        c.model = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
+                   "moe_intermediate_size": 32, "q_lora_rank": 32, "kv_lora_rank": 16,
+                   "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16}
+        c.num_documents = 300
+        c.tokenizer_documents = 300
+        c.vocab_size = 512
+        c.sft.update(steps=4, batch_size=4, seq_len=128, log_every=2, checkpoint_every=2)
+        c.optim.update(warmup_steps=1, total_steps=4)
+    elif arg != "tiny":
+        raise ValueError(f"unknown preset {arg!r}; known: tiny, smoke")
+    return c

@@ -1,0 +1,24 @@
+"""Trains the toy base model for R1-Zero (see configs/pretrain_base.py for presets).
+
+  python experiments/pretrain_base.py --workdir=runs/base_tiny
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from r1jax.train import pretrain
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/pretrain_base.py:tiny")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/base_tiny", "Where the base model is written.")
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    cfg = pretrain.PretrainConfig.from_config_dict(_CONFIG.value)
+    base_dir = pretrain.pretrain_base(cfg, f"{_WORKDIR.value}/base", f"{_WORKDIR.value}/train")
+    print(f"base model: {base_dir}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,106 @@
+"""The toy pretraining corpus: the "web text" from which the small base model learns.
+
+R1-Zero starts from a base model that can already solve some problems and follow simple
+instructions, but has never seen the R1-Zero template or its `<think>`/`<answer>` tags
+(arXiv:2501.12948 Sec. 2.2). The corpus mirrors that:
+
+* worked solutions of generated tasks (countdown, arithmetic, word problems) in several plain
+  layouts (Problem/Solution, Q/A, dialogues between varying roles), ending in "The answer is X";
+* instruction documents that ask for the working and the result inside a named pair of
+  delimiters, then comply. The delimiter names are drawn per document from `DELIMITERS`, which
+  never contains `think` or `answer`: the base model learns the general skill of copying a
+  requested format, and RL must make it use the R1-Zero one reliably.
+
+Every document is a pure function of (seed, index), so the corpus is reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from r1jax.data import tasks as tasks_lib
+
+#: Delimiter pairs (reasoning, result) of the instruction documents; each name is a single
+#: tokenizer piece (`delimiter_pieces`). Deliberately excludes the R1 tags.
+DELIMITERS = (
+    ("work", "result"), ("steps", "final"), ("scratch", "out"), ("notes", "reply"),
+    ("calc", "value"), ("plan", "solution"), ("draft", "final"), ("derivation", "result"),
+    ("reasoning", "conclusion"), ("working", "total"), ("trace", "output"),
+    ("analysis", "verdict"), ("thoughts", "response"), ("method", "number"),
+)
+ROLES = (("User", "Assistant"), ("Student", "Tutor"), ("Q", "A"), ("Human", "AI"),
+         ("Learner", "Teacher"), ("Person", "Helper"))
+
+_INSTRUCTIONS = (
+    "Solve the problem. Put the working inside {o1} {c1} and the result inside {o2} {c2}.",
+    "Write your reasoning enclosed in {o1} {c1} tags, then the final result enclosed in "
+    "{o2} {c2} tags, i.e. {o1} reasoning here {c1} {o2} result here {c2}.",
+    "First explain the steps between {o1} and {c1}. Then give only the result between {o2} "
+    "and {c2}.",
+    "The reply has two parts: the derivation in {o1} {c1} and the result in {o2} {c2}.",
+)
+
+
+def delimiter_pieces() -> tuple[str, ...]:
+    """The delimiter tags as tokenizer pieces (`<name>` and `</name>`)."""
+    names = sorted({n for pair in DELIMITERS for n in pair})
+    return tuple(p for n in names for p in (f"<{n}>", f"</{n}>"))
+
+
+def _split_solution(worked: str) -> tuple[str, str]:
+    """(steps, final line) of a worked solution; the final line states the answer."""
+    lines = worked.rstrip().split("\n")
+    return "\n".join(lines[:-1]).strip(), lines[-1].strip()
+
+
+def plain_document(example: dict, rng: np.random.Generator) -> str:
+    """A worked solution in one of several plain layouts (no tags)."""
+    q, w = example["question"], example["worked_solution"]
+    layout = rng.integers(4)
+    if layout == 0:
+        return f"Problem: {q}\nSolution: {w}\n"
+    if layout == 1:
+        return f"Question: {q}\n{w}\n"
+    role_q, role_a = ROLES[rng.integers(len(ROLES))]
+    if layout == 2:
+        return f"{role_q}: {q}\n{role_a}: {w}\n"
+    return f"{q}\nLet us work it out.\n{w}\n"
+
+
+def instruction_document(example: dict, rng: np.random.Generator) -> str:
+    """An instruction naming a delimiter pair, a problem, and a reply that follows it."""
+    work, result = DELIMITERS[rng.integers(len(DELIMITERS))]
+    tags = dict(o1=f"<{work}>", c1=f"</{work}>", o2=f"<{result}>", c2=f"</{result}>")
+    instruction = _INSTRUCTIONS[rng.integers(len(_INSTRUCTIONS))].format(**tags)
+    steps, final = _split_solution(example["worked_solution"])
+    body = f"{tags['o1']} {steps}\n{final} {tags['c1']} {tags['o2']} {example['answer']} {tags['c2']}"
+    role_q, role_a = ROLES[rng.integers(len(ROLES))]
+    if rng.random() < 0.5:
+        return f"{instruction}\n{role_q}: {example['question']}\n{role_a}: {body}\n"
+    return f"{instruction}\nProblem: {example['question']}\nReply: {body}\n"
+
+
+def documents(task_names: Sequence[str], seed: int, instruction_fraction: float = 0.3,
+              task_knobs: dict | None = None) -> Iterator[str]:
+    """Endless corpus documents from the train split of `task_names`, cycling through tasks.
+
+    Args:
+      task_names: registry names (`r1jax.data.tasks.names()`).
+      seed: corpus seed; document i depends only on (seed, i).
+      instruction_fraction: share of instruction documents.
+      task_knobs: optional {task name: knobs} for `tasks.get`.
+    """
+    task_knobs = task_knobs or {}
+    streams = [tasks_lib.get(n, **task_knobs.get(n, {})).examples("train", seed)
+               for n in task_names]
+    rng = np.random.default_rng([seed, 7])
+    i = 0
+    while True:
+        example = next(streams[i % len(streams)])
+        if rng.random() < instruction_fraction:
+            yield instruction_document(example, rng)
+        else:
+            yield plain_document(example, rng)
+        i += 1

@@ -1,0 +1,105 @@
+"""Pretraining the toy base model ("V3-Base" of the toy world) that R1-Zero starts from.
+
+Steps: generate the corpus (`r1jax.data.corpus`), train a SentencePiece tokenizer on it, pack
+the documents into rows, train a DeepSeek-V3-style MoE model by next-token prediction
+(`r1jax.train.sft.train` with every token weighted), and save a base directory
+(`r1jax.train.base`). `pretrain_base` is cached: an existing complete base directory is
+returned as is, and an interrupted run resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import pathlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from r1jax.data import corpus
+from r1jax.data import tokenizer as tokenizer_lib
+from r1jax.models import config as config_lib
+from r1jax.models import presets, transformer
+from r1jax.train import base, sft
+from r1jax.train import state as state_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """tasks / task_knobs: the corpus' task mix; num_documents: corpus size;
+    instruction_fraction: share of instruction documents; vocab_size: tokenizer size (the
+    model's vocab is rounded up to a multiple of 64)."""
+
+    model: config_lib.ModelConfig
+    sft: sft.SFTConfig
+    optim: state_lib.OptimConfig
+    tasks: tuple[str, ...] = ("countdown", "arithmetic", "word_problems")
+    task_knobs: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
+    num_documents: int = 20000
+    instruction_fraction: float = 0.3
+    vocab_size: int = 1024
+    tokenizer_documents: int = 3000
+    seed: int = 0
+
+    @classmethod
+    def from_config_dict(cls, cd: ml_collections.ConfigDict) -> PretrainConfig:
+        d = cd.to_dict()
+        model = dict(presets.get(d.pop("model_preset")).to_dict(), **d.pop("model", {}))
+        knobs = tuple((k, tuple(sorted(v.items()))) for k, v in d.pop("task_knobs", {}).items())
+        return cls(model=config_lib.ModelConfig.from_dict(model),
+                   sft=sft.SFTConfig(**_with_tuples(d.pop("sft"))),
+                   optim=state_lib.OptimConfig(**d.pop("optim")),
+                   tasks=tuple(d.pop("tasks")), task_knobs=knobs, **d)
+
+    def knobs(self) -> dict:
+        return {k: dict(v) for k, v in self.task_knobs}
+
+
+def _with_tuples(d: dict) -> dict:
+    if "mesh" in d and isinstance(d["mesh"], dict):
+        d = dict(d, mesh=tuple(d["mesh"].items()))
+    return d
+
+
+def _documents(cfg: PretrainConfig) -> list[str]:
+    docs = corpus.documents(cfg.tasks, cfg.seed, cfg.instruction_fraction, cfg.knobs())
+    return list(itertools.islice(docs, cfg.num_documents))
+
+
+def pretrain_base(cfg: PretrainConfig, base_dir: str | os.PathLike,
+                  workdir: str | os.PathLike | None = None) -> pathlib.Path:
+    """Trains and saves the base model unless `base_dir` already holds one; returns base_dir."""
+    base_dir = pathlib.Path(base_dir)
+    if base.exists(base_dir):
+        return base_dir
+    workdir = pathlib.Path(workdir or f"{base_dir}.work")
+    workdir.mkdir(parents=True, exist_ok=True)
+    docs = _documents(cfg)
+    tok_path = workdir / "tokenizer.model"
+    tok = tokenizer_lib.train_sentencepiece(
+        docs[:cfg.tokenizer_documents], cfg.vocab_size, tok_path,
+        extra_pieces=corpus.delimiter_pieces())
+    vocab = -(-tok.vocab_size // 64) * 64
+    model_cfg = cfg.model.replace(vocab_size=vocab)
+    encoded = [tok.encode(d, add_bos=True, add_eos=True) for d in docs]
+    rows = sft.pack(((ids, [1.0] * len(ids)) for ids in encoded), cfg.sft.seq_len, tok.pad_id)
+    (workdir / "corpus_stats.json").write_text(json.dumps({
+        "documents": len(docs), "tokens": int(sum(map(len, encoded))),
+        "rows": int(rows["tokens"].shape[0]), "truncated": int(rows["num_truncated"]),
+        "vocab_size": tok.vocab_size}, indent=2))
+    params = sft.train(model_cfg, cfg.optim, cfg.sft,
+                       sft.epoch_batches(rows, cfg.sft.batch_size, cfg.seed), workdir,
+                       _init_params(model_cfg, cfg.seed), desc="pretrain base")
+    return base.save_base(base_dir, model_cfg, params, tok_path,
+                          {"corpus": json.loads((workdir / "corpus_stats.json").read_text())})
+
+
+def _init_params(model_cfg: config_lib.ModelConfig, seed: int):
+    """The model's own initialisation (N(0, initializer_range)), unboxed."""
+    variables = jax.jit(transformer.Transformer(model_cfg).init)(
+        jax.random.key(seed), jnp.zeros((1, 8), jnp.int32))
+    return nn.unbox(variables["params"])

@@ -1,0 +1,227 @@
+"""Supervised next-token training: base-model pretraining and SFT.
+
+Used for the toy "V3-Base" pretraining (loss on every token), the R1 cold start (arXiv:2501.12948
+Sec. 2.3.1) and the SFT on rejection-sampled data (Sec. 2.3.3), where the loss covers the
+response only. Sequences are packed into fixed-length rows (`pack`); tokens attend within their
+own sequence only (segment ids), so packing changes no example's loss.
+
+The loss is the mean next-token cross-entropy over the weighted target tokens, plus the MoE
+sequence-wise balance loss (alpha, DeepSeek-V3 Sec. 2.1.3) and the MTP loss (lambda, Sec. 2.2)
+when the model has them. After each step the aux-loss-free balancing bias is moved by
+b_i += gamma * sign(mean load - load_i) with the loads of that step's forward.
+
+`train(...)` reads top to bottom: mesh, state, step, checkpoint, loop. A run resumes from its
+latest checkpoint; `batch_fn(step)` must be a pure function of the step so that a resumed run
+sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from r1jax import sharding
+from r1jax.models import config as config_lib
+from r1jax.models import moe, transformer
+from r1jax.train import checkpoint, metrics, partition
+from r1jax.train import state as state_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    """steps: optimizer steps; batch_size x seq_len tokens per step (packed rows);
+    micro_batches: gradient accumulation; mesh: {axis: size} (-1 = the rest)."""
+
+    steps: int = 100
+    batch_size: int = 16
+    seq_len: int = 256
+    micro_batches: int = 1
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    seed: int = 0
+    mesh: tuple[tuple[str, int], ...] = (("fsdp", -1),)
+
+    def __post_init__(self):
+        for field in ("steps", "batch_size", "seq_len", "micro_batches", "log_every",
+                      "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"SFTConfig.{field}: must be positive, got {getattr(self, field)}")
+        if self.batch_size % self.micro_batches:
+            raise ValueError(f"SFTConfig.micro_batches: {self.micro_batches} does not divide "
+                             f"batch_size={self.batch_size}")
+
+
+# ------------------------------------------------------------------------------------ packing
+def pack(examples: Iterable[tuple[Sequence[int], Sequence[int]]], seq_len: int,
+         pad_id: int) -> dict[str, np.ndarray]:
+    """Greedy packing of (tokens, loss_weights) pairs into rows of `seq_len`.
+
+    A sequence never spans two rows; one longer than `seq_len` is cut to it (counted in
+    `num_truncated`). Returns int32 `tokens`, `segment_ids` (0 = padding, 1.. per sequence),
+    `positions`, float32 `weights` (the loss weight of predicting each token), all [N, L].
+    """
+    rows, row, truncated = [], [], 0
+    for tokens, weights in examples:
+        if len(tokens) != len(weights):
+            raise ValueError(f"pack: {len(tokens)} tokens but {len(weights)} weights")
+        if len(tokens) > seq_len:
+            tokens, weights, truncated = tokens[:seq_len], weights[:seq_len], truncated + 1
+        if sum(len(t) for t, _ in row) + len(tokens) > seq_len:
+            rows.append(row)
+            row = []
+        row.append((list(tokens), list(weights)))
+    if row:
+        rows.append(row)
+    out = {k: np.zeros((len(rows), seq_len), dt) for k, dt in
+           (("tokens", np.int32), ("segment_ids", np.int32), ("positions", np.int32),
+            ("weights", np.float32))}
+    out["tokens"][:] = pad_id
+    for r, row in enumerate(rows):
+        start = 0
+        for seg, (tokens, weights) in enumerate(row, start=1):
+            end = start + len(tokens)
+            out["tokens"][r, start:end] = tokens
+            out["weights"][r, start:end] = weights
+            out["segment_ids"][r, start:end] = seg
+            out["positions"][r, start:end] = np.arange(len(tokens))
+            start = end
+    out["num_truncated"] = np.asarray(truncated)
+    return out
+
+
+def epoch_batches(data: dict[str, np.ndarray], batch_size: int, seed: int):
+    """`batch_fn(step)` over packed rows: a fresh permutation per epoch, a pure function of step."""
+    n = data["tokens"].shape[0]
+    if n < batch_size:
+        raise ValueError(f"only {n} packed rows for batch_size={batch_size}")
+    per_epoch = n // batch_size
+    keys = ("tokens", "segment_ids", "positions", "weights")
+
+    def batch_fn(step: int) -> dict[str, np.ndarray]:
+        epoch, i = divmod(step, per_epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        rows = np.sort(order[i * batch_size:(i + 1) * batch_size])
+        return {k: data[k][rows] for k in keys}
+
+    return batch_fn
+
+
+# --------------------------------------------------------------------------------------- loss
+def lm_loss(params, batch, model: transformer.Transformer):
+    """Mean next-token cross-entropy over weighted targets (+ MoE balance and MTP losses).
+
+    Token i predicts token i+1 when both belong to the same sequence; the weight of that
+    prediction is `weights[i+1]` (1 on response tokens, 0 on prompts and padding).
+    """
+    cfg = model.config
+    tokens_bt, seg_bt = batch["tokens"], batch["segment_ids"]
+    logits_btv, inter = model.apply(
+        {"params": params}, tokens_bt, batch["positions"], seg_bt > 0, seg_bt,
+        mutable=["intermediates"])
+    logp_btv = jax.nn.log_softmax(logits_btv[:, :-1].astype(jnp.float32))
+    target_logp_bt = jnp.take_along_axis(logp_btv, tokens_bt[:, 1:, None], -1)[..., 0]
+    w_bt = batch["weights"][:, 1:] * (seg_bt[:, 1:] == seg_bt[:, :-1]) * (seg_bt[:, 1:] > 0)
+    ce = -jnp.sum(target_logp_bt * w_bt) / jnp.maximum(w_bt.sum(), 1.0)
+    inter = inter.get("intermediates", {})
+    loss = ce + moe.total_aux_loss(inter)
+    if cfg.num_nextn_predict_layers:
+        (mtp_logits,) = inter[transformer.MTP_LOGITS]
+        loss = loss + transformer.mtp_loss(mtp_logits, tokens_bt, seg_bt > 0, cfg.mtp_loss_weight)
+    return loss, {"ce": ce, "tokens": w_bt.sum(), "intermediates": inter}
+
+
+def _train_step(state, batch, *, model, optimizer, micro_batches: int):
+    def loss_fn(params, micro):
+        loss, aux = lm_loss(params, micro, model)
+        loads = moe.collect_expert_loads(aux.pop("intermediates"))
+        return loss, dict(aux, loads=loads)
+
+    loss, aux, grads = state_lib.accumulate_gradients(
+        loss_fn, state["params"], batch, micro_batches)
+    new_state, info = state_lib.apply_gradients(state, grads, optimizer)
+    if aux["loads"]:
+        gamma = model.config.bias_update_speed
+        new_state["params"] = moe.update_all_biases(
+            new_state["params"], _as_intermediates(aux["loads"]), gamma)
+    return new_state, {"loss": loss, "ce": aux["ce"], "grad_norm": info["grad_norm"]}
+
+
+def _as_intermediates(loads: dict[str, jax.Array]) -> dict:
+    """Rebuilds the nested 'intermediates' layout that `update_all_biases` reads."""
+    nested: dict = {}
+    for layer, load in loads.items():
+        node = nested
+        for key in layer.split("/"):
+            node = node.setdefault(key, {})
+        node[moe.EXPERT_LOAD] = (load,)
+    return nested
+
+
+# -------------------------------------------------------------------------------------- train
+def train(model_config: config_lib.ModelConfig, optim_config: state_lib.OptimConfig,
+          config: SFTConfig, batch_fn: Callable[[int], dict], workdir: str | os.PathLike,
+          init_params, *, desc: str = "sft") -> dict:
+    """Trains `init_params` for `config.steps` steps and returns the final params (host arrays).
+
+    Checkpoints go to `<workdir>/checkpoints`, metrics to `<workdir>/metrics.jsonl` (and
+    TensorBoard); a rerun with the same workdir resumes from the latest checkpoint.
+    """
+    # ---- mesh
+    mesh = sharding.make_mesh(dict(config.mesh))
+    jax.set_mesh(mesh)
+    model = transformer.Transformer(model_config)
+    optimizer = state_lib.make_optimizer(optim_config)
+    # ---- state
+    abstract_params, param_sh = partition.param_shardings(model_config, mesh)
+    abstract_state = jax.eval_shape(
+        lambda p: state_lib.create_train_state(p, optim_config, jax.random.key(config.seed)),
+        abstract_params)
+    state_sh = partition.state_shardings(abstract_state, param_sh, mesh)
+    batch_sh = sharding.batch_sharding(mesh)
+    # ---- step
+    step_fn = jax.jit(
+        functools.partial(_train_step, model=model, optimizer=optimizer,
+                          micro_batches=config.micro_batches),
+        in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
+    # ---- checkpoint
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                   max_to_keep=config.keep_checkpoints)
+    restored = ckpt.restore_latest(checkpoint.abstract_tree(abstract_state, state_sh))
+    if restored is None:
+        state = jax.jit(lambda p: state_lib.create_train_state(
+            p, optim_config, jax.random.key(config.seed)), out_shardings=state_sh)(init_params)
+    else:
+        state = restored[0]
+    start = int(state["step"])
+    writer = metrics.MetricsWriter(workdir)
+    writer.truncate_after(start)
+    # ---- loop
+    t0, tokens = time.perf_counter(), 0
+    with tqdm.tqdm(total=config.steps, initial=start, desc=desc, dynamic_ncols=True) as bar:
+        for step in range(start, config.steps):
+            batch = batch_fn(step)
+            state, m = step_fn(state, batch)
+            tokens += int((batch["segment_ids"] > 0).sum())
+            if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+                m = {k: float(v) for k, v in jax.device_get(m).items()}
+                m["tokens_per_s"] = tokens / (time.perf_counter() - t0)
+                m["learning_rate"] = float(state_lib.learning_rate_schedule(optim_config)(step))
+                writer.write(step + 1, m)
+                bar.set_postfix(loss=f"{m['ce']:.3f}")
+                t0, tokens = time.perf_counter(), 0
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                ckpt.save(step + 1, state, {"step": step + 1}, force=True)
+            bar.update(1)
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    return jax.device_get(state["params"])
