@@ -162,34 +162,71 @@ def padded_rows(num_assignments: int, num_experts: int, block_size: int) -> int:
 
 
 class BlockLayout(NamedTuple):
-    """Where each assignment lives in the expert-sorted, block-padded row layout."""
+    """Where each assignment lives in the expert-sorted, block-padded row layout.
 
-    dest_n: jax.Array         # [T*K] row of assignment n = t*K + k
-    row_token_r: jax.Array    # [R] source token of each row; T marks a padding row
+    Assignment n = t * K + k (token t's k-th expert). The two maps are inverse on the
+    T*K used rows, so every row move is a gather, forward and backward (`take_rows`).
+    """
+
+    dest_nk: jax.Array         # [T, K] row of each assignment
+    row_assign_r: jax.Array    # [R] assignment read by each row; T*K marks a padding row
     block_expert_g: jax.Array  # [R / block] expert that owns each block
 
 
 def block_layout(idx_tk: jax.Array, num_experts: int, block_size: int) -> BlockLayout:
     """Sorts assignments by expert and pads each expert's rows to a multiple of `block_size`."""
-    t, k = idx_tk.shape
-    n = t * k
+    n = idx_tk.size
     expert_n = idx_tk.reshape(n)
-    order_n = jnp.argsort(expert_n, stable=True)
-    count_e = jnp.bincount(expert_n, length=num_experts)
+    order_p = jnp.argsort(expert_n, stable=True)  # p-th assignment in expert order
+    expert_p = expert_n[order_p]
+    experts_e = jnp.arange(num_experts)
+    start_e = jnp.searchsorted(expert_p, experts_e, side="left")
+    count_e = jnp.searchsorted(expert_p, experts_e, side="right") - start_e
     padded_e = -(-count_e // block_size) * block_size
     padded_end_e = jnp.cumsum(padded_e)
-    # Row of the j-th sorted assignment: its expert's padded start + its rank within the expert.
-    sorted_expert_n = expert_n[order_n]
-    rank_n = jnp.arange(n) - (jnp.cumsum(count_e) - count_e)[sorted_expert_n]
-    dest_sorted_n = (padded_end_e - padded_e)[sorted_expert_n] + rank_n
-    dest_n = jnp.zeros(n, jnp.int32).at[order_n].set(dest_sorted_n.astype(jnp.int32))
+    padded_start_e = padded_end_e - padded_e
+    dest_p = padded_start_e[expert_p] + jnp.arange(n) - start_e[expert_p]
+    dest_n = dest_p[jnp.argsort(order_p)]
     rows = padded_rows(n, num_experts, block_size)
-    row_token_r = jnp.full(rows, t, jnp.int32).at[dest_n].set(jnp.arange(n, dtype=jnp.int32) // k)
-    block_start_g = jnp.arange(rows // block_size) * block_size
     # Blocks past the last used row hold only padding; any valid expert id will do.
-    block_expert_g = jnp.minimum(jnp.searchsorted(padded_end_e, block_start_g, side="right"),
-                                 num_experts - 1)
-    return BlockLayout(dest_n, row_token_r, block_expert_g.astype(jnp.int32))
+    block_expert_g = jnp.minimum(
+        jnp.searchsorted(padded_end_e, jnp.arange(0, rows, block_size), side="right"),
+        num_experts - 1)
+    expert_r = jnp.repeat(block_expert_g, block_size)
+    rank_r = jnp.arange(rows) - padded_start_e[expert_r]
+    used_r = rank_r < count_e[expert_r]
+    sorted_pos_r = jnp.where(used_r, start_e[expert_r] + rank_r, 0)
+    row_assign_r = jnp.where(used_r, order_p[sorted_pos_r], n)
+    return BlockLayout(dest_n.reshape(idx_tk.shape).astype(jnp.int32),
+                       row_assign_r.astype(jnp.int32), block_expert_g.astype(jnp.int32))
+
+
+def _with_zero_row(x_sd: jax.Array) -> jax.Array:
+    return jnp.concatenate([x_sd, jnp.zeros((1, x_sd.shape[1]), x_sd.dtype)])
+
+
+@jax.custom_vjp
+def take_rows(src_sd: jax.Array, index_r: jax.Array, inverse_sk: jax.Array) -> jax.Array:
+    """out[r] = src[index[r]], a zero row where index[r] == S.
+
+    `inverse_sk` lists, for each source row, the output rows that read it (R where none), so
+    the transpose is a gather + sum too (XLA's scatter-add is slow on CPU and serialises on
+    accelerators). The caller guarantees the two maps are inverse.
+    """
+    return _with_zero_row(src_sd)[index_r]
+
+
+def _take_rows_fwd(src_sd, index_r, inverse_sk):
+    return take_rows(src_sd, index_r, inverse_sk), (index_r, inverse_sk)
+
+
+def _take_rows_bwd(residuals, grad_rd):
+    index_r, inverse_sk = residuals
+    grad_sd = _with_zero_row(grad_rd)[inverse_sk].sum(axis=1)
+    return grad_sd, None, None
+
+
+take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
 
 
 def _block_swiglu(x_gbd: jax.Array, block_expert_g: jax.Array, experts: ExpertParams):
@@ -208,13 +245,16 @@ def dropless_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
     rows rather than with T*E. Padding rows read a zero row and are never read back.
     """
     t, d = x_td.shape
+    k = idx_tk.shape[1]
     num_experts = experts.gate_edf.shape[0]
     block_size = min(block_size, idx_tk.size)
     layout = block_layout(idx_tk, num_experts, block_size)
-    x_rd = jnp.concatenate([x_td, jnp.zeros((1, d), x_td.dtype)])[layout.row_token_r]
+    # Row r reads token row_assign_r // K (T for padding: T*K // K == T, the zero row).
+    x_rd = take_rows(x_td, layout.row_assign_r // k, layout.dest_nk)
     y_gbd = _block_swiglu(x_rd.reshape(-1, block_size, d), layout.block_expert_g, experts)
-    y_tkd = y_gbd.reshape(-1, d)[layout.dest_n].reshape(*idx_tk.shape, d)
-    y_td = jnp.einsum("tkd,tk->td", y_tkd.astype(jnp.float32), weight_tk)
+    y_nd = take_rows(y_gbd.reshape(-1, d), layout.dest_nk.reshape(-1),
+                     layout.row_assign_r[:, None])
+    y_td = jnp.einsum("tkd,tk->td", y_nd.reshape(t, k, d).astype(jnp.float32), weight_tk)
     return y_td.astype(x_td.dtype)
 
 

@@ -224,16 +224,15 @@ def test_dropless_block_padding_edge_cases(case):
 
 def check_layout(idx_tk, e, block):
     layout = jax.jit(moe.block_layout, static_argnums=(1, 2))(jnp.asarray(idx_tk), e, block)
-    dest_n = np.asarray(layout.dest_n)
+    dest_n = np.asarray(layout.dest_nk).reshape(-1)
     rows = moe.padded_rows(idx_tk.size, e, block)
     assert len(np.unique(dest_n)) == idx_tk.size and dest_n.max() < rows
-    assert layout.row_token_r.shape == (rows,) and rows % block == 0
-    np.testing.assert_array_equal(np.asarray(layout.row_token_r)[dest_n],
-                                  np.arange(idx_tk.size) // idx_tk.shape[1])
+    assert layout.row_assign_r.shape == (rows,) and rows % block == 0
+    np.testing.assert_array_equal(np.asarray(layout.row_assign_r)[dest_n], np.arange(idx_tk.size))
     # Every assignment sits in a block owned by its own expert.
     np.testing.assert_array_equal(np.asarray(layout.block_expert_g)[dest_n // block],
                                   idx_tk.reshape(-1))
-    assert (np.asarray(layout.row_token_r) == idx_tk.shape[0]).sum() == rows - idx_tk.size
+    assert (np.asarray(layout.row_assign_r) == idx_tk.size).sum() == rows - idx_tk.size
 
 
 def test_dense_dispatch_matches_loop_with_unnormalised_weights():
