@@ -1,0 +1,295 @@
+"""The GRPO experiment's configuration: frozen, validated dataclasses built once from a ConfigDict.
+
+`configs/r1_zero.py` returns an `ml_collections.ConfigDict` (overridable on the command line);
+`from_config_dict` turns it, once, into an `ExperimentConfig` that the trainer reads. Every
+section validates itself and names the bad field (`grpo.group_size=0: must be >= 1`); an
+unknown key in the ConfigDict is an error, not silently ignored.
+
+Symbols follow DeepSeek-R1 (arXiv:2501.12948, Sec. 2.2.1 and the R1-Zero training details of
+its supplementary): G completions per question, mu optimisation passes, KL weight beta, clip
+ratio epsilon. The R1-Zero run used: learning rate 3e-6, beta = 0.001, epsilon = 10, G = 16,
+32 questions per step (batch 512), sampling temperature 1, the reference model replaced by the
+policy every 400 steps. Those are the defaults below wherever a field has a paper value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from r1jax import sharding
+from r1jax.data import tasks, templates
+from r1jax.rewards import registry
+from r1jax.rl import grpo
+from r1jax.train import state as state_lib
+
+
+def _fail(section: str, field: str, value: Any, why: str):
+    raise ValueError(f"{section}.{field}={value!r}: {why}")
+
+
+def _at_least(section: str, obj, minimum: int, *fields: str) -> None:
+    for field in fields:
+        value = getattr(obj, field)
+        if not isinstance(value, int) or value < minimum:
+            _fail(section, field, value, f"must be an int >= {minimum}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """The GRPO algorithm (R1 paper eq. 1-3; variants as config values).
+
+    group_size: G, completions sampled per question (R1-Zero: 16).
+    prompts_per_step: questions per step (R1-Zero: 32, i.e. a batch of 512 completions).
+    num_iterations: mu, optimisation passes over each sampled batch (old log-probs from the
+      sampler, so mu = 1 makes the ratio 1 up to numerics).
+    num_minibatches: optimizer updates per pass; prompts_per_step * G must divide evenly.
+    num_micro_batches: gradient accumulation inside one minibatch update.
+    beta: KL weight (R1-Zero: 0.001). kl_estimator: "k3" (eq. 2) | "k1" | "k2".
+    clip_eps_low, clip_eps_high: epsilon of clip(rho, 1 - eps_low, 1 + eps_high) (R1-Zero:
+      epsilon = 10 on both sides; DAPO clip-higher: 0.2 / 0.28).
+    aggregation: "seq_mean" (paper) | "token_mean" (DAPO) | "fixed_length" (Dr. GRPO).
+    advantage_scale: "group" (eq. 3) | "batch" | "none" (Dr. GRPO).
+    ref_update_every: replace the reference by the policy every K steps (R1-Zero: 400); 0 keeps
+      the base model as reference for the whole run.
+    dynamic_sampling: DAPO (arXiv:2503.14476, Sec. 3.2): drop groups whose rewards are all equal
+      and draw more prompts until the batch is full, at most `max_extra_draws` extra batches.
+    max_consecutive_nonfinite: a run stops after this many skipped (non-finite) steps in a row.
+    bias_update_speed: gamma of the MoE balancing-bias rule (DeepSeek-V3 Sec. 2.1.2); None
+      takes the model config's `bias_update_speed`.
+    """
+
+    group_size: int = 16
+    prompts_per_step: int = 32
+    num_iterations: int = 1
+    num_minibatches: int = 1
+    num_micro_batches: int = 1
+    beta: float = 0.001
+    kl_estimator: str = "k3"
+    clip_eps_low: float = 10.0
+    clip_eps_high: float = 10.0
+    aggregation: str = "seq_mean"
+    advantage_scale: str = "group"
+    ref_update_every: int = 400
+    dynamic_sampling: bool = False
+    max_extra_draws: int = 4
+    max_consecutive_nonfinite: int = 5
+    bias_update_speed: float | None = None
+
+    def __post_init__(self):
+        s = "grpo"
+        _at_least(s, self, 1, "group_size", "prompts_per_step", "num_iterations",
+                  "num_minibatches", "num_micro_batches", "max_consecutive_nonfinite")
+        _at_least(s, self, 0, "ref_update_every", "max_extra_draws")
+        rows = self.group_size * self.prompts_per_step
+        if rows % self.num_minibatches:
+            _fail(s, "num_minibatches", self.num_minibatches,
+                  f"must divide prompts_per_step * group_size = {rows}")
+        if (rows // self.num_minibatches) % self.num_micro_batches:
+            _fail(s, "num_micro_batches", self.num_micro_batches,
+                  f"must divide the minibatch size {rows // self.num_minibatches}")
+        if self.beta < 0:
+            _fail(s, "beta", self.beta, "must be >= 0")
+        for field, allowed in (("kl_estimator", grpo.KL_ESTIMATORS),
+                               ("aggregation", grpo.AGGREGATIONS),
+                               ("advantage_scale", grpo.ADVANTAGE_SCALES)):
+            if getattr(self, field) not in allowed:
+                _fail(s, field, getattr(self, field), f"must be one of {allowed}")
+        for field in ("clip_eps_low", "clip_eps_high"):
+            if not getattr(self, field) > 0:
+                _fail(s, field, getattr(self, field), "must be > 0")
+        if self.bias_update_speed is not None and self.bias_update_speed < 0:
+            _fail(s, "bias_update_speed", self.bias_update_speed, "must be >= 0 or None")
+
+    @property
+    def batch_size(self) -> int:
+        """Completions per step, prompts_per_step * G."""
+        return self.prompts_per_step * self.group_size
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Rollout sampling: max_new_tokens (completion budget L_max), temperature (R1-Zero: 1),
+    optional top_k / top_p truncation (the old log-probs are those before truncation)."""
+
+    max_new_tokens: int = 1024
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self):
+        _at_least("sampling", self, 1, "max_new_tokens")
+        if not self.temperature > 0:
+            _fail("sampling", "temperature", self.temperature,
+                  "must be > 0 (the policy's log-probs are taken at this temperature)")
+        if self.top_k is not None and self.top_k < 1:
+            _fail("sampling", "top_k", self.top_k, "must be >= 1 or None")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            _fail("sampling", "top_p", self.top_p, "must be in (0, 1] or None")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Prompts: a generated task (`r1jax.data.tasks`) with knobs, wrapped in a template.
+
+    Training reads the task's "train" split, evaluation its disjoint "test" split.
+    """
+
+    task: str = "countdown"
+    task_knobs: tuple[tuple[str, Any], ...] = ()
+    template: str = "r1_zero"
+    seed: int = 0
+    max_prompt_len: int = 256
+    bucket: int = 32
+
+    def __post_init__(self):
+        if self.task not in tasks.names():
+            _fail("data", "task", self.task, f"must be one of {tasks.names()}")
+        try:
+            tasks.get(self.task, **dict(self.task_knobs))
+        except (TypeError, ValueError) as e:
+            _fail("data", "task_knobs", dict(self.task_knobs), str(e))
+        if self.template not in templates.names():
+            _fail("data", "template", self.template, f"must be one of {templates.names()}")
+        _at_least("data", self, 1, "max_prompt_len", "bucket")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation, every `every` steps and at step 0 (0 turns it off).
+
+    pass@1 is averaged over `num_samples` samples per question at temperature 0.6, top-p 0.95
+    (the R1 paper's evaluation setup, Sec. 3); greedy accuracy adds one temperature-0 sample.
+    `num_logged_samples` completions are written to samples.jsonl at each eval step.
+    max_new_tokens None uses the training budget.
+    """
+
+    every: int = 50
+    num_prompts: int = 64
+    num_samples: int = 4
+    temperature: float = 0.6
+    top_p: float | None = 0.95
+    greedy: bool = True
+    max_new_tokens: int | None = None
+    num_logged_samples: int = 4
+
+    def __post_init__(self):
+        _at_least("eval", self, 0, "every", "num_logged_samples")
+        _at_least("eval", self, 1, "num_prompts", "num_samples")
+        if not self.temperature > 0:
+            _fail("eval", "temperature", self.temperature, "must be > 0 (greedy is separate)")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            _fail("eval", "top_p", self.top_p, "must be in (0, 1] or None")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            _fail("eval", "max_new_tokens", self.max_new_tokens, "must be >= 1 or None")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """The whole GRPO run.
+
+    base_dir: the base model (`r1jax.train.base.load_base`); seed: every random stream derives
+    from it; total_steps: GRPO steps; mesh: ((axis, size), ...) over data/fsdp/expert/tensor
+    (-1 takes the remaining devices); model_overrides: ModelConfig fields replaced after
+    loading (e.g. remat_policy, dtype); rewards: the weighted reward sum (R1-Zero: accuracy +
+    format, Sec. 2.2.2); reward_workers: processes for pooled rewards; checkpoint_every,
+    keep_checkpoints, async_checkpoints: orbax checkpointing; log_every: metrics cadence
+    (timings are still measured every step); peak_flops: the accelerator's peak FLOP/s for
+    the MFU estimate (None: measured once with a matmul); progress_bar, tensorboard, plots:
+    outputs.
+    """
+
+    base_dir: str
+    total_steps: int
+    seed: int = 0
+    optim: state_lib.OptimConfig = state_lib.OptimConfig(learning_rate=3e-6)
+    grpo: GRPOConfig = GRPOConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    data: DataConfig = DataConfig()
+    eval: EvalConfig = EvalConfig()
+    rewards: registry.Spec = registry.Spec.from_dict({"countdown": 1.0, "format_strict": 1.0})
+    reward_workers: int = 2
+    mesh: tuple[tuple[str, int], ...] = (("fsdp", -1),)
+    model_overrides: tuple[tuple[str, Any], ...] = ()
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    async_checkpoints: bool = True
+    log_every: int = 1
+    peak_flops: float | None = None
+    progress_bar: bool = True
+    tensorboard: bool = True
+    plots: bool = True
+
+    def __post_init__(self):
+        s = "config"
+        if not isinstance(self.base_dir, str) or not self.base_dir:
+            _fail(s, "base_dir", self.base_dir, "must name a base-model directory")
+        _at_least(s, self, 1, "total_steps", "checkpoint_every", "keep_checkpoints",
+                  "log_every", "reward_workers")
+        unknown = sorted({axis for axis, _ in self.mesh} - set(sharding.MESH_AXES))
+        if unknown:
+            _fail(s, "mesh", dict(self.mesh), f"unknown axes {unknown}; use {sharding.MESH_AXES}")
+        if self.peak_flops is not None and not self.peak_flops > 0:
+            _fail(s, "peak_flops", self.peak_flops, "must be > 0 or None")
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer updates per GRPO step: mu * num_minibatches."""
+        return self.grpo.num_iterations * self.grpo.num_minibatches
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, default=str)
+
+
+# ---------------------------------------------------------------------------------------------
+# ConfigDict -> ExperimentConfig
+# ---------------------------------------------------------------------------------------------
+
+_SECTIONS = {"grpo": GRPOConfig, "sampling": SamplingConfig, "data": DataConfig,
+             "eval": EvalConfig, "optim": state_lib.OptimConfig}
+_PAIRS = ("mesh", "model_overrides")
+
+
+def _section(cls, values: Mapping[str, Any], name: str, **extra):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{name}: unknown field(s) {unknown}; known: {sorted(known)}")
+    return cls(**{**values, **extra})
+
+
+def from_config_dict(config) -> ExperimentConfig:
+    """Validates a ConfigDict (or plain nested dict) and freezes it into an ExperimentConfig.
+
+    The sections are `grpo`, `sampling`, `data`, `eval`, `optim` (an `OptimConfig`) and
+    `rewards` ({name: weight}, with optional `reward_options` {name: {option: value}}); `mesh`
+    and `model_overrides` are {name: value} dicts. optim.total_steps defaults to the run's
+    number of optimizer updates (total_steps * mu * num_minibatches), which a cosine needs.
+    """
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    sections = {}
+    for name in _SECTIONS:
+        if name in values:
+            section = dict(values.pop(name))
+            if name == "data" and "task_knobs" in section:
+                section["task_knobs"] = tuple(sorted(dict(section["task_knobs"]).items()))
+            sections[name] = section
+    rewards = values.pop("rewards", None)
+    reward_options = values.pop("reward_options", None)
+    for name in _PAIRS:
+        if name in values:
+            values[name] = tuple(dict(values[name]).items())
+    grpo_cfg = _section(GRPOConfig, sections.get("grpo", {}), "grpo")
+    optim = sections.get("optim", {})
+    if optim.get("total_steps") is None and "total_steps" in values:
+        updates = grpo_cfg.num_iterations * grpo_cfg.num_minibatches
+        optim = dict(optim, total_steps=int(values["total_steps"]) * updates)
+    built = {name: _section(cls, sections.get(name, {}), name)
+             for name, cls in _SECTIONS.items() if name not in ("grpo", "optim")}
+    built["grpo"] = grpo_cfg
+    built["optim"] = _section(state_lib.OptimConfig, optim, "optim")
+    if rewards is not None:
+        built["rewards"] = registry.Spec.from_dict(dict(rewards), reward_options)
+    return _section(ExperimentConfig, values, "config", **built)

@@ -1,0 +1,262 @@
+"""The jitted, sharded GRPO update: score prompt + completion, GRPO loss, AdamW, MoE bias.
+
+One call of the step function is one optimizer update on one minibatch of completions
+(DeepSeek-R1, arXiv:2501.12948, Sec. 2.2.1; the outer loop in `trainer` runs mu passes over
+the sampled batch in minibatches):
+
+  1. the training forward scores each sequence [prompt ; completion] with `Transformer.apply`
+     (prompt padding masked out, the completion at its real positions prompt_length + t), and
+     takes log pi_theta at the completion tokens from log_softmax(logits / temperature), the
+     sampling temperature, so that the ratio to the sampler's old log-probs is 1 at mu = 1;
+  2. `grpo.grpo_loss` with the old log-probs from the sampler and the reference log-probs
+     (computed once per batch by `make_score_fn`), plus any sown MoE auxiliary loss, gradients
+     accumulated over micro-batches (`state.accumulate_gradients`);
+  3. the AdamW update (`state.apply_gradients`), then the auxiliary-loss-free balancing bias
+     update from the expert loads of this forward (DeepSeek-V3 Sec. 2.1.2, gamma);
+  4. numerical guard: if the loss or the gradient norm is not finite the new params and
+     optimizer state are discarded inside the step (state unchanged but for the `skipped`
+     counter), so one bad batch never poisons the run.
+
+The train state is a dict, donated to the step:
+  {"step": updates so far, "params", "opt_state", "rng": uint32 [2] seed key,
+   "ref_params": the frozen reference, "skipped": int32 count of skipped updates}.
+Shardings come from the logical rules (`r1jax.sharding.RULES`) over the run's mesh; the
+reference is sharded exactly like the policy; optimizer moments follow their parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from r1jax import sharding
+from r1jax.models import config as config_lib
+from r1jax.models import moe, transformer
+from r1jax.rl import config as rl_config
+from r1jax.rl import grpo
+from r1jax.train import state as state_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """The static settings of the update (hashable: part of the compiled step)."""
+
+    model: config_lib.ModelConfig
+    grpo: rl_config.GRPOConfig
+    optim: state_lib.OptimConfig
+    temperature: float
+    max_new_tokens: int
+
+    @property
+    def gamma(self) -> float:
+        """MoE bias update speed: the GRPO override or the model's bias_update_speed."""
+        speed = self.grpo.bias_update_speed
+        return self.model.bias_update_speed if speed is None else speed
+
+
+# ---------------------------------------------------------------------------------------------
+# The training forward
+# ---------------------------------------------------------------------------------------------
+
+
+def sequence_inputs(prompt_bp, lengths_b, completion_bt, completion_mask_bt):
+    """[prompt ; completion] tokens, mask and RoPE positions, [B, P + T] each.
+
+    The prompt is right-padded; its padding stays in place (masked, never attended to) and the
+    completion sits at positions lengths_b + t, as the sampler generated it.
+    """
+    p, t = prompt_bp.shape[1], completion_bt.shape[1]
+    prompt_mask_bp = jnp.arange(p)[None, :] < lengths_b[:, None]
+    tokens_bl = jnp.concatenate([prompt_bp, completion_bt], axis=1)
+    mask_bl = jnp.concatenate([prompt_mask_bp, completion_mask_bt > 0], axis=1)
+    positions_bl = jnp.concatenate([
+        jnp.broadcast_to(jnp.arange(p), prompt_bp.shape),
+        lengths_b[:, None] + jnp.arange(t)[None, :]], axis=1)
+    return tokens_bl, mask_bl, positions_bl
+
+
+def completion_logits(model: transformer.Transformer, params, batch, temperature: float):
+    """Logits / temperature that predict each completion token [B, T, V], and intermediates.
+
+    Completion token 0 is predicted by the last real prompt token (slot length - 1), token
+    t > 0 by completion token t - 1 (slot P + t - 1).
+    """
+    prompt_bp, lengths_b = batch["prompt_tokens"], batch["prompt_lengths"]
+    tokens_bl, mask_bl, positions_bl = sequence_inputs(
+        prompt_bp, lengths_b, batch["completion_tokens"], batch["completion_mask"])
+    logits_blv, variables = model.apply({"params": params}, tokens_bl, positions_bl, mask_bl,
+                                        mutable=["intermediates"])
+    p, t = prompt_bp.shape[1], batch["completion_tokens"].shape[1]
+    slot_t = jnp.arange(t)
+    slot_bt = jnp.where(slot_t[None, :] == 0, lengths_b[:, None] - 1, p + slot_t[None, :] - 1)
+    logits_btv = jnp.take_along_axis(logits_blv, slot_bt[..., None], axis=1)
+    return logits_btv / temperature, variables.get("intermediates", {})
+
+
+def make_score_fn(config: StepConfig):
+    """(params, batch) -> log pi at the completion tokens [B, T] (for the reference model)."""
+    model = transformer.Transformer(config.model)
+
+    def score(params, batch):
+        logits_btv, _ = completion_logits(model, params, batch, config.temperature)
+        logps_bt = grpo.token_logps(logits_btv, batch["completion_tokens"])
+        return jnp.where(batch["completion_mask"] > 0, logps_bt, 0.0)
+
+    return score
+
+
+def _expert_loads(intermediates) -> dict:
+    """The `expert_load` entries of an intermediates tree (other sown values dropped)."""
+    flat = traverse_util.flatten_dict(nn.unbox(dict(intermediates)))
+    return traverse_util.unflatten_dict(
+        {k: v for k, v in flat.items() if k[-1] == moe.EXPERT_LOAD})
+
+
+def make_loss_fn(config: StepConfig):
+    """(params, minibatch) -> (loss, aux): the GRPO loss plus sown MoE auxiliary losses."""
+    model = transformer.Transformer(config.model)
+    g = config.grpo
+
+    def loss_fn(params, batch):
+        logits_btv, intermediates = completion_logits(model, params, batch, config.temperature)
+        logps_bt = grpo.token_logps(logits_btv, batch["completion_tokens"])
+        loss, metrics = grpo.grpo_loss(
+            logps_bt, batch["old_logps"], batch["ref_logps"] if g.beta > 0 else None,
+            batch["advantages"], batch["completion_mask"], clip_eps_low=g.clip_eps_low,
+            clip_eps_high=g.clip_eps_high, beta=g.beta, kl_estimator=g.kl_estimator,
+            aggregation=g.aggregation, max_length=config.max_new_tokens, logits=logits_btv)
+        aux_loss = moe.total_aux_loss(intermediates)
+        metrics = dict(metrics, pg_loss=loss, aux_loss=aux_loss)
+        return loss + aux_loss, {"metrics": metrics, "loads": _expert_loads(intermediates)}
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# The update
+# ---------------------------------------------------------------------------------------------
+
+
+def make_train_step(config: StepConfig):
+    """(state, minibatch) -> (state, metrics): one guarded optimizer update (module docstring)."""
+    optimizer = state_lib.make_optimizer(config.optim)
+    loss_fn = make_loss_fn(config)
+    schedule = state_lib.learning_rate_schedule(config.optim)
+
+    def train_step(state, batch):
+        loss, aux, grads = state_lib.accumulate_gradients(
+            loss_fn, state["params"], batch, config.grpo.num_micro_batches)
+        updated, opt_metrics = state_lib.apply_gradients(state, grads, optimizer)
+        if config.model.is_moe and config.gamma > 0:
+            updated["params"] = moe.update_all_biases(updated["params"], aux["loads"],
+                                                      config.gamma)
+        finite = jnp.isfinite(loss) & jnp.isfinite(opt_metrics["grad_norm"])
+        # Select, don't branch: both sides exist anyway, and a select keeps the donated buffers.
+        new_state = dict(state, **{
+            key: jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated[key],
+                              state[key])
+            for key in ("step", "params", "opt_state")})
+        new_state["skipped"] = state["skipped"] + (~finite).astype(jnp.int32)
+        metrics = dict(aux["metrics"], loss=loss, grad_norm=opt_metrics["grad_norm"],
+                       learning_rate=schedule(state["step"]),
+                       nonfinite=(~finite).astype(jnp.int32))
+        return new_state, metrics
+
+    return train_step
+
+
+def init_state(params, config: StepConfig, seed: int) -> dict[str, Any]:
+    """The initial train state: the policy and the reference both start from `params`."""
+    state = state_lib.create_train_state(params, config.optim, jax.random.PRNGKey(seed))
+    state["ref_params"] = jax.tree.map(jnp.copy, params)
+    state["skipped"] = jnp.zeros((), jnp.int32)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Shardings and compilation
+# ---------------------------------------------------------------------------------------------
+
+
+def param_shardings(model_config: config_lib.ModelConfig, mesh):
+    """NamedShardings of the parameter tree under the logical rules (no memory allocated)."""
+    def init():
+        tokens_bt = jnp.zeros((1, 1), jnp.int32)
+        return transformer.Transformer(model_config).init(jax.random.key(0), tokens_bt)["params"]
+
+    return sharding.logical_shardings(nn.get_partition_spec(jax.eval_shape(init)), mesh)
+
+
+def _key_names(path) -> tuple[str, ...]:
+    return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def like_params(tree, params_abstract, params_sh, default):
+    """Shardings for a tree (e.g. an optimizer state) whose leaves mirror parameters.
+
+    A leaf whose dict-key path ends with a parameter's path and has that parameter's shape
+    gets the parameter's sharding (Adam's mu and nu); anything else gets `default`.
+    """
+    by_path = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params_abstract)[0]:
+        by_path[_key_names(path)] = leaf.shape
+    shardings = {_key_names(p): s for p, s in jax.tree_util.tree_flatten_with_path(params_sh)[0]}
+    depth = max(map(len, by_path))
+
+    def pick(path, leaf):
+        names = _key_names(path)
+        for n in range(1, depth + 1):
+            if by_path.get(names[-n:]) == getattr(leaf, "shape", None):
+                return shardings[names[-n:]]
+        return default
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def state_shardings(config: StepConfig, mesh) -> dict[str, Any]:
+    """Shardings of the train state: params and reference by the rules, Adam moments like
+    their parameters, scalars and the key replicated."""
+    params_sh = param_shardings(config.model, mesh)
+    abstract = transformer.abstract_params(config.model)
+    opt_shape = jax.eval_shape(state_lib.make_optimizer(config.optim).init, abstract)
+    replicated = sharding.replicated(mesh)
+    opt_sh = like_params(opt_shape, abstract, params_sh, replicated)
+    return {"step": replicated, "params": params_sh, "opt_state": opt_sh, "rng": replicated,
+            "ref_params": params_sh, "skipped": replicated}
+
+
+_BATCH_NDIM = {"prompt_tokens": 2, "prompt_lengths": 1, "completion_tokens": 2,
+               "completion_mask": 2, "old_logps": 2, "ref_logps": 2, "advantages": 1}
+
+
+def batch_shardings(mesh, keys=tuple(_BATCH_NDIM)) -> dict[str, Any]:
+    """Every batch array sharded on its leading (batch) axis over the data axes."""
+    return {k: sharding.batch_sharding(mesh, _BATCH_NDIM[k]) for k in keys}
+
+
+def jit_train_step(config: StepConfig, mesh):
+    """The compiled step with state shardings in and out and the state donated.
+
+    Call it inside `jax.set_mesh(mesh)` so the model's activation constraints apply.
+    """
+    state_sh = state_shardings(config, mesh)
+    return jax.jit(make_train_step(config),
+                   in_shardings=(state_sh, batch_shardings(mesh)),
+                   out_shardings=(state_sh, sharding.replicated(mesh)),
+                   donate_argnums=0)
+
+
+_SCORE_KEYS = ("prompt_tokens", "prompt_lengths", "completion_tokens", "completion_mask")
+
+
+def jit_score(config: StepConfig, mesh):
+    """The compiled reference scorer: (ref_params, batch) -> [B, T] log-probs."""
+    return jax.jit(make_score_fn(config),
+                   in_shardings=(param_shardings(config.model, mesh),
+                                 batch_shardings(mesh, _SCORE_KEYS)),
+                   out_shardings=sharding.batch_sharding(mesh, 2))
