@@ -1,0 +1,100 @@
+"""DeepSeek-R1-Zero: GRPO from a base model with accuracy + format rewards (arXiv:2501.12948).
+
+  python experiments/pretrain_base.py                                 # the toy base model
+  python experiments/r1_zero.py --config=configs/r1_zero.py:tiny --workdir=runs/r1_zero_tiny
+  python experiments/r1_zero.py --config=configs/r1_zero.py:tiny --config.grpo.beta=0.001
+
+Presets:
+  tiny   countdown (3 numbers) from the toy base model of configs/pretrain_base.py:tiny, on one
+         CPU in minutes.
+  smoke  a few seconds per step with a shrunken everything (for the tests, which point
+         `base_dir` at a small random model).
+
+The paper's R1-Zero settings are the defaults of `r1jax.rl.config` (lr 3e-6, beta 0.001,
+epsilon 10, G 16, 32 questions per step, temperature 1, reference refreshed every 400 steps);
+a preset lists every field it uses so that the command line can override any of them.
+"""
+
+import ml_collections
+
+
+def _base() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.base_dir = "runs/base_tiny/base"
+    c.total_steps = 200
+    c.seed = 0
+    c.mesh = {"fsdp": -1}
+    c.model_overrides = {}
+    c.optim = dict(learning_rate=3e-6, warmup_steps=0, schedule="constant", total_steps=None,
+                   end_lr_factor=0.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
+                   grad_clip_norm=1.0)
+    c.grpo = dict(group_size=16, prompts_per_step=32, num_iterations=1, num_minibatches=1,
+                  num_micro_batches=1, beta=0.001, kl_estimator="k3", clip_eps_low=10.0,
+                  clip_eps_high=10.0, aggregation="seq_mean", advantage_scale="group",
+                  ref_update_every=400, dynamic_sampling=False, max_extra_draws=4,
+                  max_consecutive_nonfinite=5, bias_update_speed=None)
+    c.sampling = dict(max_new_tokens=1024, temperature=1.0, top_k=None, top_p=None)
+    c.data = dict(task="countdown", task_knobs={}, template="r1_zero", seed=0,
+                  max_prompt_len=256, bucket=32)
+    c.eval = dict(every=50, num_prompts=64, num_samples=4, temperature=0.6, top_p=0.95,
+                  greedy=True, max_new_tokens=None, num_logged_samples=4)
+    c.rewards = {"countdown": 1.0, "format_strict": 1.0}
+    c.reward_options = {}
+    c.reward_workers = 2
+    c.checkpoint_every = 50
+    c.keep_checkpoints = 3
+    c.async_checkpoints = True
+    c.log_every = 1
+    c.peak_flops = None
+    c.progress_bar = True
+    c.tensorboard = True
+    c.plots = True
+    return c
+
+
+def tiny() -> ml_collections.ConfigDict:
+    """Countdown on the toy base model: small groups, short completions, a stronger lr."""
+    c = _base()
+    c.total_steps = 200
+    c.optim.update(learning_rate=1e-4, warmup_steps=10)
+    c.grpo.update(group_size=8, prompts_per_step=8, num_minibatches=2, beta=0.001,
+                  clip_eps_low=0.2, clip_eps_high=0.28, ref_update_every=0,
+                  dynamic_sampling=True)
+    c.sampling.update(max_new_tokens=128)
+    c.data.update(task_knobs={"min_numbers": 3, "max_numbers": 3, "max_number": 50,
+                              "max_target": 100})
+    c.eval.update(every=25, num_prompts=32, num_samples=4)
+    c.checkpoint_every = 25
+    return c
+
+
+def smoke() -> ml_collections.ConfigDict:
+    """Seconds per step: 4 steps, G=4, 2 prompts, 12 new tokens, arithmetic with an inline
+    (no worker pool) numeric reward."""
+    c = _base()
+    c.total_steps = 4
+    c.mesh = {"data": 1}
+    c.optim.update(learning_rate=1e-3, warmup_steps=1)
+    c.grpo.update(group_size=4, prompts_per_step=2, num_minibatches=2, num_micro_batches=2,
+                  beta=0.04, clip_eps_low=0.2, clip_eps_high=0.28, ref_update_every=3,
+                  dynamic_sampling=False)
+    c.sampling.update(max_new_tokens=12)
+    c.data.update(task="arithmetic", task_knobs={"min_digits": 1, "max_digits": 2},
+                  max_prompt_len=256, bucket=64)
+    c.eval.update(every=2, num_prompts=2, num_samples=4, max_new_tokens=12,
+                  num_logged_samples=2)
+    c.rewards = {"numeric": 1.0, "format_strict": 0.5, "format_lenient": 0.5}
+    c.checkpoint_every = 2
+    c.keep_checkpoints = 2
+    c.progress_bar = False
+    return c
+
+
+PRESETS = {"tiny": tiny, "smoke": smoke}
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    name = arg or "tiny"
+    if name not in PRESETS:
+        raise ValueError(f"unknown r1_zero preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name]()

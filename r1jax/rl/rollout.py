@@ -1,0 +1,237 @@
+"""Rollouts for GRPO: sample G completions per prompt, score them, fill the batch, evaluate.
+
+DeepSeek-R1 (arXiv:2501.12948), Sec. 2.2: for each question the old policy samples a group of
+G outputs, which rule-based rewards score (accuracy + format for R1-Zero, Sec. 2.2.2). A
+rollout is a dict of host (NumPy) arrays with one row per completion, the G completions of a
+prompt consecutive:
+
+  prompt_tokens int32 [N, P] (right-padded), prompt_lengths [N], completion_tokens [N, T],
+  completion_mask bool [N, T], old_logps float32 [N, T] (the sampler's log-probs at the
+  sampling temperature, before top-k/top-p truncation), lengths [N], stopped bool [N],
+  rewards float32 [N], accuracy [N], format [N], components {name: [N]}, texts [N] (the
+  completions), prompts [N].
+
+DAPO's dynamic sampling (arXiv:2503.14476, Sec. 3.2) is `fill_batch`: groups whose rewards are
+all equal carry no advantage signal, so they are dropped and more prompts are drawn, up to a cap.
+If the cap is reached first, the batch is completed with dropped groups (zero advantages; they
+still contribute the KL term), so its shape never changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from r1jax import sampling
+from r1jax.data import templates
+from r1jax.data import tokenizer as tokenizer_lib
+from r1jax.evals import passk
+from r1jax.models import config as config_lib
+from r1jax.rewards import format as format_lib
+from r1jax.rewards import pool as pool_lib
+from r1jax.rewards import registry
+
+Rollout = dict[str, Any]
+# Keys that the prompt pipeline adds; every other batch key is a task field for the rewards.
+_PIPELINE_KEYS = ("prompt_tokens", "prompt_lengths", "prompt_truncated", "source_index",
+                  "prompt")
+_ACCURACY_REWARDS = ("accuracy", "countdown", "math", "numeric", "code")
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What sampling and scoring need besides params: model, tokenizer, template, rewards."""
+
+    model: config_lib.ModelConfig
+    tokenizer: tokenizer_lib.Tokenizer
+    template: templates.Template
+    rewards: registry.Spec
+    pool: pool_lib.WorkerPool | None
+    mesh: jax.sharding.Mesh | None
+
+    @property
+    def stop_sequences(self) -> tuple[tuple[int, ...], ...]:
+        return sampling.stop_token_sequences(self.tokenizer, self.template.stop_strings)
+
+
+def needs_pool(spec: registry.Spec) -> bool:
+    """True when a configured reward (or the accuracy metric) runs in worker processes."""
+    names = [name for name, _ in spec.weights]
+    if not any(name in _ACCURACY_REWARDS for name in names):
+        return True  # the accuracy metric falls back to the pooled "accuracy" reward
+    return any(spec.reward(name).pooled for name in names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and scoring
+# ---------------------------------------------------------------------------------------------
+
+
+def sample(ctx: Context, params, batch, rng, *, num_samples: int, max_new_tokens: int,
+           temperature: float, top_k: int | None = None, top_p: float | None = None) -> Rollout:
+    """G = num_samples completions of each prompt of a pipeline batch, as host arrays."""
+    result = sampling.generate(
+        ctx.model, params, batch["prompt_tokens"], batch["prompt_lengths"], rng,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        eos_id=ctx.tokenizer.eos_id, stop_token_sequences=ctx.stop_sequences,
+        num_samples=num_samples, pad_id=ctx.tokenizer.pad_id, mesh=ctx.mesh)
+    result = jax.device_get(result)
+    lengths = np.asarray(result.lengths)
+    tokens = np.asarray(result.tokens)
+    repeat = lambda x: np.repeat(np.asarray(x), num_samples, axis=0)
+    return {
+        "prompt_tokens": repeat(batch["prompt_tokens"]).astype(np.int32),
+        "prompt_lengths": repeat(batch["prompt_lengths"]).astype(np.int32),
+        "completion_tokens": tokens.astype(np.int32),
+        "completion_mask": np.asarray(result.mask, bool),
+        "old_logps": np.asarray(result.logps, np.float32),
+        "lengths": lengths.astype(np.int32),
+        "stopped": np.asarray(result.finish_reason) == sampling.FINISH_STOP,
+        "texts": [ctx.tokenizer.decode(tokens[i, : lengths[i]]) for i in range(len(lengths))],
+        "prompts": [p for p in batch["prompt"] for _ in range(num_samples)],
+        "fields": {k: [v for v in batch[k] for _ in range(num_samples)]
+                   for k in batch if k not in _PIPELINE_KEYS},
+    }
+
+
+def score(ctx: Context, rollout: Rollout) -> Rollout:
+    """Adds rewards (the weighted total), components, accuracy (0/1) and format (0/1)."""
+    responses = [ctx.template.full_response(t) for t in rollout["texts"]]
+    fields = dict(rollout["fields"], lengths=list(rollout["lengths"]))
+    combined = registry.combine(ctx.rewards, responses, pool=ctx.pool, **fields)
+    names = [n for n in _ACCURACY_REWARDS if n in combined.components]
+    if names:
+        accuracy = combined.components[names[0]] >= 1.0
+    else:
+        accuracy = registry.get("accuracy")(responses, pool=ctx.pool, **fields) >= 1.0
+    return dict(rollout, rewards=combined.total, components=combined.components,
+                accuracy=accuracy.astype(np.float32),
+                format=np.array([format_lib.strict(r) for r in responses], np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows, groups and dynamic sampling
+# ---------------------------------------------------------------------------------------------
+
+
+def take_rows(rollout: Rollout, rows: Sequence[int]) -> Rollout:
+    """The rollout restricted to `rows` (in that order)."""
+    rows = np.asarray(rows, np.int64)
+
+    def take(value):
+        if isinstance(value, dict):
+            return {k: take(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [value[i] for i in rows]
+        return np.asarray(value)[rows]
+
+    return {k: take(v) for k, v in rollout.items()}
+
+
+def concat(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
+    """Rows of several rollouts, prompt tokens padded on the right to the widest."""
+    width = max(r["prompt_tokens"].shape[1] for r in rollouts)
+
+    def pad(x):
+        return np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=pad_id)
+
+    def join(values, key):
+        if isinstance(values[0], dict):
+            return {k: join([v[k] for v in values], k) for k in values[0]}
+        if isinstance(values[0], list):
+            return [x for v in values for x in v]
+        if key == "prompt_tokens":
+            values = [pad(v) for v in values]
+        return np.concatenate(values, axis=0)
+
+    return {k: join([r[k] for r in rollouts], k) for k in rollouts[0]}
+
+
+def informative_groups(rewards: np.ndarray, group_size: int) -> np.ndarray:
+    """bool [num_groups]: the group's rewards are not all equal (a non-zero advantage)."""
+    r_pg = np.asarray(rewards).reshape(-1, group_size)
+    return r_pg.max(axis=1) > r_pg.min(axis=1)
+
+
+def fill_batch(draw: Callable[[int], Rollout], num_groups: int, group_size: int,
+               max_extra_draws: int, pad_id: int) -> tuple[Rollout, dict[str, float]]:
+    """DAPO dynamic sampling: informative groups from draw(0), draw(1), ... until `num_groups`.
+
+    Args:
+      draw: j -> a scored rollout of the j-th prompt batch of this step.
+      num_groups: prompts per step; group_size: G; max_extra_draws: the cap on draw(j > 0).
+    Returns:
+      (rollout of num_groups * G rows, {"dynamic/extra_draws", "dynamic/informative_frac"}).
+    """
+    draws, kept, spare = [], [], []
+    while True:
+        j = len(draws)
+        draws.append(draw(j))
+        mask = informative_groups(draws[-1]["rewards"], group_size)
+        kept += [(j, i) for i in np.flatnonzero(mask)]
+        spare += [(j, i) for i in np.flatnonzero(~mask)]
+        if len(kept) >= num_groups or j >= max_extra_draws:
+            break
+    informative_frac = len(kept) / (len(draws) * num_groups)
+    chosen = (kept + spare)[:num_groups]
+    pieces = [take_rows(draws[j], range(i * group_size, (i + 1) * group_size))
+              for j, i in chosen]
+    stats = {"dynamic/extra_draws": len(draws) - 1, "dynamic/informative_frac": informative_frac,
+             "dynamic/filled_frac": min(len(kept), num_groups) / num_groups}
+    return concat(pieces, pad_id), stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics and evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+def rollout_metrics(rollout: Rollout, max_new_tokens: int) -> dict[str, float]:
+    """Reward components, accuracy, format rate and response-length statistics."""
+    lengths = rollout["lengths"]
+    clipped = (lengths >= max_new_tokens) & ~rollout["stopped"]
+    metrics = {"reward/total": float(np.mean(rollout["rewards"]))}
+    metrics.update({f"reward/{k}": float(np.mean(v)) for k, v in rollout["components"].items()})
+    metrics.update({
+        "accuracy": float(np.mean(rollout["accuracy"])),
+        "format_rate": float(np.mean(rollout["format"])),
+        "response_length/mean": float(np.mean(lengths)),
+        "response_length/max": int(np.max(lengths)),
+        "response_length/clipped_frac": float(np.mean(clipped)),
+    })
+    return metrics
+
+
+def evaluate(ctx: Context, params, batch, rng, *, num_samples: int, temperature: float,
+             top_p: float | None, greedy: bool, max_new_tokens: int,
+             num_logged: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """pass@1 over `num_samples` samples (R1 paper Sec. 3: temperature 0.6, top-p 0.95),
+    greedy accuracy, format rate and mean length on a held-out prompt batch.
+
+    Returns (metrics with an `eval/` prefix, the first `num_logged` sampled completions).
+    """
+    sampled = score(ctx, sample(ctx, params, batch, rng, num_samples=num_samples,
+                                max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_p=top_p))
+    correct_nk = sampled["accuracy"].reshape(-1, num_samples)
+    metrics = {
+        "eval/pass@1": passk.pass_at_1_mean(correct_nk),
+        f"eval/pass@{num_samples}": float(np.mean(passk.pass_at_k(num_samples,
+                                                                    correct_nk.sum(1), num_samples))),
+        "eval/format_rate": float(np.mean(sampled["format"])),
+        "eval/response_length": float(np.mean(sampled["lengths"])),
+        "eval/reward": float(np.mean(sampled["rewards"])),
+    }
+    if greedy:
+        greedy_rollout = score(ctx, sample(ctx, params, batch, rng, num_samples=1,
+                                           max_new_tokens=max_new_tokens, temperature=0.0))
+        metrics["eval/greedy_accuracy"] = float(np.mean(greedy_rollout["accuracy"]))
+    logged = [{"prompt": sampled["prompts"][i], "completion": sampled["texts"][i],
+               "reward": float(sampled["rewards"][i]), "correct": bool(sampled["accuracy"][i]),
+               "length": int(sampled["lengths"][i])}
+              for i in range(min(num_logged, len(sampled["texts"])))]
+    return metrics, logged

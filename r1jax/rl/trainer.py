@@ -1,0 +1,444 @@
+"""The GRPO trainer: R1-Zero-style reinforcement learning from a base model.
+
+DeepSeek-R1 (arXiv:2501.12948), Sec. 2.2. Each step s:
+
+  draw prompts -> sample G completions each (`rollout.sample`, old log-probs from the sampler)
+  -> score with the configured rule-based rewards -> group-relative advantages (eq. 3)
+  -> optional DAPO dynamic sampling (`rollout.fill_batch`) -> reference log-probs
+  -> mu passes over the batch in minibatches, one jitted, sharded, donated update each
+     (`step.make_train_step`: GRPO loss, AdamW, MoE bias update, non-finite guard)
+  -> reference refresh every K steps -> metrics -> evaluation every K steps -> checkpoint.
+
+Determinism and resumption: step s samples with fold_in(seed key, s); the prompt stream is the
+pipeline's index-based loader, its position checkpointed; rewards are pure functions of text.
+A checkpoint at step s holds the state after s steps (params with the MoE biases, optimizer
+state, reference params, seed key, update count) and, as JSON meta, the loader position. A run
+killed at any point (SIGKILL) restarts from the newest complete checkpoint, drops the metric
+and sample records logged after it, and continues exactly (on CPU the records after resume are
+those of an uninterrupted run, except timings, under `perf/`). SIGTERM (preemption) abandons
+the step in progress and checkpoints the last completed step before returning.
+
+Workdir: config.json, checkpoints/, metrics.jsonl, tensorboard/, samples.jsonl, plots/*.png.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from r1jax import sharding
+from r1jax.data import pipeline, tasks, templates
+from r1jax.models import summary
+from r1jax.rewards import pool as pool_lib
+from r1jax.rl import config as rl_config
+from r1jax.rl import grpo, rollout, step
+from r1jax.train import base, checkpoint, metrics
+
+SAMPLES_NAME = "samples.jsonl"
+PLOTS = {"reward": ("reward/total", "eval/reward"),
+         "accuracy": ("accuracy", "eval/pass@1", "eval/greedy_accuracy"),
+         "response_length": ("response_length/mean", "eval/response_length")}
+_EVAL_SALT, _TRAIN_SALT = 1, 0
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive updates had a non-finite loss or gradient."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def make_mesh(config: rl_config.ExperimentConfig) -> jax.sharding.Mesh:
+    """The configured mesh; without a -1 axis it uses the first prod(sizes) devices."""
+    shape = dict(config.mesh)
+    devices = jax.devices()
+    if -1 not in shape.values():
+        devices = devices[: int(np.prod(list(shape.values()) or [1]))]
+    return sharding.make_mesh(shape, devices)
+
+
+def measure_peak_flops(n: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a jitted n x n float32 matmul, best of `repeats` (the MFU denominator)."""
+    x = jnp.ones((n, n), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    matmul(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best
+
+
+def forward_flops(model_config, rows: int, length: int) -> float:
+    """Model FLOPs of one forward over rows x length tokens: 2 * activated params per token
+    plus the attention score and value products (full T x T, as computed)."""
+    active = summary.count_params(model_config)["activated"]
+    qk = model_config.qk_head_dim if model_config.attention_type == "mla" \
+        else model_config.head_dim
+    v = model_config.v_head_dim if model_config.attention_type == "mla" \
+        else model_config.head_dim
+    attention = (2 * model_config.num_hidden_layers * model_config.num_attention_heads
+                 * length * (qk + v))
+    return float(rows * length * (2 * active + attention))
+
+
+def _truncate_jsonl(path: str, step: int) -> None:
+    """Drops records with step > `step` (atomically), as `MetricsWriter.truncate_after`."""
+    if not os.path.exists(path):
+        return
+    kept = [r for r in metrics.read_jsonl(path) if r["step"] <= step]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    os.replace(tmp, path)
+
+
+def _append_jsonl(path: str, records: list[dict]) -> None:
+    if jax.process_index() == 0 and records:
+        with open(path, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+@contextlib.contextmanager
+def _preemption_flag():
+    """Yields an Event set by SIGTERM (main thread only); the old handler is restored."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Preempted(Exception):
+    """Raised inside a step when SIGTERM arrived; the step is abandoned."""
+
+
+# ---------------------------------------------------------------------------------------------
+# One GRPO step
+# ---------------------------------------------------------------------------------------------
+
+
+class _Run:
+    """Everything a step needs, built once by `train` (see its banner sections)."""
+
+    def __init__(self, config, ctx, mesh, loader, eval_batch, step_config, preempt):
+        self.config, self.ctx, self.mesh = config, ctx, mesh
+        self.loader, self.eval_batch, self.preempt = loader, eval_batch, preempt
+        self.step_config = step_config
+        self.train_step = step.jit_train_step(step_config, mesh)
+        self.score = step.jit_score(step_config, mesh)
+        self.key = None  # set from the state's seed key
+        self.peak_flops = config.peak_flops
+
+    def check_preempted(self):
+        if self.preempt.is_set():
+            raise _Preempted()
+
+    def collect(self, params, s: int) -> tuple[rollout.Rollout, dict[str, float]]:
+        """Samples, scores and (optionally) filters the step's batch; returns it and timings."""
+        cfg, g = self.config, self.config.grpo
+        timings = {"sample": 0.0, "reward": 0.0}
+
+        def draw(j):
+            self.check_preempted()
+            batch = next(self.loader)
+            start = time.perf_counter()
+            rng = _stream_key(self.key, _TRAIN_SALT, s, j)
+            out = rollout.sample(self.ctx, params, batch, rng, num_samples=g.group_size,
+                                 max_new_tokens=cfg.sampling.max_new_tokens,
+                                 temperature=cfg.sampling.temperature,
+                                 top_k=cfg.sampling.top_k, top_p=cfg.sampling.top_p)
+            timings["sample"] += time.perf_counter() - start
+            start = time.perf_counter()
+            out = rollout.score(self.ctx, out)
+            timings["reward"] += time.perf_counter() - start
+            return out
+
+        max_extra = g.max_extra_draws if g.dynamic_sampling else 0
+        batch, stats = rollout.fill_batch(draw, g.prompts_per_step, g.group_size, max_extra,
+                                          self.ctx.tokenizer.pad_id)
+        if not g.dynamic_sampling:
+            stats = {}
+        return batch, dict(stats, **timings)
+
+    def device_batch(self, ro: rollout.Rollout, state) -> dict[str, jax.Array]:
+        """The arrays of the update (advantages, reference log-probs), batch-sharded."""
+        g = self.config.grpo
+        batch = {k: ro[k] for k in ("prompt_tokens", "prompt_lengths", "completion_tokens",
+                                    "completion_mask", "old_logps")}
+        batch["advantages"] = np.asarray(grpo.group_advantages(
+            jnp.asarray(ro["rewards"]), g.group_size, g.advantage_scale))
+        batch = jax.device_put(batch, step.batch_shardings(self.mesh, tuple(batch)))
+        if g.beta > 0:
+            score_keys = ("prompt_tokens", "prompt_lengths", "completion_tokens",
+                          "completion_mask")
+            batch["ref_logps"] = self.score(state["ref_params"], {k: batch[k] for k in score_keys})
+        else:
+            batch["ref_logps"] = jnp.zeros_like(batch["old_logps"])
+        return batch
+
+    def optimise(self, state, batch) -> tuple[Any, list[dict]]:
+        """mu passes over the batch in minibatches; one jitted update each."""
+        g = self.config.grpo
+        size = g.batch_size // g.num_minibatches
+        updates = []
+        for _ in range(g.num_iterations):
+            for m in range(g.num_minibatches):
+                minibatch = jax.tree.map(lambda x, m=m: x[m * size:(m + 1) * size], batch)
+                state, out = self.train_step(state, minibatch)
+                updates.append(out)
+        return state, jax.device_get(updates)
+
+    def run_step(self, state, s: int) -> tuple[Any, dict[str, Any]]:
+        """GRPO step s (0-based): returns the state after s + 1 steps and its metrics."""
+        start = time.perf_counter()
+        ro, timings = self.collect(state["params"], s)
+        self.check_preempted()
+        train_start = time.perf_counter()
+        with jax.set_mesh(self.mesh):
+            batch = self.device_batch(ro, state)
+            state, updates = self.optimise(state, batch)
+        train_s = time.perf_counter() - train_start
+        if self.config.grpo.ref_update_every and (s + 1) % self.config.grpo.ref_update_every == 0:
+            state = dict(state, ref_params=jax.tree.map(jnp.copy, state["params"]))
+        out = rollout.rollout_metrics(ro, self.config.sampling.max_new_tokens)
+        out.update({k: v for k, v in timings.items() if k.startswith("dynamic/")})
+        out.update(self.update_metrics(updates))
+        out.update(self.perf_metrics(ro, timings, train_s, time.perf_counter() - start))
+        return state, out
+
+    def update_metrics(self, updates: list[dict]) -> dict[str, Any]:
+        """Means over the step's updates; `nonfinite` is the number of skipped updates."""
+        out = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]
+               if k != "nonfinite"}
+        out["nonfinite"] = int(sum(int(u["nonfinite"]) for u in updates))
+        out["nonfinite_last_run"] = _trailing(updates)
+        return out
+
+    def perf_metrics(self, ro, timings, train_s: float, step_s: float) -> dict[str, float]:
+        """Timings, tokens/s and the training MFU estimate, all under `perf/`."""
+        if self.peak_flops is None:
+            self.peak_flops = measure_peak_flops()
+        rows, p = ro["prompt_tokens"].shape
+        length = p + ro["completion_tokens"].shape[1]
+        fwd = forward_flops(self.ctx.model, rows, length)
+        flops = 3 * fwd * self.config.grpo.num_iterations + (fwd if self.config.grpo.beta else 0)
+        sampled = float(np.sum(ro["lengths"]))
+        return {"perf/sample_s": timings["sample"], "perf/reward_s": timings["reward"],
+                "perf/train_s": train_s, "perf/step_s": step_s,
+                "perf/sample_tokens_per_s": sampled / max(timings["sample"], 1e-9),
+                "perf/train_tokens_per_s": rows * length * self.config.grpo.num_iterations
+                / max(train_s, 1e-9),
+                "perf/mfu": flops / max(train_s, 1e-9) / self.peak_flops}
+
+    def evaluate(self, params, s: int) -> tuple[dict[str, float], list[dict]]:
+        e = self.config.eval
+        rng = _stream_key(self.key, _EVAL_SALT, s)
+        out, samples = rollout.evaluate(
+            self.ctx, params, self.eval_batch, rng, num_samples=e.num_samples,
+            temperature=e.temperature, top_p=e.top_p, greedy=e.greedy,
+            max_new_tokens=e.max_new_tokens or self.config.sampling.max_new_tokens,
+            num_logged=e.num_logged_samples)
+        return out, [dict(r, step=s) for r in samples]
+
+
+def _stream_key(key, *indices: int) -> jax.Array:
+    """fold_in of the seed key with (stream, step, draw): independent keys per use."""
+    for index in indices:
+        key = jax.random.fold_in(key, index)
+    return key
+
+
+def _trailing(updates: list[dict]) -> int:
+    """Skipped updates at the end of the step (continues a run of non-finite updates)."""
+    count = 0
+    for u in reversed(updates):
+        if not int(u["nonfinite"]):
+            break
+        count += 1
+    return count
+
+
+# ---------------------------------------------------------------------------------------------
+# train(config, workdir)
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_model(config: rl_config.ExperimentConfig):
+    model_config, params, tok = base.load_base(config.base_dir)
+    if config.model_overrides:
+        model_config = model_config.replace(**dict(config.model_overrides))
+    return model_config, jax.device_get(params), tok
+
+
+def _loaders(config: rl_config.ExperimentConfig, tok, template):
+    """The training prompt loader (resumable) and the fixed held-out evaluation batch."""
+    d = config.data
+    task = tasks.get(d.task, **dict(d.task_knobs))
+    prompts = pipeline.PromptConfig(batch_size=config.grpo.prompts_per_step,
+                                    max_prompt_len=d.max_prompt_len, bucket=d.bucket, seed=d.seed)
+    train_source = pipeline.generated_source(task, "train", d.seed)
+    loader = pipeline.prompt_loader(train_source, tok, template.format_prompt, prompts)
+    eval_prompts = pipeline.PromptConfig(batch_size=config.eval.num_prompts,
+                                         max_prompt_len=d.max_prompt_len, bucket=d.bucket,
+                                         seed=d.seed)
+    eval_source = pipeline.generated_source(task, "test", d.seed)
+    eval_batch = pipeline.prompt_loader(eval_source, tok, template.format_prompt,
+                                        eval_prompts).batch(0)
+    return loader, eval_batch
+
+
+def _write_config(config: rl_config.ExperimentConfig, workdir: str) -> None:
+    if jax.process_index() == 0:
+        path = os.path.join(workdir, "config.json")
+        with open(f"{path}.tmp", "w") as f:
+            f.write(config.to_json())
+        os.replace(f"{path}.tmp", path)
+
+
+def _restore(ckpt: checkpoint.Checkpointer, state, loader, writer, workdir):
+    """Resumes from the newest checkpoint: state, loader position, log truncation."""
+    restored = ckpt.restore_latest(checkpoint.abstract_tree(state))
+    if restored is None:
+        return state, 0, 0
+    state, meta = restored
+    loader.set_state(meta["data"])
+    writer.truncate_after(meta["step"])
+    _truncate_jsonl(os.path.join(workdir, SAMPLES_NAME), meta["step"])
+    return state, meta["step"], meta["consecutive_nonfinite"]
+
+
+def _save(ckpt, state, s: int, data_state, consecutive: int, force: bool = False) -> None:
+    meta = {"step": s, "data": data_state, "consecutive_nonfinite": consecutive}
+    ckpt.save(s, state, meta, force=force)
+
+
+def _eval_due(config: rl_config.ExperimentConfig, s: int) -> bool:
+    every = config.eval.every
+    return s == config.total_steps or (every > 0 and s % every == 0)
+
+
+def _plots(workdir: str) -> None:
+    os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+    jsonl = os.path.join(workdir, metrics.JSONL_NAME)
+    for name, keys in PLOTS.items():
+        metrics.plot_metrics(jsonl, keys, os.path.join(workdir, "plots", f"{name}.png"))
+
+
+def train(config, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) GRPO; returns {"step", "preempted", "train": last step metrics,
+    "eval": last evaluation metrics, "nonfinite_total"}.
+
+    Args:
+      config: an `ExperimentConfig` or a ConfigDict (`configs/r1_zero.py`), frozen once here.
+      workdir: the run directory (created; an existing one is resumed).
+    """
+    # ------------------------------------------------------------------ config and workdir
+    if not isinstance(config, rl_config.ExperimentConfig):
+        config = rl_config.from_config_dict(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    _write_config(config, workdir)
+
+    # ------------------------------------------------------------------ mesh, model, data
+    mesh = make_mesh(config)
+    model_config, params, tok = _load_model(config)
+    template = templates.get(config.data.template)
+    loader, eval_batch = _loaders(config, tok, template)
+    step_config = step.StepConfig(model_config, config.grpo, config.optim,
+                                  config.sampling.temperature, config.sampling.max_new_tokens)
+
+    # ------------------------------------------------------------------ state and checkpoint
+    state = jax.device_put(step.init_state(params, step_config, config.seed),
+                           step.state_shardings(step_config, mesh))
+    del params
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                   max_to_keep=config.keep_checkpoints,
+                                   async_save=config.async_checkpoints)
+    writer = metrics.MetricsWriter(workdir, use_tensorboard=config.tensorboard)
+    state, start, consecutive = _restore(ckpt, state, loader, writer, workdir)
+
+    # ------------------------------------------------------------------ loop
+    pool = pool_lib.WorkerPool(config.reward_workers) \
+        if rollout.needs_pool(config.rewards) else None
+    with _preemption_flag() as preempt, ckpt, writer, \
+            contextlib.closing(pool) if pool else contextlib.nullcontext():
+        ctx = rollout.Context(model_config, tok, template, config.rewards, pool, mesh)
+        run = _Run(config, ctx, mesh, loader, eval_batch, step_config, preempt)
+        run.key = jax.device_get(state["rng"])
+        summary_ = _loop(run, state, start, consecutive, ckpt, writer, workdir)
+    if config.plots and jax.process_index() == 0:
+        _plots(workdir)
+    return summary_
+
+
+def _evaluate_and_log(run: _Run, params, s: int, writer, workdir: str) -> dict[str, float]:
+    out, samples = run.evaluate(params, s)
+    writer.write(s, out)
+    _append_jsonl(os.path.join(workdir, SAMPLES_NAME), samples)
+    return out
+
+
+def _loop(run: _Run, state, start: int, consecutive: int, ckpt, writer, workdir):
+    """Steps start..total_steps-1 with logging, evaluation, checkpoints and the guards."""
+    config = run.config
+    summary_ = {"step": start, "preempted": False, "train": {}, "eval": {}}
+    if start == 0:
+        summary_["eval"] = _evaluate_and_log(run, state["params"], 0, writer, workdir)
+    bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not config.progress_bar,
+                    desc="grpo", dynamic_ncols=True)
+    with bar:
+        for s in range(start, config.total_steps):
+            data_state = run.loader.get_state()
+            try:
+                state, out = run.run_step(state, s)
+            except _Preempted:
+                _save(ckpt, state, s, data_state, consecutive, force=True)
+                summary_["preempted"] = True
+                break
+            consecutive = _consecutive(consecutive, out, config.updates_per_step)
+            writer.write(s + 1, out)
+            summary_.update(step=s + 1, train=out)
+            bar.update(1)
+            bar.set_postfix(reward=f"{out['reward/total']:.3f}", acc=f"{out['accuracy']:.3f}")
+            if consecutive >= config.grpo.max_consecutive_nonfinite:
+                raise NonFiniteError(_diagnostic(s + 1, consecutive, out, ckpt))
+            if _eval_due(config, s + 1):
+                summary_["eval"] = _evaluate_and_log(run, state["params"], s + 1, writer, workdir)
+            if (s + 1) % config.checkpoint_every == 0 or s + 1 == config.total_steps:
+                _save(ckpt, state, s + 1, run.loader.get_state(), consecutive, force=True)
+            writer.flush()
+    summary_["nonfinite_total"] = int(jax.device_get(state["skipped"]))
+    return summary_
+
+
+def _consecutive(previous: int, out: dict[str, Any], updates_per_step: int) -> int:
+    if out["nonfinite"] == updates_per_step:
+        return previous + updates_per_step
+    return out["nonfinite_last_run"]
+
+
+def _diagnostic(s: int, consecutive: int, out: dict[str, Any], ckpt) -> str:
+    return (f"GRPO stopped at step {s}: {consecutive} consecutive updates had a non-finite loss "
+            f"or gradient (last loss={out['loss']}, grad_norm={out['grad_norm']}, "
+            f"kl={out.get('kl')}, mean reward={out['reward/total']}). Those updates were "
+            f"skipped; the last good checkpoint is step {ckpt.latest_step()} in "
+            f"{ckpt.directory}. Lower the learning rate, check the data, or raise "
+            "grpo.max_consecutive_nonfinite.")
