@@ -102,6 +102,7 @@ def _architecture(fields: _Fields) -> str:
 
 def _common_fields(f: _Fields) -> dict[str, Any]:
     f.expect("hidden_act", ("silu",), "silu")
+    f.expect("partial_rotary_factor", (1, 1.0), 1.0)
     if f.values.get("quantization_config") is not None:
         f.fail("quantization_config", "is set: quantized (e.g. FP8) checkpoints are not supported; "
                "dequantize to bfloat16 first")
@@ -139,8 +140,9 @@ def _rope_fields(f: _Fields, arch: str) -> dict[str, Any]:
     if rope_type == "default":
         return out
     max_pos = f.get("max_position_embeddings", int)
-    old = rope.get("original_max_position_embeddings", int,
-                   f.get("original_max_position_embeddings", int, max_pos))
+    # As transformers: a top-level original_max_position_embeddings wins over the dict's.
+    old = f.get("original_max_position_embeddings", int, None) or rope.get(
+        "original_max_position_embeddings", int, max_pos)
     factor = rope.get("factor", float, None, allow_none=True)
     out.update(original_max_position_embeddings=old,
                rope_factor=max_pos / old if factor is None else factor)
@@ -398,7 +400,7 @@ def _mtp_present(config: config_lib.ModelConfig, names: Iterable[str]) -> bool:
 
 def _load_leaf(ckpt: _Checkpoint, path, leaf, config, dtype) -> np.ndarray:
     names, transpose = hf_names(path, config)
-    stacked = len(names) > 1 or path[-2] == "experts"
+    stacked = path[-2] == "experts"
     want = _hf_shape(leaf.shape, transpose, stacked)
     arrays = []
     for name in names:
@@ -456,6 +458,8 @@ def load_hf(path: str, dtype: Any = jnp.float32) -> tuple[config_lib.ModelConfig
 
 def _hf_tensors(config: config_lib.ModelConfig, params: Mapping) -> dict[str, np.ndarray]:
     """Our params -> {HF name: array}, after checking the tree against the config."""
+    if config.scan_layers:
+        raise ValueError("save_hf: only the scan_layers=False parameter tree is supported")
     expected = traverse_util.flatten_dict(transformer.abstract_params(config))
     flat = traverse_util.flatten_dict(dict(params))
     missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
