@@ -169,15 +169,20 @@ def _as_intermediates(loads: dict[str, jax.Array]) -> dict:
 # -------------------------------------------------------------------------------------- train
 def train(model_config: config_lib.ModelConfig, optim_config: state_lib.OptimConfig,
           config: SFTConfig, batch_fn: Callable[[int], dict], workdir: str | os.PathLike,
-          init_params, *, desc: str = "sft") -> dict:
+          init_params, *, desc: str = "sft", devices=None) -> dict:
     """Trains `init_params` for `config.steps` steps and returns the final params (host arrays).
 
     Checkpoints go to `<workdir>/checkpoints`, metrics to `<workdir>/metrics.jsonl` (and
     TensorBoard); a rerun with the same workdir resumes from the latest checkpoint.
+    `devices` defaults to all devices.
     """
-    # ---- mesh
-    mesh = sharding.make_mesh(dict(config.mesh))
-    jax.set_mesh(mesh)
+    mesh = sharding.make_mesh(dict(config.mesh), devices)
+    with jax.set_mesh(mesh):
+        return _train(model_config, optim_config, config, batch_fn, workdir, init_params,
+                      mesh, desc)
+
+
+def _train(model_config, optim_config, config, batch_fn, workdir, init_params, mesh, desc):
     model = transformer.Transformer(model_config)
     optimizer = state_lib.make_optimizer(optim_config)
     # ---- state
