@@ -13,8 +13,9 @@ DeepSeek-V3 report (arXiv:2412.19437):
 Where this departs from the paper, and why:
   * Selection follows HF transformers `DeepseekV3TopkRouter` exactly (checkpoint parity):
     a group's score is the sum of its top-2 biased scores, and experts of dropped groups get a
-    biased score of 0.0 (the official inference code uses -inf; they differ only when every
-    remaining biased score is negative). Gate values are multiplied by
+    biased score of -inf, as in transformers 5.x and the official inference code (transformers
+    4.x filled 0.0, which lets a dropped group's expert win when kept biased scores are
+    negative). Gate values are multiplied by
     `routed_scaling_factor`, and normalisation adds 1e-20 to the denominator.
   * `scoring_func="softmax"` (DeepSeek-V2) uses the same path; with n_group == 1 and
     norm_topk_prob False it is V2's greedy top-k.
@@ -61,13 +62,14 @@ _SCORING: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 # ---------------------------------------------------------------------------- routing (pure)
 def _mask_groups(biased_te: jax.Array, n_group: int, topk_group: int) -> jax.Array:
-    """Keeps the `topk_group` groups with the largest sum of top-2 biased scores; zeroes others."""
+    """Keeps the `topk_group` groups with the largest sum of top-2 biased scores; the others'
+    experts get -inf, so they are never chosen."""
     t, e = biased_te.shape
     grouped_tgm = biased_te.reshape(t, n_group, e // n_group)
     group_score_tg = jax.lax.top_k(grouped_tgm, 2)[0].sum(-1)
     _, keep_tk = jax.lax.top_k(group_score_tg, topk_group)
     keep_tg = jax.nn.one_hot(keep_tk, n_group, dtype=jnp.bool_).any(axis=1)
-    return jnp.where(keep_tg[:, :, None], grouped_tgm, 0.0).reshape(t, e)
+    return jnp.where(keep_tg[:, :, None], grouped_tgm, -jnp.inf).reshape(t, e)
 
 
 def select_experts(scores_te: jax.Array, bias_e: jax.Array, *, top_k: int, n_group: int,

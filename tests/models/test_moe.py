@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from r1jax import sharding
 from r1jax.models import config as config_lib
 from r1jax.models import moe
 
@@ -56,7 +57,7 @@ def ref_route(x_td, kernel_de, bias_e, cfg):
                       for g in range(cfg.n_group)]
             kept = np.argsort([-sum(top2) for top2 in groups], kind="stable")[:cfg.topk_group]
             for g in set(range(cfg.n_group)) - set(kept.tolist()):
-                biased[g * per_group:(g + 1) * per_group] = 0.0
+                biased[g * per_group:(g + 1) * per_group] = -np.inf
         idx[i] = np.argsort(-biased, kind="stable")[:cfg.num_experts_per_tok]
         w = scores[i, idx[i]]
         if cfg.norm_topk_prob:
@@ -129,18 +130,19 @@ def test_router_matches_numpy_reference(scoring_func, n_group, topk_group, norm)
     assert (np.sort(unbiased_idx, -1) != np.sort(ref_idx, -1)).any()
 
 
-def test_dropped_groups_score_zero_like_hf():
-    """HF fills dropped groups with 0.0 (not -inf): with all biased scores negative they win."""
+def test_dropped_groups_never_win_like_hf():
+    """Dropped groups are filled with -inf (transformers 5.x, official code): even when every
+    kept biased score is negative, only experts of kept groups are chosen."""
     scores_te = jnp.full((1, 8), 0.5).at[0, 0].set(0.9).at[0, 1].set(0.8)
     idx = moe.select_experts(scores_te, jnp.full(8, -2.0), top_k=2, n_group=4, topk_group=1)
-    # Group 0 (experts 0, 1) is kept, yet its biased scores (-1.1, -1.2) lose to the 0.0 fill.
-    np.testing.assert_array_equal(np.sort(idx[0]), [2, 3])
+    # Group 0 (experts 0, 1) is kept; its biased scores (-1.1, -1.2) still beat the fill.
+    np.testing.assert_array_equal(np.sort(idx[0]), [0, 1])
     cfg = make_config(n_group=4, topk_group=1, num_experts_per_tok=2)
     x_td = np.eye(1, D)
     kernel = np.zeros((D, 8))
     kernel[0] = np.log(np.asarray(scores_te[0]) / (1 - np.asarray(scores_te[0])))
     _, ref_idx, _ = ref_route(x_td, kernel, np.full(8, -2.0), cfg)
-    np.testing.assert_array_equal(np.sort(ref_idx[0]), [2, 3])
+    np.testing.assert_array_equal(np.sort(ref_idx[0]), [0, 1])
 
 
 def test_greedy_softmax_is_plain_top_k():
@@ -319,3 +321,17 @@ def test_update_all_biases_walks_every_layer():
     np.testing.assert_array_equal(new["proj"]["kernel"], params["proj"]["kernel"])
     with pytest.raises(KeyError, match="layer_1"):
         moe.update_all_biases(params, {"layer_0": state["intermediates"]["layer_0"]}, 0.5)
+
+
+def test_sharded_apply_matches_single_device():
+    """Same numbers on a (fsdp, expert, tensor) = (2, 2, 2) mesh of simulated CPU devices."""
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (simulated) devices")
+    cfg = make_config()
+    x_btd = jax.random.normal(jax.random.key(10), (4, 6, D))
+    params = init_params(cfg, x_btd, bias_scale=0.3)
+    expected = jax.jit(moe.MoE(cfg).apply)({"params": params}, x_btd)
+    mesh = sharding.make_mesh({"fsdp": 2, "expert": 2, "tensor": 2})
+    with jax.set_mesh(mesh):
+        y_btd = jax.jit(moe.MoE(cfg).apply)({"params": params}, x_btd)
+    np.testing.assert_allclose(y_btd, expected, rtol=1e-5, atol=1e-5)
