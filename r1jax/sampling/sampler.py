@@ -315,7 +315,8 @@ def make_sampler(config: config_lib.ModelConfig, sampling: SamplingConfig,
     return sampler
 
 
-_cached_sampler = functools.lru_cache(maxsize=32)(make_sampler)
+#: `make_sampler` memoised on (config, sampling, mesh): what `generate` calls.
+cached_sampler = functools.lru_cache(maxsize=32)(make_sampler)
 
 
 def check_prompts(config: config_lib.ModelConfig, sampling: SamplingConfig, prompt_tokens,
@@ -373,4 +374,4 @@ def generate(config: config_lib.ModelConfig, params, prompt_tokens, prompt_lengt
         num_samples=num_samples, pad_id=pad_id, pad_side=pad_side, overlong=overlong,
         max_prompt_length=max_prompt_length)
     prompt_bp, lengths_b = check_prompts(config, sampling, prompt_tokens, prompt_lengths)
-    return _cached_sampler(config, sampling, mesh)(params, prompt_bp, lengths_b, rng)
+    return cached_sampler(config, sampling, mesh)(params, prompt_bp, lengths_b, rng)
