@@ -9,9 +9,9 @@ token batch `tokens` [2, 16] and the float32 eager-attention logits `logits` [2,
 
 Weights are drawn so that nothing is degenerate: linear weights N(0, 1/fan_in) (attention is
 far from uniform, routing far from ties), embeddings N(0, 1), norm scales 1 + N(0, 0.1^2),
-biases N(0, 0.1^2), and a positive, non-constant DeepSeek balancing bias in [0, 0.1) that
-changes which experts are chosen (kept non-negative so that masked groups never matter: see
-`r1jax.models.moe` on the -inf / 0.0 masking of dropped groups).
+biases N(0, 0.1^2), and a DeepSeek balancing bias N(-0.6, 0.3^2) that changes which experts
+are chosen and makes some biased scores of kept groups negative (so filling dropped groups with
+0.0 instead of -inf, as transformers 4.x did, would change the selection).
 
   deepseek_v3: MLA with q_lora_rank, YaRN (mscale != mscale_all_dim), interleaved RoPE,
     1 dense + 2 MoE layers, 8 experts in 4 groups (topk_group 2), top-2, 1 shared expert.
@@ -78,7 +78,7 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
             p.copy_(normal(p.shape, p.shape[-1] ** -0.5))
     for name, buf in model.named_buffers():
         if name.endswith("e_score_correction_bias"):
-            buf.copy_(0.1 * torch.rand(buf.shape, generator=gen))
+            buf.copy_(normal(buf.shape, 0.3, -0.6))
 
 
 def build(name: str, seed: int) -> tuple[torch.nn.Module, np.ndarray]:
