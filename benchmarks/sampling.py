@@ -1,0 +1,169 @@
+"""Rollout sampling speed: the cached sampler vs naive generation and HF transformers.
+
+For each preset (random weights) and batch size, generates `--new_tokens` greedy tokens after a
+`--prompt_len`-token prompt with no EOS (so every engine produces exactly B * N tokens) and
+reports generated tokens/s end to end (prefill included) for
+  r1jax    `r1jax.sampling.make_sampler` (KV / latent cache, one jitted while_loop);
+  naive    a jitted full forward over the whole [B, P + N] buffer at every step, no cache;
+  hf       transformers `generate` (use_cache, greedy) on the same weights exported with
+           `r1jax.models.hf.save_hf`, in the same process (skipped with a message when torch /
+           transformers / hf.py are unavailable);
+and the ratios r1jax / naive, r1jax / hf, plus how many greedy tokens HF and r1jax agree on.
+Timings are medians over `--repeats` runs after one warm-up (compilation reported apart).
+Finally: cache bytes per token of MLA vs GQA / MHA models of the same width, heads and depth.
+
+  python benchmarks/sampling.py                      # tiny and small_50m, batch 8 and 64
+  python benchmarks/sampling.py --presets=tiny --batches=8 --repeats=3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax import sampling
+from r1jax.models import config as config_lib
+from r1jax.models import presets, transformer
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """(first call seconds, median seconds of `repeats` further calls)."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return first, statistics.median(times)
+
+
+def make_naive(config: config_lib.ModelConfig, prompt_len: int, new_tokens: int):
+    """Greedy generation without a cache: a full causal forward of the buffer at each step."""
+    model = transformer.Transformer(config)
+
+    @jax.jit
+    def generate(params, prompt_bp):
+        b = prompt_bp.shape[0]
+        buffer_bt = jnp.zeros((b, prompt_len + new_tokens), jnp.int32).at[:, :prompt_len].set(
+            prompt_bp)
+
+        def step(t, buffer_bt):
+            logits_btv = model.apply({"params": params}, buffer_bt)
+            last = prompt_len - 1 + t
+            next_b = jnp.argmax(jax.lax.dynamic_index_in_dim(logits_btv, last, 1, False), -1)
+            return jax.lax.dynamic_update_slice(buffer_bt, next_b[:, None].astype(jnp.int32),
+                                                (0, last + 1))
+
+        return jax.lax.fori_loop(0, new_tokens, step, buffer_bt)[:, prompt_len:]
+
+    return generate
+
+
+def make_hf(config, params, workdir: str):
+    """An HF greedy `generate` on the same weights, or (None, reason)."""
+    try:
+        import torch
+        import transformers
+
+        from r1jax.models import hf
+    except ImportError as err:
+        return None, f"skipped: {err}"
+    hf.save_hf(config, params, workdir, overwrite=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(workdir, dtype=torch.float32)
+    model.eval()
+
+    def generate(prompt_bp: np.ndarray, new_tokens: int) -> np.ndarray:
+        ids = torch.from_numpy(np.asarray(prompt_bp, np.int64))
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                 do_sample=False, use_cache=True, eos_token_id=None,
+                                 pad_token_id=0)
+        return out[:, ids.shape[1]:].numpy()
+
+    return generate, f"transformers {transformers.__version__}, torch {torch.__version__}"
+
+
+def bench_preset(name: str, batches, args) -> None:
+    config = config_lib.ModelConfig.from_dict(presets.get(name))
+    params = transformer.random_params(config)
+    print(f"\n== {name}: {sum(x.size for x in jax.tree.leaves(params)) / 1e6:.1f}M params, "
+          f"P={args.prompt_len}, N={args.new_tokens}, greedy, no EOS")
+    settings = sampling.SamplingConfig(max_new_tokens=args.new_tokens, temperature=0.0)
+    sampler = sampling.make_sampler(config, settings)
+    naive = make_naive(config, args.prompt_len, args.new_tokens)
+    with tempfile.TemporaryDirectory() as workdir:
+        hf_generate, hf_note = make_hf(config, params, workdir + "/hf")
+        print(f"   hf: {hf_note}")
+        for b in batches:
+            bench_batch(config, params, sampler, naive, hf_generate, b, args)
+
+
+def bench_batch(config, params, sampler, naive, hf_generate, b: int, args) -> None:
+    rng = np.random.default_rng(b)
+    prompt_bp = rng.integers(1, config.vocab_size, (b, args.prompt_len)).astype(np.int32)
+    lengths_b = np.full((b,), args.prompt_len, np.int32)
+    key = jax.random.key(0)
+    tokens = b * args.new_tokens
+    compile_s, ours_s = timed(lambda: sampler(params, prompt_bp, lengths_b, key).tokens,
+                              args.repeats)
+    ours = np.asarray(sampler(params, prompt_bp, lengths_b, key).tokens)
+    line = (f"   B={b:3d}  r1jax {tokens / ours_s:9.0f} tok/s (first call {compile_s:5.1f} s)")
+    if not args.skip_naive:
+        _, naive_s = timed(lambda: naive(params, prompt_bp), args.repeats)
+        line += f" | naive {tokens / naive_s:8.0f} tok/s, x{naive_s / ours_s:5.1f}"
+    if hf_generate is not None:
+        _, hf_s = timed(lambda: hf_generate(prompt_bp, args.new_tokens), args.repeats)
+        theirs = hf_generate(prompt_bp, args.new_tokens)
+        agree = np.mean(np.cumprod(theirs == ours, axis=1)[:, -1]) if theirs.shape == ours.shape \
+            else float("nan")
+        first = np.mean(theirs[:, 0] == ours[:, 0])
+        line += (f" | hf {tokens / hf_s:8.0f} tok/s, x{hf_s / ours_s:5.1f} (greedy agreement: "
+                 f"first token {first:.0%}, whole completion {agree:.0%})")
+    print(line, flush=True)
+
+
+def cache_report(name: str) -> None:
+    mla = config_lib.ModelConfig.from_dict(presets.get(name))
+    heads = mla.num_attention_heads
+    rows = [("MLA", mla)]
+    for label, kv in (("MHA", heads), ("GQA", max(1, heads // 4))):
+        rows.append((f"{label} n_kv={kv}", mla.replace(
+            attention_type="gqa", num_key_value_heads=kv, head_dim=mla.v_head_dim,
+            q_lora_rank=None, rope_interleave=False)))
+    print(f"\n== cache bytes per token, {name} ({mla.num_hidden_layers} layers, {heads} heads)")
+    for label, cfg in rows:
+        for dtype in (jnp.float32, jnp.bfloat16):
+            per_token = sampling.cache_bytes_per_token(cfg, dtype)
+            ratio = per_token / sampling.cache_bytes_per_token(mla, dtype)
+            print(f"   {label:12s} {jnp.dtype(dtype).name:8s} {per_token:7d} B/token "
+                  f"({cfg.kv_cache_values_per_token} values/layer, x{ratio:.2f} of MLA)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="tiny,small_50m")
+    parser.add_argument("--batches", default="8,64")
+    parser.add_argument("--prompt_len", type=int, default=32)
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip_naive", action="store_true")
+    args = parser.parse_args()
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{len(jax.devices())}")
+    batches = [int(b) for b in args.batches.split(",")]
+    for name in args.presets.split(","):
+        bench_preset(name, batches, args)
+    for name in args.presets.split(","):
+        cache_report(name)
+
+
+if __name__ == "__main__":
+    main()
