@@ -326,6 +326,8 @@ def _restore(ckpt: checkpoint.Checkpointer, state, loader, writer, workdir):
 
 
 def _save(ckpt, state, s: int, data_state, consecutive: int, force: bool = False) -> None:
+    if ckpt.latest_step() == s:  # already saved (e.g. SIGTERM right after a periodic save)
+        return
     meta = {"step": s, "data": data_state, "consecutive_nonfinite": consecutive}
     ckpt.save(s, state, meta, force=force)
 

@@ -1,0 +1,363 @@
+"""GRPO trainer: config validation, dynamic sampling, the sharded step vs one device, the
+non-finite guard, and real runs of `train` in subprocesses (SIGKILL + resume, SIGTERM).
+
+The runs use `configs/r1_zero.py:smoke` on a random 2-layer MoE base model with a tokenizer
+trained here; they share a persistent compilation cache so only the first one compiles.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax import sharding
+from r1jax.data import tasks, templates
+from r1jax.data import tokenizer as tokenizer_lib
+from r1jax.models import config as model_config_lib
+from r1jax.models import transformer
+from r1jax.rl import config as rl_config
+from r1jax.rl import rollout, step
+from r1jax.train import base, checkpoint, metrics
+from r1jax.train import state as state_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TIMING_PREFIX = "perf/"
+
+
+def load_preset(name):
+    spec = importlib.util.spec_from_file_location("r1_zero_config", REPO / "configs/r1_zero.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(name)
+
+
+def small_model(vocab_size):
+    return model_config_lib.ModelConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+        num_attention_heads=2, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8,
+        qk_rope_head_dim=8, v_head_dim=8, n_routed_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, first_k_dense_replace=1, max_position_embeddings=256,
+        original_max_position_embeddings=256)
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory):
+    """A base model: random 2-layer MoE params and a SentencePiece trained on smoke prompts."""
+    root = tmp_path_factory.mktemp("grpo_base")
+    task = tasks.get("arithmetic", min_digits=1, max_digits=2)
+    template = templates.get("r1_zero")
+    texts = [f"{template.format_prompt(e['question'])} <think> {e['worked_solution']} </think> "
+             f"<answer> {e['answer']} </answer>"
+             for e in (task.example("train", 0, i) for i in range(200))]
+    tok = tokenizer_lib.train_sentencepiece(texts, 400, root / "tok" / "tokenizer.model")
+    model = small_model(tok.vocab_size)
+    base.save_base(root / "base", model, transformer.random_params(model, 0),
+                   root / "tok" / "tokenizer.model")
+    return root / "base"
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+
+
+def test_presets_build_and_bad_fields_are_named():
+    for name in ("tiny", "smoke"):
+        config = rl_config.from_config_dict(load_preset(name))
+        assert config.optim.total_steps == config.total_steps * config.updates_per_step
+    c = load_preset("smoke")
+    c.grpo.group_size = 0
+    with pytest.raises(ValueError, match=r"grpo\.group_size=0"):
+        rl_config.from_config_dict(c)
+    c = load_preset("smoke")
+    c.grpo.num_minibatches = 3
+    with pytest.raises(ValueError, match=r"grpo\.num_minibatches=3.*must divide"):
+        rl_config.from_config_dict(c)
+    c = load_preset("smoke")
+    c.sampling.temprature = 1.0
+    with pytest.raises(ValueError, match=r"sampling: unknown field.*temprature"):
+        rl_config.from_config_dict(c)
+    c = load_preset("smoke")
+    c.rewards = {"no_such_reward": 1.0}
+    with pytest.raises(ValueError, match="no_such_reward"):
+        rl_config.from_config_dict(c)
+    with pytest.raises(ValueError, match="unknown r1_zero preset"):
+        load_preset("nope")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamic sampling (DAPO)
+# ---------------------------------------------------------------------------------------------
+
+
+def fake_rollout(rewards, width, tag):
+    n = len(rewards)
+    return {"prompt_tokens": np.full((n, width), tag, np.int32),
+            "prompt_lengths": np.full((n,), width, np.int32),
+            "rewards": np.asarray(rewards, np.float32), "texts": [f"{tag}-{i}" for i in range(n)],
+            "fields": {"answer": [str(tag)] * n}}
+
+
+def test_fill_batch_keeps_informative_groups_and_caps_draws():
+    g = 2
+    draws = [fake_rollout([1, 1, 0, 1, 0, 0], 3, 0),  # groups: equal, mixed, equal
+             fake_rollout([0, 1, 1, 1, 1, 0], 5, 1)]  # mixed, equal, mixed
+    calls = []
+
+    def draw(j):
+        calls.append(j)
+        return draws[j]
+
+    batch, stats = rollout.fill_batch(draw, 3, g, max_extra_draws=4, pad_id=-1)
+    assert calls == [0, 1]
+    assert batch["texts"] == ["0-2", "0-3", "1-0", "1-1", "1-4", "1-5"]
+    assert batch["prompt_tokens"].shape == (6, 5)
+    np.testing.assert_array_equal(batch["prompt_tokens"][0], [0, 0, 0, -1, -1])
+    assert stats["dynamic/extra_draws"] == 1 and stats["dynamic/filled_frac"] == 1.0
+
+    calls.clear()
+    batch, stats = rollout.fill_batch(draw, 3, g, max_extra_draws=0, pad_id=-1)
+    assert calls == [0]  # the cap: no extra draw; dropped groups complete the batch
+    assert batch["texts"] == ["0-2", "0-3", "0-0", "0-1", "0-4", "0-5"]
+    assert stats["dynamic/filled_frac"] == pytest.approx(1 / 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sharded step
+# ---------------------------------------------------------------------------------------------
+
+
+def step_config(beta=0.04):
+    grpo_cfg = rl_config.GRPOConfig(group_size=4, prompts_per_step=4, num_micro_batches=2,
+                                    beta=beta, clip_eps_low=0.2, clip_eps_high=0.28)
+    # Adam's first step is lr * g / (|g| + eps): with eps = 1e-8 a gradient entry near zero
+    # maps float32 reduction-order noise to O(lr) changes. A large eps makes the update a
+    # smooth function of the gradient, so the comparison below tests sharding, not Adam.
+    optim = state_lib.OptimConfig(learning_rate=1e-2, eps=1e-3)
+    return step.StepConfig(small_model(300), grpo_cfg, optim, temperature=0.7, max_new_tokens=8)
+
+
+def random_batch(seed=0, n=16, p=8, t=8, vocab=300):
+    rng = np.random.default_rng(seed)
+    return {
+        "prompt_tokens": rng.integers(0, vocab, (n, p)).astype(np.int32),
+        "prompt_lengths": rng.integers(1, p + 1, n).astype(np.int32),
+        "completion_tokens": rng.integers(0, vocab, (n, t)).astype(np.int32),
+        "completion_mask": np.arange(t)[None] < rng.integers(1, t + 1, n)[:, None],
+        "old_logps": (-5 * rng.random((n, t))).astype(np.float32),
+        "ref_logps": (-5 * rng.random((n, t))).astype(np.float32),
+        "advantages": rng.standard_normal(n).astype(np.float32),
+    }
+
+
+def run_step(config, params, batch, mesh):
+    """(grads, new state, metrics) of one train step on `mesh`."""
+    state = jax.device_put(step.init_state(params, config, 0), step.state_shardings(config, mesh))
+    train_step = step.jit_train_step(config, mesh)
+    loss_fn = step.make_loss_fn(config)
+    grads_fn = jax.jit(lambda p, b: state_lib.accumulate_gradients(loss_fn, p, b, 2)[2],
+                       out_shardings=step.param_shardings(config.model, mesh))
+    with jax.set_mesh(mesh):
+        batch = jax.device_put(batch, step.batch_shardings(mesh))
+        grads = grads_fn(state["params"], batch)
+        new_state, out = train_step(state, batch)
+    return jax.device_get(grads), jax.device_get(new_state), jax.device_get(out)
+
+
+@pytest.fixture(scope="module")
+def one_device_run():
+    config = step_config()
+    params = jax.device_get(transformer.random_params(config.model, 1))
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    return config, params, mesh, run_step(config, params, random_batch(), mesh)
+
+
+def assert_trees_close(a, b, rtol, atol):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+
+
+def assert_trees_close_at_scale(a, b, rtol):
+    """|x - y| <= rtol * max|y| per leaf: float32 sums in another order differ by a few ulps
+    of their largest terms, which an element that cancels to ~0 cannot absorb in its own rtol."""
+    def check(x, y):
+        np.testing.assert_allclose(x, y, rtol=0, atol=rtol * float(np.max(np.abs(y))) + 1e-12)
+
+    jax.tree.map(check, a, b)
+
+
+def test_sharded_step_matches_one_device(one_device_run):
+    config, params, _, (grads1, state1, out1) = one_device_run
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "expert": 2})
+    grads8, state8, out8 = run_step(config, params, random_batch(), mesh)
+    assert out1["loss"] != 0 and out1["grad_norm"] > 0 and out1["kl"] > 0
+    for key in out1:
+        np.testing.assert_allclose(out8[key], out1[key], rtol=1e-5, atol=1e-7, err_msg=key)
+    assert_trees_close_at_scale(grads8, grads1, rtol=1e-5)
+    assert_trees_close_at_scale(state8["params"], state1["params"], rtol=1e-5)
+    assert_trees_close_at_scale(state8["opt_state"], state1["opt_state"], rtol=1e-5)
+    # The update moved the policy, not the reference; the MoE bias moved by +-gamma.
+    moved = jax.tree.map(lambda x, y: float(np.abs(x - y).max()), state1["params"], params)
+    assert min(jax.tree.leaves(moved)) > 0
+    assert_trees_close(state1["ref_params"], params, rtol=0, atol=0)
+    bias = state1["params"]["layers_1"]["mlp"]["gate"]["e_score_correction_bias"]
+    old_bias = params["layers_1"]["mlp"]["gate"]["e_score_correction_bias"]
+    np.testing.assert_allclose(np.abs(bias - old_bias), config.gamma, rtol=1e-4)
+    assert int(state1["step"]) == 1 and int(state1["skipped"]) == 0
+
+
+def test_nonfinite_step_is_skipped_inside_the_jitted_step(one_device_run):
+    config, params, mesh, (_, state1, _) = one_device_run
+    batch = random_batch()
+    batch["advantages"][3] = np.nan
+    state = jax.device_put(state1, step.state_shardings(config, mesh))
+    train_step = step.jit_train_step(config, mesh)
+    with jax.set_mesh(mesh):
+        new_state, out = train_step(state, jax.device_put(batch, step.batch_shardings(mesh)))
+    new_state = jax.device_get(new_state)
+    assert int(out["nonfinite"]) == 1 and not np.isfinite(out["loss"])
+    assert int(new_state["skipped"]) == 1
+    for key in ("step", "params", "opt_state", "ref_params"):
+        assert_trees_close(new_state[key], state1[key], rtol=0, atol=0)
+
+
+def test_reference_logps_score_the_completion_at_its_positions():
+    """The training forward's log-probs equal a per-row, unpadded forward's."""
+    config = step_config()
+    params = transformer.random_params(config.model, 2)
+    batch = random_batch(seed=3, n=4)
+    got = jax.jit(step.make_score_fn(config))(params, batch)
+    model = transformer.Transformer(config.model)
+    for row in range(4):
+        n_prompt = int(batch["prompt_lengths"][row])
+        n_done = int(batch["completion_mask"][row].sum())
+        seq = np.concatenate([batch["prompt_tokens"][row, :n_prompt],
+                              batch["completion_tokens"][row, :n_done]])
+        logits = model.apply({"params": params}, jnp.asarray(seq)[None])[0] / 0.7
+        logp = jax.nn.log_softmax(logits[n_prompt - 1:-1])
+        want = np.take_along_axis(np.asarray(logp), seq[n_prompt:, None], axis=1)[:, 0]
+        np.testing.assert_allclose(got[row, :n_done], want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got[row, n_done:], 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real runs in subprocesses
+# ---------------------------------------------------------------------------------------------
+
+_RUNNER = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("c", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+config = module.get_config("smoke")
+config.base_dir = sys.argv[2]
+config.update_from_flattened_dict(json.loads(sys.argv[4]))
+from r1jax.rl import trainer
+summary = trainer.train(config, sys.argv[3])
+print("SUMMARY " + json.dumps(summary, default=float), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def launch(base_dir, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("jax_cache")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+
+    def start(workdir, overrides=None):
+        args = [sys.executable, "-c", _RUNNER, str(REPO / "configs/r1_zero.py"), str(base_dir),
+                str(workdir), json.dumps(overrides or {})]
+        return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    return start
+
+
+def finish(process, timeout=600):
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-3000:]
+    return json.loads(out.split("SUMMARY ", 1)[1])
+
+
+def wait_for(predicate, process, timeout=600):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def non_timing(path):
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING_PREFIX)}
+            for r in metrics.read_jsonl(path)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(launch, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    return workdir, finish(launch(workdir))
+
+
+def test_train_writes_outputs_and_summary(uninterrupted):
+    workdir, summary = uninterrupted
+    assert summary["step"] == 4 and not summary["preempted"]
+    assert summary["nonfinite_total"] == 0
+    assert {"eval/pass@1", "eval/greedy_accuracy", "eval/format_rate"} <= set(summary["eval"])
+    records = metrics.read_jsonl(workdir / "metrics.jsonl")
+    train_steps = [r["step"] for r in records if "loss" in r]
+    eval_steps = [r["step"] for r in records if "eval/pass@1" in r]
+    assert train_steps == [1, 2, 3, 4] and eval_steps == [0, 2, 4]
+    for key in ("reward/total", "reward/numeric", "reward/format_strict", "accuracy",
+                "format_rate", "response_length/mean", "response_length/max",
+                "response_length/clipped_frac", "kl", "clip_frac_low", "clip_frac_high",
+                "entropy", "grad_norm", "learning_rate", "perf/sample_tokens_per_s",
+                "perf/train_tokens_per_s", "perf/mfu"):
+        assert key in records[1], key
+    assert json.loads((workdir / "config.json").read_text())["grpo"]["group_size"] == 4
+    assert [r["step"] for r in metrics.read_jsonl(workdir / "samples.jsonl")] == [0, 0, 2, 2, 4, 4]
+    assert sorted(p.name for p in (workdir / "plots").iterdir()) == [
+        "accuracy.png", "response_length.png", "reward.png"]
+    assert list((workdir / "tensorboard").iterdir())
+    assert checkpoint.Checkpointer(workdir / "checkpoints").all_steps() == [2, 4]
+
+
+def test_sigkill_and_resume_reproduces_the_uninterrupted_run(launch, uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    process = launch(tmp_path)
+    # orbax renames the finished tmp directory to "2", so its existence means a complete one.
+    wait_for(lambda: (tmp_path / "checkpoints" / "2").is_dir(), process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    summary = finish(launch(tmp_path))
+    assert summary["step"] == 4
+    assert non_timing(tmp_path / "metrics.jsonl") == non_timing(reference / "metrics.jsonl")
+    assert metrics.read_jsonl(tmp_path / "samples.jsonl") == \
+        metrics.read_jsonl(reference / "samples.jsonl")
+
+
+def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(launch, uninterrupted, tmp_path):
+    process = launch(tmp_path, {"total_steps": 40, "checkpoint_every": 100, "eval.every": 100})
+    wait_for(lambda: (tmp_path / "metrics.jsonl").exists()
+             and any("loss" in r for r in metrics.read_jsonl(tmp_path / "metrics.jsonl")),
+             process)
+    process.send_signal(signal.SIGTERM)
+    summary = finish(process, timeout=120)
+    assert summary["preempted"] and 1 <= summary["step"] < 40
+    last_logged = max(r["step"] for r in metrics.read_jsonl(tmp_path / "metrics.jsonl"))
+    ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
+    assert ckpt.all_steps() == [summary["step"]] == [last_logged]
+    meta = json.loads((tmp_path / "checkpoints" / str(summary["step"]) / "meta" /
+                       "metadata").read_text())
+    assert meta["step"] == summary["step"]
+    assert meta["data"] == {"step": summary["step"]}  # one prompt batch per step
