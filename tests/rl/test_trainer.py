@@ -15,7 +15,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -170,7 +169,7 @@ def run_step(config, params, batch, mesh):
         batch = jax.device_put(batch, step.batch_shardings(mesh))
         grads = grads_fn(state["params"], batch)
         new_state, out = train_step(state, batch)
-    return jax.device_get(grads), jax.device_get(new_state), jax.device_get(out)
+    return jax.device_get(grads), jax.device_get(new_state), jax.device_get(out), train_step
 
 
 @pytest.fixture(scope="module")
@@ -195,9 +194,9 @@ def assert_trees_close_at_scale(a, b, rtol):
 
 
 def test_sharded_step_matches_one_device(one_device_run):
-    config, params, _, (grads1, state1, out1) = one_device_run
+    config, params, _, (grads1, state1, out1, _) = one_device_run
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "expert": 2})
-    grads8, state8, out8 = run_step(config, params, random_batch(), mesh)
+    grads8, state8, out8, _ = run_step(config, params, random_batch(), mesh)
     assert out1["loss"] != 0 and out1["grad_norm"] > 0 and out1["kl"] > 0
     for key in out1:
         np.testing.assert_allclose(out8[key], out1[key], rtol=1e-5, atol=1e-7, err_msg=key)
@@ -215,11 +214,10 @@ def test_sharded_step_matches_one_device(one_device_run):
 
 
 def test_nonfinite_step_is_skipped_inside_the_jitted_step(one_device_run):
-    config, params, mesh, (_, state1, _) = one_device_run
+    config, _, mesh, (_, state1, _, train_step) = one_device_run
     batch = random_batch()
     batch["advantages"][3] = np.nan
     state = jax.device_put(state1, step.state_shardings(config, mesh))
-    train_step = step.jit_train_step(config, mesh)
     with jax.set_mesh(mesh):
         new_state, out = train_step(state, jax.device_put(batch, step.batch_shardings(mesh)))
     new_state = jax.device_get(new_state)
@@ -230,22 +228,30 @@ def test_nonfinite_step_is_skipped_inside_the_jitted_step(one_device_run):
 
 
 def test_reference_logps_score_the_completion_at_its_positions():
-    """The training forward's log-probs equal a per-row, unpadded forward's."""
+    """The training forward (prompt padding in the middle) equals a forward over each row's
+    prompt and completion packed contiguously from position 0, padding only at the end."""
     config = step_config()
     params = transformer.random_params(config.model, 2)
     batch = random_batch(seed=3, n=4)
-    got = jax.jit(step.make_score_fn(config))(params, batch)
-    model = transformer.Transformer(config.model)
+    got = np.asarray(jax.jit(step.make_score_fn(config))(params, batch))
+    n_prompt = batch["prompt_lengths"]
+    n_done = batch["completion_mask"].sum(axis=1)
+    packed = np.zeros_like(np.concatenate([batch["prompt_tokens"],
+                                           batch["completion_tokens"]], axis=1))
     for row in range(4):
-        n_prompt = int(batch["prompt_lengths"][row])
-        n_done = int(batch["completion_mask"][row].sum())
-        seq = np.concatenate([batch["prompt_tokens"][row, :n_prompt],
-                              batch["completion_tokens"][row, :n_done]])
-        logits = model.apply({"params": params}, jnp.asarray(seq)[None])[0] / 0.7
-        logp = jax.nn.log_softmax(logits[n_prompt - 1:-1])
-        want = np.take_along_axis(np.asarray(logp), seq[n_prompt:, None], axis=1)[:, 0]
-        np.testing.assert_allclose(got[row, :n_done], want, rtol=1e-5, atol=1e-5)
-        np.testing.assert_array_equal(got[row, n_done:], 0.0)
+        seq = np.concatenate([batch["prompt_tokens"][row, :n_prompt[row]],
+                              batch["completion_tokens"][row, :n_done[row]]])
+        packed[row, :len(seq)] = seq
+    valid = np.arange(packed.shape[1])[None] < (n_prompt + n_done)[:, None]
+    model = transformer.Transformer(config.model)
+    logits = jax.jit(lambda p, t, m: model.apply({"params": p}, t, mask_bt=m))(
+        params, packed, valid)
+    logp = np.asarray(jax.nn.log_softmax(logits / 0.7))
+    for row in range(4):
+        start, n = n_prompt[row], n_done[row]
+        want = logp[row, np.arange(start - 1, start + n - 1), packed[row, start:start + n]]
+        np.testing.assert_allclose(got[row, :n], want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got[row, n:], 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
