@@ -11,8 +11,9 @@ import pytest
 from r1jax.models import attention, layers, transformer
 from r1jax.models import config as config_lib
 
+# One layer keeps compiles short; the two-layer MoE config covers per-layer cache threading.
 MLA = config_lib.ModelConfig(
-    vocab_size=64, hidden_size=32, num_hidden_layers=2, intermediate_size=48,
+    vocab_size=64, hidden_size=32, num_hidden_layers=1, intermediate_size=48,
     num_attention_heads=2, q_lora_rank=16, kv_lora_rank=8, qk_nope_head_dim=8,
     qk_rope_head_dim=4, v_head_dim=8, n_routed_experts=0, rope_type="yarn", rope_factor=4.0,
     original_max_position_embeddings=8, max_position_embeddings=32, mscale=1.0,
@@ -119,7 +120,8 @@ def _prefill_then_decode(config, tokens):
                          ids=["mla_naive", "mla_absorbed", "gqa", "mla_moe"])
 def test_prefill_and_decode_match_full_forward(config):
     tokens = _tokens()
-    full = _fns(config)[0]({"params": params_of(config)}, tokens)
+    reference = config.replace(mla_decode=MLA.mla_decode)  # the full forward ignores mla_decode
+    full = _fns(reference)[0]({"params": params_of(config)}, tokens)
     cached, _ = _prefill_then_decode(config, tokens)
     _close(cached, full)
 
@@ -170,3 +172,22 @@ def test_ragged_right_padded_prompts_decode_like_unpadded():
     for b in range(B):
         want = full[b, lengths[b]:lengths[b] + T - PROMPT]
         _close(jnp.stack(got, 1)[b], want)
+
+
+def test_scanned_layers_decode_with_stacked_cache():
+    config = MOE.replace(scan_layers=True)
+    cache = transformer.init_cache(config, B, MAX_LEN)
+    assert [c.latent_bsk.shape for c in cache.layers] == [(1, B, MAX_LEN, 8), (1, B, MAX_LEN, 8)]
+    unrolled = params_of(MOE)
+    scanned = {k: v for k, v in unrolled.items() if not k.startswith("layers_")}
+    scanned["dense_layers"] = jax.tree.map(lambda a: a[None], unrolled["layers_0"])
+    scanned["moe_layers"] = jax.tree.map(lambda a: a[None], unrolled["layers_1"])
+    tokens = _tokens()
+    want = _fns(MOE)[0]({"params": unrolled}, tokens)
+    decode = _fns(config)[1]
+    logits, cache = decode({"params": scanned}, tokens[:, :PROMPT],
+                           jnp.broadcast_to(jnp.arange(PROMPT), (B, PROMPT)), cache)
+    _close(logits, want[:, :PROMPT])
+    logits, cache = decode({"params": scanned}, tokens[:, PROMPT:PROMPT + 1],
+                           jnp.full((B, 1), PROMPT), cache)
+    _close(logits[:, 0], want[:, PROMPT])
