@@ -91,11 +91,17 @@ def sample(ctx: Context, params, batch, rng, *, num_samples: int, max_new_tokens
         "old_logps": np.asarray(result.logps, np.float32),
         "lengths": lengths.astype(np.int32),
         "stopped": np.asarray(result.finish_reason) == sampling.FINISH_STOP,
-        "texts": [ctx.tokenizer.decode(tokens[i, : lengths[i]]) for i in range(len(lengths))],
+        "texts": [_decode(ctx.tokenizer, tokens[i, : lengths[i]]) for i in range(len(lengths))],
         "prompts": [p for p in batch["prompt"] for _ in range(num_samples)],
         "fields": {k: [v for v in batch[k] for _ in range(num_samples)]
                    for k in batch if k not in _PIPELINE_KEYS},
     }
+
+
+def _decode(tok: tokenizer_lib.Tokenizer, ids: np.ndarray) -> str:
+    # A model's embedding table may be padded past the tokenizer's vocabulary (Qwen2.5: 151936
+    # rows for 151665 ids); a sampled id without a piece decodes to nothing.
+    return tok.decode(ids[ids < tok.vocab_size])
 
 
 def score(ctx: Context, rollout: Rollout) -> Rollout:
