@@ -44,7 +44,6 @@ def _base() -> ml_collections.ConfigDict:
     c.checkpoint_every = 50
     c.keep_checkpoints = 3
     c.async_checkpoints = True
-    c.log_every = 1
     c.peak_flops = None
     c.progress_bar = True
     c.tensorboard = True

@@ -195,8 +195,8 @@ class ExperimentConfig:
     (-1 takes the remaining devices); model_overrides: ModelConfig fields replaced after
     loading (e.g. remat_policy, dtype); rewards: the weighted reward sum (R1-Zero: accuracy +
     format, Sec. 2.2.2); reward_workers: processes for pooled rewards; checkpoint_every,
-    keep_checkpoints, async_checkpoints: orbax checkpointing; log_every: metrics cadence
-    (timings are still measured every step); peak_flops: the accelerator's peak FLOP/s for
+    keep_checkpoints, async_checkpoints: orbax checkpointing (metrics are logged every step);
+    peak_flops: the accelerator's peak FLOP/s for
     the MFU estimate (None: measured once with a matmul); progress_bar, tensorboard, plots:
     outputs.
     """
@@ -216,7 +216,6 @@ class ExperimentConfig:
     checkpoint_every: int = 50
     keep_checkpoints: int = 3
     async_checkpoints: bool = True
-    log_every: int = 1
     peak_flops: float | None = None
     progress_bar: bool = True
     tensorboard: bool = True
@@ -227,7 +226,7 @@ class ExperimentConfig:
         if not isinstance(self.base_dir, str) or not self.base_dir:
             _fail(s, "base_dir", self.base_dir, "must name a base-model directory")
         _at_least(s, self, 1, "total_steps", "checkpoint_every", "keep_checkpoints",
-                  "log_every", "reward_workers")
+                  "reward_workers")
         unknown = sorted({axis for axis, _ in self.mesh} - set(sharding.MESH_AXES))
         if unknown:
             _fail(s, "mesh", dict(self.mesh), f"unknown axes {unknown}; use {sharding.MESH_AXES}")
