@@ -32,8 +32,8 @@ from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.evals import passk
 from r1jax.models import config as config_lib
 from r1jax.rewards import format as format_lib
+from r1jax.rewards import lenient, registry
 from r1jax.rewards import pool as pool_lib
-from r1jax.rewards import registry
 
 Rollout = dict[str, Any]
 # Keys that the prompt pipeline adds; every other batch key is a task field for the rewards.
@@ -116,7 +116,17 @@ def score(ctx: Context, rollout: Rollout) -> Rollout:
         accuracy = registry.get("accuracy")(responses, pool=ctx.pool, **fields) >= 1.0
     return dict(rollout, rewards=combined.total, components=combined.components,
                 accuracy=accuracy.astype(np.float32),
+                lenient_accuracy=_lenient_accuracy(ctx, responses, fields),
                 format=np.array([format_lib.strict(r) for r in responses], np.float32))
+
+
+def _lenient_accuracy(ctx: Context, responses: Sequence[str], fields) -> np.ndarray:
+    """Accuracy of the answer read leniently (`rewards.lenient`: tags ignored, the last
+    expression or number), scored by the same accuracy checker as the strict metric."""
+    side = "expression" if "numbers" in fields else "value"
+    rewritten = [lenient.as_answer_block(r, side) for r in responses]
+    correct = registry.get("accuracy")(rewritten, pool=ctx.pool, **fields) >= 1.0
+    return correct.astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +214,7 @@ def rollout_metrics(rollout: Rollout, max_new_tokens: int) -> dict[str, float]:
     metrics.update({f"reward/{k}": float(np.mean(v)) for k, v in rollout["components"].items()})
     metrics.update({
         "accuracy": float(np.mean(rollout["accuracy"])),
+        "accuracy_lenient": float(np.mean(rollout["lenient_accuracy"])),
         "format_rate": float(np.mean(rollout["format"])),
         "response_length/mean": float(np.mean(lengths)),
         "response_length/max": int(np.max(lengths)),
@@ -228,6 +239,7 @@ def evaluate(ctx: Context, params, batch, rng, *, num_samples: int, temperature:
         "eval/pass@1": passk.pass_at_1_mean(correct_nk),
         f"eval/pass@{num_samples}": float(np.mean(passk.pass_at_k(num_samples,
                                                                     correct_nk.sum(1), num_samples))),
+        "eval/lenient_accuracy": float(np.mean(sampled["lenient_accuracy"])),
         "eval/format_rate": float(np.mean(sampled["format"])),
         "eval/response_length": float(np.mean(sampled["lengths"])),
         "eval/reward": float(np.mean(sampled["rewards"])),
@@ -236,6 +248,8 @@ def evaluate(ctx: Context, params, batch, rng, *, num_samples: int, temperature:
         greedy_rollout = score(ctx, sample(ctx, params, batch, rng, num_samples=1,
                                            max_new_tokens=max_new_tokens, temperature=0.0))
         metrics["eval/greedy_accuracy"] = float(np.mean(greedy_rollout["accuracy"]))
+        metrics["eval/greedy_lenient_accuracy"] = float(
+            np.mean(greedy_rollout["lenient_accuracy"]))
     logged = [{"prompt": sampled["prompts"][i], "completion": sampled["texts"][i],
                "reward": float(sampled["rewards"][i]), "correct": bool(sampled["accuracy"][i]),
                "length": int(sampled["lengths"][i])}
