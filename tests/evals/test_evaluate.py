@@ -178,6 +178,19 @@ def random_base(root: pathlib.Path) -> pathlib.Path:
                           root / "tok" / "tokenizer.model")
 
 
+# The trainer called as experiments/r1_zero.py does, on the smoke preset shortened to 2 steps
+# (evaluations at steps 0 and 2), logging every sampled completion of the last evaluation.
+_TRAIN = f"""
+import sys
+sys.path.insert(0, {str(REPO / "configs")!r})
+import r1_zero
+from r1jax.rl import trainer
+config = r1_zero.get_config("smoke")
+config.base_dir, config.total_steps, config.eval.num_logged_samples = sys.argv[1], 2, 8
+trainer.train(config, sys.argv[2])
+"""
+
+
 def run_script(args, env, timeout=900):
     out = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=timeout)
@@ -193,9 +206,7 @@ def test_eval_script_reproduces_the_runs_last_evaluation(tmp_path):
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
     base_dir, workdir = random_base(tmp_path), tmp_path / "run"
-    run_script(["experiments/r1_zero.py", "--config=configs/r1_zero.py:smoke",
-                f"--config.base_dir={base_dir}", f"--workdir={workdir}",
-                "--config.total_steps=2", "--config.eval.num_logged_samples=8"], env)
+    run_script(["-c", _TRAIN, str(base_dir), str(workdir)], env)
     out = run_script(["experiments/eval.py", f"--checkpoint={workdir}",
                       f"--output={tmp_path / 'eval.json'}"], env)
     assert "| greedy_accuracy |" in out and "| cons@4 |" in out
