@@ -174,11 +174,26 @@ def keep_last(prompt_bp: jax.Array, lengths_b: jax.Array, budget: int):
             truncated_b)
 
 
+def _constrain(cache: transformer.Cache, scan_layers: bool) -> transformer.Cache:
+    """Batch-shards the cache (and GQA's K/V heads as the attention shards them); a no-op
+    without a mesh. Keeps the while_loop carry's sharding fixed."""
+    lead = (None,) * scan_layers
+
+    def one(a):
+        rest = ("act_heads", "act_kv") if a.ndim - len(lead) == 4 else ("act_kv",)
+        return sharding.constrain(a, lead + ("act_batch", "act_length") + rest)
+
+    return transformer.Cache(jax.tree.map(one, cache.layers),
+                             sharding.constrain(cache.valid_bs, ("act_batch", "act_length")),
+                             cache.index)
+
+
 def _repeat(cache: transformer.Cache, g: int, scan_layers: bool) -> transformer.Cache:
     """Each sequence's cache G times, adjacent (row b * G + g)."""
     axis = 1 if scan_layers else 0
     layers_ = jax.tree.map(lambda a: jnp.repeat(a, g, axis=axis), cache.layers)
-    return transformer.Cache(layers_, jnp.repeat(cache.valid_bs, g, axis=0), cache.index)
+    return _constrain(transformer.Cache(layers_, jnp.repeat(cache.valid_bs, g, axis=0),
+                                        cache.index), scan_layers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +204,8 @@ def _prefill(config, sampling, params, prompt_bp, lengths_b):
     """Writes every prompt token but the last real one into a cache of P + N slots."""
     b, p = prompt_bp.shape
     dtype = sampling.cache_dtype and jnp.dtype(sampling.cache_dtype)
-    cache = transformer.init_cache(config, b, p + sampling.max_new_tokens, dtype)
+    cache = _constrain(transformer.init_cache(config, b, p + sampling.max_new_tokens, dtype),
+                       config.scan_layers)
     positions_bp = jnp.broadcast_to(jnp.arange(p), (b, p))
     mask_bp = positions_bp < (lengths_b - 1)[:, None]
     _, cache = transformer.Transformer(config).apply(
@@ -291,6 +307,12 @@ def param_shardings(config: config_lib.ModelConfig, mesh: jax.sharding.Mesh):
     return sharding.logical_shardings(nn.get_partition_spec(jax.eval_shape(init)), mesh)
 
 
+def _axes(spec_entry) -> tuple[str, ...]:
+    if spec_entry is None:
+        return ()
+    return (spec_entry,) if isinstance(spec_entry, str) else tuple(spec_entry)
+
+
 def make_sampler(config: config_lib.ModelConfig, sampling: SamplingConfig,
                  mesh: jax.sharding.Mesh | None = None):
     """A compiled `sampler(params, prompt_tokens, prompt_lengths, rng) -> SampleResult`.
@@ -298,15 +320,21 @@ def make_sampler(config: config_lib.ModelConfig, sampling: SamplingConfig,
     Params are an argument (not closed over), so a trainer calls the same sampler every step
     with new weights and never recompiles while shapes stay the same. With a mesh, prompts are
     batch-sharded over the data axes (`sharding.batch_sharding`; B * G must divide evenly),
-    params are placed by the logical rules, and the model's activation constraints apply.
+    params are placed by the logical rules, and the model's activation constraints apply;
+    B must then be a multiple of the number of batch shards.
     """
     jitted = jax.jit(functools.partial(sample_fn, config, sampling))
     if mesh is None:
         return jitted
-    shardings = (param_shardings(config, mesh), sharding.batch_sharding(mesh, 2),
-                 sharding.batch_sharding(mesh, 1), sharding.replicated(mesh))
+    batch = sharding.batch_sharding(mesh, 2)
+    shards = int(np.prod([mesh.shape[a] for a in _axes(batch.spec[0])]))
+    shardings = (param_shardings(config, mesh), batch, sharding.batch_sharding(mesh, 1),
+                 sharding.replicated(mesh))
 
     def sampler(params, prompt_tokens, prompt_lengths, rng):
+        if prompt_tokens.shape[0] % shards:
+            raise ValueError(f"batch size B={prompt_tokens.shape[0]} must be a multiple of the "
+                             f"{shards} batch shards of mesh {dict(mesh.shape)}")
         args = jax.device_put((params, prompt_tokens, prompt_lengths, rng), shardings)
         with jax.set_mesh(mesh):
             return jitted(*args)
