@@ -1,0 +1,224 @@
+"""Multi-host GRPO: two local processes joined by `jax.distributed` (4 CPU devices each, gloo
+collectives) run the smoke preset and must reproduce a one-process run on 8 devices with the
+same mesh; the checkpoint they write restores in this (one-process, 8-device) test process.
+
+Also the settings resolution of `r1jax.distributed.initialize` and the row helpers.
+"""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import portpicker
+import pytest
+
+from r1jax import distributed, sharding
+from r1jax.data import tasks, templates
+from r1jax.data import tokenizer as tokenizer_lib
+from r1jax.models import config as model_config_lib
+from r1jax.models import transformer
+from r1jax.rl import config as rl_config
+from r1jax.rl import step
+from r1jax.train import base, checkpoint, metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 3
+# Same global mesh in both runs; batch shards = fsdp * expert = 4, so 4 prompts (2 per host).
+OVERRIDES = {"total_steps": STEPS, "mesh": {"fsdp": 2, "expert": 2, "tensor": 2},
+             "grpo.prompts_per_step": 4, "eval.num_prompts": 4, "eval.every": 0,
+             # Evaluation samples like training (one compiled sampler), without greedy.
+             "eval.temperature": 1.0, "eval.top_p": None, "eval.greedy": False,
+             "tensorboard": False, "plots": False}
+
+_RUNNER = """
+import importlib.util, json, sys
+from r1jax import distributed
+distributed.initialize()  # R1JAX_* environment variables; a no-op for one process
+spec = importlib.util.spec_from_file_location("c", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+config = module.get_config("smoke")
+config.base_dir = sys.argv[2]
+for key, value in json.loads(sys.argv[4]).items():
+    if "." in key:
+        config.update_from_flattened_dict({key: value})
+    else:
+        config[key] = value
+from r1jax.rl import trainer
+summary = trainer.train(config, sys.argv[3])
+print("SUMMARY " + json.dumps(summary, default=float), flush=True)
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings and helpers (one process)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_settings_come_from_arguments_then_environment(monkeypatch):
+    monkeypatch.setenv(distributed.ENV_COORDINATOR, "10.0.0.1:1234")
+    monkeypatch.setenv(distributed.ENV_NUM_PROCESSES, "4")
+    monkeypatch.setenv(distributed.ENV_PROCESS_ID, "3")
+    assert distributed.resolve() == distributed.Settings("10.0.0.1:1234", 4, 3)
+    assert distributed.resolve(num_processes=8, process_id=5) == \
+        distributed.Settings("10.0.0.1:1234", 8, 5)
+    with pytest.raises(ValueError, match="process_id=4"):
+        distributed.resolve(process_id=4)
+    monkeypatch.setenv(distributed.ENV_PROCESS_ID, "x")
+    with pytest.raises(ValueError, match="R1JAX_PROCESS_ID='x'"):
+        distributed.resolve()
+
+
+def test_initialize_is_a_no_op_for_one_process_and_names_missing_settings(monkeypatch):
+    for name in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES,
+                 distributed.ENV_PROCESS_ID):
+        monkeypatch.delenv(name, raising=False)
+    assert not distributed.initialize()
+    assert not distributed.initialize(num_processes=1)
+    with pytest.raises(ValueError, match="coordinator_address.*process_id"):
+        distributed.initialize(num_processes=2)
+
+
+def test_global_batch_and_fetch_round_trip_on_one_process():
+    mesh = sharding.make_mesh({"fsdp": 2, "expert": 2, "tensor": 2})
+    x = np.arange(24, dtype=np.float32).reshape(8, 3)
+    arrays = distributed.global_batch({"x": x}, {"x": sharding.batch_sharding(mesh, 2)})
+    assert arrays["x"].sharding.spec == sharding.logical_to_spec(("act_batch", None))
+    np.testing.assert_array_equal(distributed.fetch(arrays)["x"], x)
+    assert distributed.host_rows(8) == slice(0, 8)
+    assert distributed.gather_prompts({"prompt_tokens": x}, 0) == {"prompt_tokens": x}
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes vs one
+# ---------------------------------------------------------------------------------------------
+
+
+def small_model(vocab_size):
+    return model_config_lib.ModelConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+        num_attention_heads=2, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8,
+        qk_rope_head_dim=8, v_head_dim=8, n_routed_experts=4, num_experts_per_tok=2,
+        moe_intermediate_size=32, first_k_dense_replace=1, max_position_embeddings=256,
+        original_max_position_embeddings=256)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A random 2-layer MoE base model and a SentencePiece trained on smoke prompts."""
+    root = tmp_path_factory.mktemp("dist_base")
+    task = tasks.get("arithmetic", min_digits=1, max_digits=2)
+    template = templates.get("r1_zero")
+    texts = [f"{template.format_prompt(e['question'])} <think> {e['worked_solution']} </think> "
+             f"<answer> {e['answer']} </answer>"
+             for e in (task.example("train", 0, i) for i in range(200))]
+    tok = tokenizer_lib.train_sentencepiece(texts, 400, root / "tok" / "tokenizer.model")
+    model = small_model(tok.vocab_size)
+    base.save_base(root / "base", model, transformer.random_params(model, 0),
+                   root / "tok" / "tokenizer.model")
+    return root / "base"
+
+
+def _start(base_dir, workdir, cache, devices, process=None):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+    if process is not None:
+        env.update(process)
+    args = [sys.executable, "-c", _RUNNER, str(REPO / "configs/r1_zero.py"), str(base_dir),
+            str(workdir), json.dumps(OVERRIDES)]
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=REPO)
+
+
+def _finish_all(processes, timeout=300):
+    """Waits for every process; kills all of them if one fails or time runs out."""
+    outputs = []
+    try:
+        for p in processes:
+            out, _ = p.communicate(timeout=timeout)
+            assert p.returncode == 0, out[-4000:]
+            outputs.append(out)
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [json.loads(out.split("SUMMARY ", 1)[1]) for out in outputs]
+
+
+@pytest.fixture(scope="module")
+def runs(base_dir, tmp_path_factory):
+    """(one-process workdir, two-process workdir, their summaries), run concurrently."""
+    cache = tmp_path_factory.mktemp("dist_cache")
+    single, multi = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("multi")
+    port = portpicker.pick_unused_port()
+    processes = [_start(base_dir, single, cache, 8)]
+    processes += [_start(base_dir, multi, cache, 4, {
+        distributed.ENV_COORDINATOR: f"127.0.0.1:{port}", distributed.ENV_NUM_PROCESSES: "2",
+        distributed.ENV_PROCESS_ID: str(i)}) for i in range(2)]
+    summaries = _finish_all(processes)
+    return single, multi, summaries
+
+
+def _non_timing(path):
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")}
+            for r in metrics.read_jsonl(path)]
+
+
+def test_two_processes_reproduce_one_process(runs):
+    single, multi, summaries = runs
+    one, two = _non_timing(single / "metrics.jsonl"), _non_timing(multi / "metrics.jsonl")
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [0, 1, 2, 3, 3]
+    for a, b in zip(one, two):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert summaries[1]["step"] == summaries[2]["step"] == STEPS
+    assert summaries[1]["train"]["reward/total"] == summaries[2]["train"]["reward/total"]
+    # Only process 0 writes logs: one metrics file, the samples of each eval step once.
+    assert [r["step"] for r in metrics.read_jsonl(multi / "samples.jsonl")] == [0, 0, 3, 3]
+
+
+def _load_smoke(base_dir):
+    spec = importlib.util.spec_from_file_location("r1_zero_config", REPO / "configs/r1_zero.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("smoke")
+    config.base_dir = str(base_dir)
+    config.update_from_flattened_dict({k: v for k, v in OVERRIDES.items() if "." in k})
+    return rl_config.from_config_dict(config)
+
+
+def _restore(workdir, s, base_dir):
+    """Restores checkpoint `s` of a run into this process's 8 devices, mesh as in the run."""
+    config = _load_smoke(base_dir)
+    model = base.load_config(base_dir)
+    step_config = step.StepConfig(model, config.grpo, config.optim, config.sampling.temperature,
+                                  config.sampling.max_new_tokens)
+    mesh = sharding.make_mesh(OVERRIDES["mesh"])
+    abstract = jax.eval_shape(lambda p: step.init_state(p, step_config, 0),
+                              transformer.abstract_params(model))
+    abstract = checkpoint.abstract_tree(abstract, step.state_shardings(step_config, mesh))
+    return checkpoint.Checkpointer(workdir / "checkpoints").restore(s, abstract)
+
+
+def test_two_process_checkpoint_restores_in_one_process(runs, base_dir):
+    single, multi, _ = runs
+    assert checkpoint.Checkpointer(multi / "checkpoints").all_steps() == [2, 3]
+    state_two, meta_two = _restore(multi, STEPS, base_dir)
+    state_one, meta_one = _restore(single, STEPS, base_dir)
+    assert meta_two == meta_one == {"step": STEPS, "data": {"step": STEPS},
+                                    "consecutive_nonfinite": 0}
+    assert int(state_two["step"]) == int(state_one["step"]) > 0
+    flat_two = jax.tree_util.tree_leaves_with_path(state_two)
+    for (path, a), b in zip(flat_two, jax.tree.leaves(state_one)):
+        assert a.sharding == b.sharding, path
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6,
+                                   err_msg=jax.tree_util.keystr(path))
