@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from r1jax import sampling
+from r1jax import distributed, sampling
 from r1jax.data import templates
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.evals import passk
@@ -79,7 +79,7 @@ def sample(ctx: Context, params, batch, rng, *, num_samples: int, max_new_tokens
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         eos_id=ctx.tokenizer.eos_id, stop_token_sequences=ctx.stop_sequences,
         num_samples=num_samples, pad_id=ctx.tokenizer.pad_id, mesh=ctx.mesh)
-    result = jax.device_get(result)
+    result = distributed.fetch(result)  # every host holds every row (global arrays)
     lengths = np.asarray(result.lengths)
     tokens = np.asarray(result.tokens)
     repeat = lambda x: np.repeat(np.asarray(x), num_samples, axis=0)
@@ -118,6 +118,19 @@ def score(ctx: Context, rollout: Rollout) -> Rollout:
                 accuracy=accuracy.astype(np.float32),
                 lenient_accuracy=_lenient_accuracy(ctx, responses, fields),
                 format=np.array([format_lib.strict(r) for r in responses], np.float32))
+
+
+_SCORE_KEYS = ("rewards", "components", "accuracy", "lenient_accuracy", "format")
+
+
+def score_across_hosts(ctx: Context, rollout: Rollout) -> Rollout:
+    """`score` with the rows split over the processes: each host scores its own block of
+    completions (`distributed.host_rows`), then every host receives every score."""
+    if jax.process_count() == 1:
+        return score(ctx, rollout)
+    own = score(ctx, take_rows(rollout, range(len(rollout["texts"]))[
+        distributed.host_rows(len(rollout["texts"]))]))
+    return dict(rollout, **distributed.allgather({k: own[k] for k in _SCORE_KEYS}))
 
 
 def _lenient_accuracy(ctx: Context, responses: Sequence[str], fields) -> np.ndarray:
@@ -231,9 +244,9 @@ def evaluate(ctx: Context, params, batch, rng, *, num_samples: int, temperature:
 
     Returns (metrics with an `eval/` prefix, the first `num_logged` sampled completions).
     """
-    sampled = score(ctx, sample(ctx, params, batch, rng, num_samples=num_samples,
-                                max_new_tokens=max_new_tokens, temperature=temperature,
-                                top_p=top_p))
+    sampled = score_across_hosts(ctx, sample(
+        ctx, params, batch, rng, num_samples=num_samples, max_new_tokens=max_new_tokens,
+        temperature=temperature, top_p=top_p))
     correct_nk = sampled["accuracy"].reshape(-1, num_samples)
     metrics = {
         "eval/pass@1": passk.pass_at_1_mean(correct_nk),
@@ -245,8 +258,9 @@ def evaluate(ctx: Context, params, batch, rng, *, num_samples: int, temperature:
         "eval/reward": float(np.mean(sampled["rewards"])),
     }
     if greedy:
-        greedy_rollout = score(ctx, sample(ctx, params, batch, rng, num_samples=1,
-                                           max_new_tokens=max_new_tokens, temperature=0.0))
+        greedy_rollout = score_across_hosts(ctx, sample(
+            ctx, params, batch, rng, num_samples=1, max_new_tokens=max_new_tokens,
+            temperature=0.0))
         metrics["eval/greedy_accuracy"] = float(np.mean(greedy_rollout["accuracy"]))
         metrics["eval/greedy_lenient_accuracy"] = float(
             np.mean(greedy_rollout["lenient_accuracy"]))
