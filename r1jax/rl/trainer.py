@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from r1jax import sharding
+from r1jax import distributed, sharding
 from r1jax.data import pipeline, tasks, templates
 from r1jax.models import summary
 from r1jax.rewards import pool as pool_lib
@@ -61,11 +61,16 @@ class NonFiniteError(RuntimeError):
 
 
 def make_mesh(config: rl_config.ExperimentConfig) -> jax.sharding.Mesh:
-    """The configured mesh; without a -1 axis it uses the first prod(sizes) devices."""
+    """The configured global mesh; without a -1 axis it uses the first prod(sizes) devices,
+    which with several processes must be all of them (every process drives its devices)."""
     shape = dict(config.mesh)
     devices = jax.devices()
     if -1 not in shape.values():
         devices = devices[: int(np.prod(list(shape.values()) or [1]))]
+        if jax.process_count() > 1 and len(devices) != jax.device_count():
+            raise ValueError(f"config.mesh={shape} uses {len(devices)} of the "
+                             f"{jax.device_count()} devices of {jax.process_count()} processes;"
+                             " a multi-process mesh must use them all (set one axis to -1)")
     return sharding.make_mesh(shape, devices)
 
 
@@ -97,7 +102,7 @@ def forward_flops(model_config, rows: int, length: int) -> float:
 
 def _truncate_jsonl(path: str, step: int) -> None:
     """Drops records with step > `step` (atomically), as `MetricsWriter.truncate_after`."""
-    if not os.path.exists(path):
+    if jax.process_index() != 0 or not os.path.exists(path):
         return
     kept = [r for r in metrics.read_jsonl(path) if r["step"] <= step]
     tmp = f"{path}.tmp"
@@ -158,7 +163,7 @@ class _Run:
 
         def draw(j):
             self.check_preempted()
-            batch = next(self.loader)
+            batch = distributed.gather_prompts(next(self.loader), self.ctx.tokenizer.pad_id)
             start = time.perf_counter()
             rng = _stream_key(self.key, _TRAIN_SALT, s, j)
             out = rollout.sample(self.ctx, params, batch, rng, num_samples=g.group_size,
@@ -167,7 +172,7 @@ class _Run:
                                  top_k=cfg.sampling.top_k, top_p=cfg.sampling.top_p)
             timings["sample"] += time.perf_counter() - start
             start = time.perf_counter()
-            out = rollout.score(self.ctx, out)
+            out = rollout.score_across_hosts(self.ctx, out)
             timings["reward"] += time.perf_counter() - start
             return out
 
@@ -185,7 +190,7 @@ class _Run:
                                     "completion_mask", "old_logps")}
         batch["advantages"] = np.asarray(grpo.group_advantages(
             jnp.asarray(ro["rewards"]), g.group_size, g.advantage_scale))
-        batch = jax.device_put(batch, step.batch_shardings(self.mesh, tuple(batch)))
+        batch = distributed.global_batch(batch, step.batch_shardings(self.mesh, tuple(batch)))
         if g.beta > 0:
             score_keys = ("prompt_tokens", "prompt_lengths", "completion_tokens",
                           "completion_mask")
@@ -198,10 +203,14 @@ class _Run:
         """mu passes over the batch in minibatches; one jitted update each."""
         g = self.config.grpo
         size = g.batch_size // g.num_minibatches
+        shardings = step.batch_shardings(self.mesh, tuple(batch))
         updates = []
         for _ in range(g.num_iterations):
             for m in range(g.num_minibatches):
                 minibatch = jax.tree.map(lambda x, m=m: x[m * size:(m + 1) * size], batch)
+                # An eager slice of a sharded array comes back replicated; the step's
+                # in_shardings refuse a committed array sharded otherwise.
+                minibatch = jax.device_put(minibatch, shardings)
                 state, out = self.train_step(state, minibatch)
                 updates.append(out)
         return state, jax.device_get(updates)
@@ -288,20 +297,30 @@ def _load_model(config: rl_config.ExperimentConfig):
     return model_config, jax.device_get(params), tok
 
 
+def _per_host(count: int, field: str) -> int:
+    """A global prompt count split over the processes (each host loads its own prompts)."""
+    if count % jax.process_count():
+        raise ValueError(f"{field}={count} must be a multiple of the {jax.process_count()} "
+                         "processes (each host loads an equal share of the prompts)")
+    return count // jax.process_count()
+
+
 def _loaders(config: rl_config.ExperimentConfig, tok, template):
-    """The training prompt loader (resumable) and the fixed held-out evaluation batch."""
+    """This host's training prompt loader (resumable) and the global held-out eval batch."""
     d = config.data
     task = tasks.get(d.task, **dict(d.task_knobs))
-    prompts = pipeline.PromptConfig(batch_size=config.grpo.prompts_per_step,
+    prompts = pipeline.PromptConfig(batch_size=_per_host(config.grpo.prompts_per_step,
+                                                         "grpo.prompts_per_step"),
                                     max_prompt_len=d.max_prompt_len, bucket=d.bucket, seed=d.seed)
     train_source = pipeline.generated_source(task, "train", d.seed)
     loader = pipeline.prompt_loader(train_source, tok, template.format_prompt, prompts)
-    eval_prompts = pipeline.PromptConfig(batch_size=config.eval.num_prompts,
+    eval_prompts = pipeline.PromptConfig(batch_size=_per_host(config.eval.num_prompts,
+                                                              "eval.num_prompts"),
                                          max_prompt_len=d.max_prompt_len, bucket=d.bucket,
                                          seed=d.seed)
     eval_source = pipeline.generated_source(task, "test", d.seed)
-    eval_batch = pipeline.prompt_loader(eval_source, tok, template.format_prompt,
-                                        eval_prompts).batch(0)
+    eval_batch = distributed.gather_prompts(pipeline.prompt_loader(
+        eval_source, tok, template.format_prompt, eval_prompts).batch(0), tok.pad_id)
     return loader, eval_batch
 
 
@@ -368,8 +387,9 @@ def train(config, workdir: str) -> dict[str, Any]:
                                   config.sampling.temperature, config.sampling.max_new_tokens)
 
     # ------------------------------------------------------------------ state and checkpoint
-    state = jax.device_put(step.init_state(params, step_config, config.seed),
-                           step.state_shardings(step_config, mesh))
+    state = distributed.put_global(jax.device_get(step.init_state(params, step_config,
+                                                                  config.seed)),
+                                   step.state_shardings(step_config, mesh))
     del params
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    max_to_keep=config.keep_checkpoints,
@@ -404,8 +424,8 @@ def _loop(run: _Run, state, start: int, consecutive: int, ckpt, writer, workdir)
     summary_ = {"step": start, "preempted": False, "train": {}, "eval": {}}
     if start == 0:
         summary_["eval"] = _evaluate_and_log(run, state["params"], 0, writer, workdir)
-    bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not config.progress_bar,
-                    desc="grpo", dynamic_ncols=True)
+    bar = tqdm.tqdm(total=config.total_steps, initial=start, desc="grpo", dynamic_ncols=True,
+                    disable=not config.progress_bar or jax.process_index() != 0)
     with bar:
         for s in range(start, config.total_steps):
             data_state = run.loader.get_state()
