@@ -2,6 +2,7 @@
 
 The numbers of the public presets are those of the models' HF `config.json` files.
 `configs/model.py` exposes them to `--config=configs/model.py:<name>`.
+DeepSeek-V3's numbers are the hyper-parameters of its report (arXiv:2412.19437, Sec. 4.2).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ the documents into rows, train a DeepSeek-V3-style MoE model by next-token predi
 (`r1jax.train.sft.train` with every token weighted), and save a base directory
 (`r1jax.train.base`). `pretrain_base` is cached: an existing complete base directory is
 returned as is, and an interrupted run resumes from its latest checkpoint.
+The toy base model stands in for DeepSeek-V3-Base, where R1-Zero starts (arXiv:2501.12948, Sec. 2.2).
 """
 
 from __future__ import annotations
