@@ -15,7 +15,7 @@ from typing import Any
 ATTENTION_TYPES = ("mla", "gqa")
 SCORING_FUNCS = ("sigmoid", "softmax")
 ROPE_TYPES = ("default", "yarn", "llama3")
-MOE_DISPATCH = ("dropless", "dense")
+MOE_DISPATCH = ("dropless", "dense", "expert_parallel")
 MLA_DECODE = ("absorbed", "naive")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -46,7 +46,8 @@ class ModelConfig:
       "llama3" uses `rope_factor`, `low_freq_factor`, `high_freq_factor`. `rope_interleave`
       selects the interleaved (x0,x1),(x2,x3)... layout instead of the half-split one.
     Implementation choices (picked once, never branched on inside a layer's math):
-      `moe_dispatch` "dropless" (sort + grouped matmul) or "dense" (every expert, every token);
+      `moe_dispatch` "dropless" (sort + grouped matmul), "dense" (every expert, every token)
+      or "expert_parallel" (experts sharded over the `expert` mesh axis, all-to-all exchange);
       `mla_decode` "absorbed" or "naive" for cached decoding; `remat_policy`; `scan_layers`.
     """
 

@@ -21,9 +21,14 @@ Where this departs from the paper, and why:
     norm_topk_prob False it is V2's greedy top-k.
   * L_Bal's f_i counts the experts actually chosen (biased, group-limited selection) rather
     than the unbiased top-K of eq. 18: the loss balances the load the experts really receive.
-  * Expert parallelism (all-to-all over the `expert` mesh axis) is not here yet: the dispatch
-    functions are pure functions of (tokens, routing, expert weights) so that a shard_map
-    variant can be added next to them and chosen by `moe_dispatch`.
+  * Expert parallelism (`expert_parallel_dispatch`, V3 report Sec. 3.2.2: tokens are sent to
+    the devices that hold their experts with all-to-all and the outputs come back the same
+    way) keeps XLA's static shapes, so to stay dropless (exact) each device's exchange buffer
+    holds the worst case: all T*K of its assignments bound for one device. The receiving
+    device therefore runs its experts on n_ep times the balanced load (n_ep = the `expert`
+    axis size). V3 trains with that exchange bounded by node-limited routing and balanced
+    loads; a capacity-bounded buffer (dropping overflow) or a ragged all-to-all on GPU/TPU is
+    what removes the factor, at the price of exactness.
 
 Parameters (per MoE layer), kernels stored [in, out] as in `layers.Dense`:
   gate/kernel [d, E] ('embed', 'expert'); gate/e_score_correction_bias [E] float32 (state: the
@@ -43,6 +48,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 from flax.core import frozen_dict
+from jax.sharding import PartitionSpec
 
 from r1jax import sharding
 from r1jax.models import config as config_lib
@@ -231,23 +237,28 @@ def _take_rows_bwd(residuals, grad_rd):
 take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
 
 
-def _block_swiglu(x_gbd: jax.Array, block_expert_g: jax.Array, experts: ExpertParams):
+def _block_swiglu(x_gbd: jax.Array, block_expert_g: jax.Array, experts: ExpertParams,
+                  constrain: bool = True):
     """SwiGLU of each block of rows with its own expert's weights (one batched matmul each)."""
     gate_gbf = jnp.einsum("gbd,gdf->gbf", x_gbd, experts.gate_edf[block_expert_g])
     up_gbf = jnp.einsum("gbd,gdf->gbf", x_gbd, experts.up_edf[block_expert_g])
-    h_gbf = sharding.constrain(nn.silu(gate_gbf) * up_gbf, (None, None, "act_mlp"))
+    h_gbf = nn.silu(gate_gbf) * up_gbf
+    if constrain:
+        h_gbf = sharding.constrain(h_gbf, (None, None, "act_mlp"))
     return jnp.einsum("gbf,gfd->gbd", h_gbf, experts.down_efd[block_expert_g])
 
 
 def dropless_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
-                      experts: ExpertParams, *, block_size: int) -> jax.Array:
+                      experts: ExpertParams, *, block_size: int,
+                      constrain: bool = True) -> jax.Array:
     """Sort by expert, pad each expert to whole blocks, one batched matmul, unsort, combine.
 
     Exact (no token is dropped) with static shapes; compute grows with T*K + E*(block - 1)
     rows rather than with T*E. Padding rows read a zero row and are never read back; every
     row move is a gather in both directions (`take_rows`). Cost per call on CPU: the weight
     gather (one [d, f] slice per block) dominates for small blocks, the padding rows
-    (up to E * (block - 1)) for large ones; see benchmarks/moe_dispatch.py.
+    (up to E * (block - 1)) for large ones; see benchmarks/moe_dispatch.py. `constrain=False`
+    drops the hidden activation's sharding constraint (inside shard_map, whose axes are manual).
     """
     t, d = x_td.shape
     k = idx_tk.shape[1]
@@ -256,17 +267,114 @@ def dropless_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
     layout = block_layout(idx_tk, num_experts, block_size)
     # Row r reads token row_assign_r // K (T for padding: T*K // K == T, the zero row).
     x_rd = take_rows(x_td, layout.row_assign_r // k, layout.dest_nk)
-    y_gbd = _block_swiglu(x_rd.reshape(-1, block_size, d), layout.block_expert_g, experts)
+    y_gbd = _block_swiglu(x_rd.reshape(-1, block_size, d), layout.block_expert_g, experts,
+                          constrain)
     y_nd = take_rows(y_gbd.reshape(-1, d), layout.dest_nk.reshape(-1),
                      layout.row_assign_r[:, None])
     y_td = jnp.einsum("tkd,tk->td", y_nd.reshape(t, k, d).astype(jnp.float32), weight_tk)
     return y_td.astype(x_td.dtype)
 
 
+EP_AXIS = "expert"
+
+
+class ExchangeLayout(NamedTuple):
+    """Where each assignment sits in the per-destination send buffer [n_ep * C, d].
+
+    Assignment n = t * K + k. Destination device s = expert // experts per device; its rows
+    are s * C .. s * C + count_s - 1 in assignment order; the rest of the block is padding.
+    """
+
+    slot_nk: jax.Array         # [T, K] send-buffer row of each assignment
+    row_assign_r: jax.Array    # [n_ep * C] assignment held by each row; T*K marks padding
+
+
+def exchange_layout(idx_tk: jax.Array, experts_per_device: int, num_devices: int,
+                    capacity: int) -> ExchangeLayout:
+    """Groups assignments by destination device into blocks of `capacity` rows."""
+    n = idx_tk.size
+    dest_n = idx_tk.reshape(n) // experts_per_device
+    order_p = jnp.argsort(dest_n, stable=True)
+    dest_p = dest_n[order_p]
+    devices_s = jnp.arange(num_devices)
+    start_s = jnp.searchsorted(dest_p, devices_s, side="left")
+    count_s = jnp.searchsorted(dest_p, devices_s, side="right") - start_s
+    slot_p = dest_p * capacity + jnp.arange(n) - start_s[dest_p]
+    slot_n = slot_p[jnp.argsort(order_p)]
+    device_r = jnp.repeat(devices_s, capacity)
+    rank_r = jnp.tile(jnp.arange(capacity), num_devices)
+    used_r = rank_r < count_s[device_r]
+    row_assign_r = jnp.where(used_r, order_p[jnp.where(used_r, start_s[device_r] + rank_r, 0)], n)
+    return ExchangeLayout(slot_n.reshape(idx_tk.shape).astype(jnp.int32),
+                          row_assign_r.astype(jnp.int32))
+
+
+def _exchange(x, axis_name: str, num_devices: int):
+    """[n_ep * C, ...] blocks by destination -> [n_ep * C, ...] blocks by source."""
+    blocks = x.reshape((num_devices, -1) + x.shape[1:])
+    return jax.lax.all_to_all(blocks, axis_name, 0, 0).reshape(x.shape)
+
+
+def _ep_local(x_td, idx_tk, weight_tk, experts: ExpertParams, *, block_size: int,
+              num_devices: int):
+    """One device's share of `expert_parallel_dispatch` (inside shard_map): send rows to the
+    experts' devices, run the local experts (dropless), send the outputs back, combine."""
+    t, d = x_td.shape
+    k = idx_tk.shape[1]
+    local_experts = experts.gate_edf.shape[0]
+    capacity = t * k  # worst case: every assignment bound for one device (exact, see above)
+    layout = exchange_layout(idx_tk, local_experts, num_devices, capacity)
+    x_rd = take_rows(x_td, layout.row_assign_r // k, layout.slot_nk)
+    padding_r = layout.row_assign_r == t * k
+    local_r = jnp.where(padding_r, 0, idx_tk.reshape(-1)[jnp.minimum(layout.row_assign_r,
+                                                                     t * k - 1)] % local_experts)
+    x_rd = _exchange(x_rd, EP_AXIS, num_devices)
+    local_r = _exchange(local_r, EP_AXIS, num_devices)
+    keep_r = _exchange(1.0 - padding_r.astype(jnp.float32), EP_AXIS, num_devices)
+    # The received rows are tokens with one expert each; padding rows get gate 0.
+    y_rd = dropless_dispatch(x_rd, local_r[:, None], keep_r[:, None], experts,
+                             block_size=block_size, constrain=False)
+    y_rd = _exchange(y_rd, EP_AXIS, num_devices)
+    y_nd = take_rows(y_rd, layout.slot_nk.reshape(-1), layout.row_assign_r[:, None])
+    y_td = jnp.einsum("tkd,tk->td", y_nd.reshape(t, k, d).astype(jnp.float32), weight_tk)
+    return jax.lax.psum(y_td, "tensor").astype(x_td.dtype)
+
+
+def expert_parallel_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
+                             experts: ExpertParams, *, block_size: int) -> jax.Array:
+    """Routed experts sharded over the `expert` mesh axis, tokens exchanged by all-to-all.
+
+    DeepSeek-V3 report Sec. 3.2.2 (expert parallelism with all-to-all dispatch and combine).
+    Inside `jax.shard_map` over the mesh set with `jax.set_mesh`, each device holds T / (data
+    * fsdp * expert) tokens and E / n_ep experts (their f split over `tensor`, whose partial
+    outputs are summed): it sends each token row to the devices owning its experts, runs its
+    experts on what it receives (`dropless_dispatch`), and returns the outputs to their tokens,
+    which it combines with the gates g. Exact: the same result as `dropless_dispatch` (see
+    the module docstring for the buffer cost). Without a mesh, or with n_ep == 1, it is
+    `dropless_dispatch` (the exchange is the identity).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.shape.get(EP_AXIS, 1) == 1:
+        return dropless_dispatch(x_td, idx_tk, weight_tk, experts, block_size=block_size)
+    num_devices = mesh.shape[EP_AXIS]
+    if experts.gate_edf.shape[0] % num_devices:
+        raise ValueError(f"expert_parallel_dispatch: {experts.gate_edf.shape[0]} experts do "
+                         f"not divide over the {num_devices} devices of the '{EP_AXIS}' axis")
+    tokens = sharding.logical_to_spec(("act_batch", None))
+    ffn_in, ffn_out = PartitionSpec(EP_AXIS, None, "tensor"), PartitionSpec(EP_AXIS, "tensor")
+    local = jax.shard_map(
+        functools.partial(_ep_local, block_size=block_size, num_devices=num_devices),
+        mesh=mesh, in_specs=(tokens, tokens, tokens, ExpertParams(ffn_in, ffn_in, ffn_out)),
+        out_specs=tokens)
+    return local(x_td, idx_tk, weight_tk, experts)
+
+
 def get_dispatch(config: config_lib.ModelConfig) -> Dispatch:
     """The dispatch function named by `config.moe_dispatch` (chosen once, at module build)."""
     if config.moe_dispatch == "dense":
         return dense_dispatch
+    if config.moe_dispatch == "expert_parallel":
+        return functools.partial(expert_parallel_dispatch, block_size=config.moe_block_size)
     return functools.partial(dropless_dispatch, block_size=config.moe_block_size)
 
 

@@ -1,0 +1,124 @@
+"""Expert-parallel MoE dispatch on 8 simulated CPU devices vs the single-device dispatches.
+
+The whole DeepSeekMoE layer (router, routed experts, shared expert) with
+moe_dispatch="expert_parallel" on several meshes must give the forward output and the
+gradients (w.r.t. every parameter and the input) of the single-device dropless and dense
+layers, for balanced and for maximally skewed routing (every assignment bound for one device:
+the dropless worst case of the exchange buffer).
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax import sharding
+from r1jax.models import config as config_lib
+from r1jax.models import moe
+
+D, F, E = 16, 8, 8
+MESHES = ({"expert": 8}, {"fsdp": 2, "expert": 2, "tensor": 2}, {"data": 2, "expert": 4})
+
+pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
+
+
+def make_config(dispatch: str) -> config_lib.ModelConfig:
+    return config_lib.ModelConfig(
+        hidden_size=D, moe_intermediate_size=F, n_routed_experts=E, n_group=4, topk_group=2,
+        num_experts_per_tok=2, n_shared_experts=1, moe_block_size=4, routed_scaling_factor=2.5,
+        aux_loss_alpha=0.01, moe_dispatch=dispatch)
+
+
+def make_inputs(skewed: bool):
+    """Params (O(1) outputs) and x [8, 4, D]. Skewed: a bias that sends every token to
+    experts 0 and 1, which live on the first device of the expert axis."""
+    x_btd = jax.random.normal(jax.random.key(1), (8, 4, D))
+    boxed = jax.jit(moe.MoE(make_config("dropless")).init)(jax.random.key(0), x_btd)["params"]
+    params = nn.meta.unbox(boxed)
+    rng = np.random.default_rng(0)
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        shape = params["experts"][name].shape
+        params["experts"][name] = jnp.asarray(rng.normal(0, 0.5, shape), jnp.float32)
+    params["gate"]["kernel"] = jnp.asarray(rng.normal(0, 0.5, (D, E)), jnp.float32)
+    bias = np.where(np.arange(E) < 2, 10.0, 0.0) if skewed else rng.normal(0, 0.3, E)
+    params["gate"][moe.BIAS] = jnp.asarray(bias, jnp.float32)
+    return boxed, params, x_btd
+
+
+def loss_and_grads(cfg, params, x_btd):
+    """The layer's output and gradients of a random projection of it plus its aux loss."""
+    probe = jax.random.normal(jax.random.key(2), x_btd.shape)
+
+    def loss(p, x):
+        y, state = moe.MoE(cfg).apply({"params": p}, x, mutable=["intermediates"])
+        return jnp.sum(y * probe) + moe.total_aux_loss(state["intermediates"]), y
+
+    (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x_btd)
+    return y, grads
+
+
+def sharded_loss_and_grads(cfg, boxed, params, x_btd, mesh_shape):
+    """`loss_and_grads` jitted on a mesh: params by the logical rules, x batch-sharded."""
+    mesh = sharding.make_mesh(mesh_shape)
+    params_sh = sharding.logical_shardings(nn.get_partition_spec(boxed), mesh)
+    x_sh = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(moe._BTD))
+    fn = jax.jit(lambda p, x: loss_and_grads(cfg, p, x))
+    with jax.set_mesh(mesh):
+        args = jax.device_put((params, x_btd), (params_sh, x_sh))
+        hlo = fn.lower(*args).compile().as_text()
+        return fn(*args), hlo
+
+
+@pytest.mark.parametrize("skewed", [False, True])
+def test_expert_parallel_matches_single_device_forward_and_gradients(skewed):
+    boxed, params, x_btd = make_inputs(skewed)
+    y_ref, grads_ref = jax.jit(lambda p, x: loss_and_grads(make_config("dropless"), p, x))(
+        params, x_btd)
+    y_dense, grads_dense = jax.jit(lambda p, x: loss_and_grads(make_config("dense"), p, x))(
+        params, x_btd)
+    np.testing.assert_allclose(y_dense, y_ref, rtol=1e-5, atol=1e-5)
+    if skewed:
+        idx = moe.select_experts(jnp.zeros((1, E)), params["gate"][moe.BIAS], top_k=2,
+                                 n_group=4, topk_group=2)
+        assert sorted(np.asarray(idx)[0].tolist()) == [0, 1]
+    for mesh_shape in MESHES:
+        (y, grads), hlo = sharded_loss_and_grads(make_config("expert_parallel"), boxed, params,
+                                                 x_btd, mesh_shape)
+        assert "all-to-all" in hlo, mesh_shape  # the exchange really happens
+        np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5, err_msg=str(mesh_shape))
+        for reference in (grads_ref, grads_dense):
+            for path, g in jax.tree_util.tree_leaves_with_path(grads):
+                want = _at(reference, path)
+                np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5,
+                                           err_msg=f"{mesh_shape} {jax.tree_util.keystr(path)}")
+
+
+def _at(tree, path):
+    for key in path:
+        tree = tree[key.idx if hasattr(key, "idx") else key.key]
+    return tree
+
+
+def test_expert_parallel_without_mesh_is_dropless():
+    _, params, x_btd = make_inputs(False)
+    y_ep = moe.MoE(make_config("expert_parallel")).apply({"params": params}, x_btd)
+    y_ref = moe.MoE(make_config("dropless")).apply({"params": params}, x_btd)
+    np.testing.assert_allclose(y_ep, y_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_exchange_layout_blocks_by_destination():
+    idx_tk = jnp.array([[5, 0], [1, 6], [7, 2]])  # 2 devices of 4 experts, capacity 6
+    layout = moe.exchange_layout(idx_tk, 4, 2, 6)
+    # device 0 receives assignments 1 (expert 0), 2 (1), 5 (2); device 1: 0 (5), 3 (6), 4 (7)
+    np.testing.assert_array_equal(layout.row_assign_r, [1, 2, 5, 6, 6, 6, 0, 3, 4, 6, 6, 6])
+    np.testing.assert_array_equal(layout.slot_nk, [[6, 0], [1, 7], [8, 2]])
+
+
+def test_experts_must_divide_over_the_expert_axis():
+    experts = moe.ExpertParams(jnp.ones((6, D, F)), jnp.ones((6, D, F)), jnp.ones((6, F, D)))
+    x_td, idx_tk, weight_tk = jnp.ones((8, D)), jnp.zeros((8, 2), jnp.int32), jnp.ones((8, 2))
+    dispatch = jax.jit(lambda *a: moe.expert_parallel_dispatch(*a, block_size=4))
+    with jax.set_mesh(sharding.make_mesh({"expert": 4, "data": 2})):
+        with pytest.raises(ValueError, match="6 experts do not divide over the 4 devices"):
+            dispatch(x_td, idx_tk, weight_tk, experts)
