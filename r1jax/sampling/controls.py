@@ -9,6 +9,10 @@ Randomness: the key of batch row i at decoding step t is fold_in(fold_in(rng, i)
 row draws from its own key, so a completion depends only on (rng, its row index, its logits):
 not on the batch size, on how the batch is sharded, or on the other rows.
 
+Draws invert the CDF of the truncated distribution with one uniform per row (`categorical`)
+instead of jax.random.categorical's Gumbel-max over [B, V] noise: B random numbers per step
+instead of B * V, and XLA:CPU compiles [B, V] threefry noise very slowly (seconds).
+
 Log-probabilities (what GRPO's importance ratio pi_theta / pi_theta_old needs, DeepSeekMath
 eq. 3): log_softmax(logits / temperature) of the policy at the sampled token, in float32, taken
 *before* top-k / top-p / min-p truncation, because the trainer recomputes the same quantity with
