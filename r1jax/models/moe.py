@@ -46,6 +46,7 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 from flax.core import frozen_dict
 from jax.sharding import PartitionSpec
@@ -340,6 +341,11 @@ def _ep_local(x_td, idx_tk, weight_tk, experts: ExpertParams, *, block_size: int
     return jax.lax.psum(y_td, "tensor").astype(x_td.dtype)
 
 
+def _axes_size(mesh, axes) -> int:
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return int(np.prod([mesh.shape[a] for a in axes if a in mesh.shape]))
+
+
 def expert_parallel_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
                              experts: ExpertParams, *, block_size: int) -> jax.Array:
     """Routed experts sharded over the `expert` mesh axis, tokens exchanged by all-to-all.
@@ -350,17 +356,19 @@ def expert_parallel_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.
     outputs are summed): it sends each token row to the devices owning its experts, runs its
     experts on what it receives (`dropless_dispatch`), and returns the outputs to their tokens,
     which it combines with the gates g. Exact: the same result as `dropless_dispatch` (see
-    the module docstring for the buffer cost). Without a mesh, or with n_ep == 1, it is
-    `dropless_dispatch` (the exchange is the identity).
+    the module docstring for the buffer cost). Without a mesh, with n_ep == 1, or when the T
+    tokens do not split evenly over the token shards (a [1, 1] `init` under a mesh), it is
+    `dropless_dispatch`: the same numbers without the exchange.
     """
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.shape.get(EP_AXIS, 1) == 1:
+    tokens = sharding.logical_to_spec(("act_batch", None))
+    if (mesh.empty or mesh.shape.get(EP_AXIS, 1) == 1
+            or x_td.shape[0] % _axes_size(mesh, tokens[0])):
         return dropless_dispatch(x_td, idx_tk, weight_tk, experts, block_size=block_size)
     num_devices = mesh.shape[EP_AXIS]
     if experts.gate_edf.shape[0] % num_devices:
         raise ValueError(f"expert_parallel_dispatch: {experts.gate_edf.shape[0]} experts do "
                          f"not divide over the {num_devices} devices of the '{EP_AXIS}' axis")
-    tokens = sharding.logical_to_spec(("act_batch", None))
     ffn_in, ffn_out = PartitionSpec(EP_AXIS, None, "tensor"), PartitionSpec(EP_AXIS, "tensor")
     local = jax.shard_map(
         functools.partial(_ep_local, block_size=block_size, num_devices=num_devices),

@@ -1,0 +1,176 @@
+"""The memory planner against hand counts, and lowering of the V3 train step and sampler on an
+abstract pod-size mesh (`jax.sharding.AbstractMesh`: no devices, nothing allocated).
+
+Lowering targets TPU (`lowering_platforms`), which an AbstractMesh needs and which works on a
+CPU-only machine: the 256-device mesh is never backed by real devices.
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax import plan, sharding
+from r1jax.models import config as config_lib
+from r1jax.models import presets, transformer
+from r1jax.rl import config as rl_config
+from r1jax.rl import step
+from r1jax.sampling import sampler
+from r1jax.train import state as state_lib
+
+
+def test_parse_mesh_names_bad_items():
+    assert plan.parse_mesh("data=1,fsdp=64,expert=8,tensor=1") == \
+        {"data": 1, "fsdp": 64, "expert": 8, "tensor": 1}
+    with pytest.raises(ValueError, match="'pipe=2'"):
+        plan.parse_mesh("fsdp=4,pipe=2")
+
+
+def tiny():
+    return config_lib.ModelConfig.from_dict(presets.tiny())
+
+
+def test_parameter_bytes_match_hand_counts():
+    cfg = tiny()
+    abstract = transformer.abstract_params(cfg)
+    total = sum(int(np.prod(x.shape)) * 4 for x in jax.tree.leaves(abstract))
+    one = plan.make_plan(cfg, {"fsdp": 1}, batch=8, seq=16)
+    assert one.parameters == one.reference == one.gradients == total
+    assert one.optimizer == 2 * total  # float32 params: two float32 moments
+    # fsdp=2 halves every leaf with an 'embed' axis; the rest (norms, biases, the latent
+    # projections' other axes) stays whole.
+    two = plan.make_plan(cfg, {"fsdp": 2}, batch=8, seq=16)
+    shards = plan.param_shards(plan.boxed_params(cfg), plan.abstract_mesh({"fsdp": 2}))
+    by_hand = sum(p.global_elements * 4 // (2 if "fsdp" in str(p.spec) else 1) for p in shards)
+    assert two.parameters == by_hand < total
+    expert = [p for p in shards if "gate_proj" in p.path and "experts" in p.path][0]
+    assert expert.elements * 2 == expert.global_elements
+
+
+def test_activations_and_cache_follow_the_formula():
+    cfg = tiny()
+    mesh = plan.abstract_mesh({"fsdp": 2, "tensor": 2})
+    p = plan.make_plan(cfg, {"fsdp": 2, "tensor": 2}, batch=8, seq=16)
+    tokens = 8 * 16 / 2
+    assert p.kv_cache == tokens * cfg.kv_cache_values_per_token * cfg.num_hidden_layers * 4
+    per_layer = [plan.layer_bytes_per_token(cfg, mesh, 16, cfg.is_moe_layer(i))
+                 for i in range(cfg.num_hidden_layers)]
+    head = 2 * cfg.vocab_size * 4 / 2
+    assert p.activations_no_remat == pytest.approx(tokens * (sum(per_layer) + head))
+    assert p.activations_remat == pytest.approx(
+        tokens * (cfg.num_hidden_layers * cfg.hidden_size * 4 + max(per_layer) + head))
+    assert p.activations_remat < p.activations_no_remat
+    ep = plan.make_plan(cfg.replace(moe_dispatch="expert_parallel"), {"fsdp": 1, "expert": 2},
+                        batch=8, seq=16)
+    dropless = plan.make_plan(cfg, {"fsdp": 1, "expert": 2}, batch=8, seq=16)
+    assert ep.activations_no_remat > dropless.activations_no_remat  # worst-case exchange
+
+
+def test_replicated_parameters_are_flagged():
+    cfg = tiny()
+    flagged = plan.make_plan(cfg, {"fsdp": 2}, 8, 16, replicated_threshold=0).replicated
+    paths = {p.path for p in flagged}
+    assert any("norm" in p for p in paths)  # replicated by the rules, flagged at threshold 0
+    assert not any("embed_tokens" in p or "experts" in p for p in paths)
+    assert not plan.make_plan(cfg, {"fsdp": 2}, 8, 16).replicated  # default threshold
+    assert not plan.make_plan(cfg, {"fsdp": 1}, 8, 16, replicated_threshold=0).replicated
+
+
+def test_propose_finds_the_smallest_fitting_mesh():
+    cfg = tiny()
+    need = plan.make_plan(cfg, {"fsdp": 1}, 8, 16).total()
+    one = plan.propose(cfg, need / plan.HEADROOM * 1.01, 8, 16)
+    assert one.chips == 1
+    more = plan.propose(cfg, need / plan.HEADROOM / 3, 8, 16)
+    assert more.chips > 1 and more.total() <= need / 3
+    assert "fits" in plan.format_report(cfg, more, "h100", 8, 16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lowering on an abstract mesh
+# ---------------------------------------------------------------------------------------------
+
+
+def shrunken_v3(**changes):
+    """DeepSeek-V3's structure (MLA with q/kv latents, n_group routing, shared + routed experts,
+    a dense prefix, MTP, YaRN, bfloat16) with small dims, scanned layers and full remat."""
+    values = presets.deepseek_v3_671b().to_dict()
+    values.update(num_hidden_layers=4, first_k_dense_replace=1, hidden_size=256,
+                  intermediate_size=512, moe_intermediate_size=64, n_routed_experts=32,
+                  n_group=8, topk_group=4, num_experts_per_tok=4, vocab_size=1024,
+                  num_attention_heads=8, q_lora_rank=64, kv_lora_rank=32, qk_nope_head_dim=16,
+                  qk_rope_head_dim=16, v_head_dim=16, scan_layers=True, remat_policy="full",
+                  moe_dispatch="expert_parallel")
+    values.update(changes)
+    return config_lib.ModelConfig(**values)
+
+
+def abstract_train_inputs(step_config, mesh, batch, prompt_len, completion_len):
+    state_sh = step.state_shardings(step_config, mesh)
+    abstract = jax.eval_shape(lambda p: step.init_state(p, step_config, 0),
+                              transformer.abstract_params(step_config.model))
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                         abstract, state_sh)
+    shapes = {"prompt_tokens": ((batch, prompt_len), jnp.int32),
+              "prompt_lengths": ((batch,), jnp.int32),
+              "completion_tokens": ((batch, completion_len), jnp.int32),
+              "completion_mask": ((batch, completion_len), jnp.bool_),
+              "old_logps": ((batch, completion_len), jnp.float32),
+              "ref_logps": ((batch, completion_len), jnp.float32),
+              "advantages": ((batch,), jnp.float32)}
+    shardings = step.batch_shardings(mesh)
+    return state, {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[k])
+                   for k, (shape, dtype) in shapes.items()}
+
+
+def lower_train_step(model, mesh_shape, batch, prompt_len, completion_len):
+    """StableHLO text of the jitted GRPO step on an AbstractMesh (TPU lowering)."""
+    mesh = plan.abstract_mesh(mesh_shape)
+    grpo_cfg = rl_config.GRPOConfig(group_size=4, prompts_per_step=batch // 4)
+    step_config = step.StepConfig(model, grpo_cfg, state_lib.OptimConfig(), 1.0,
+                                  completion_len)
+    state, batch_in = abstract_train_inputs(step_config, mesh, batch, prompt_len,
+                                            completion_len)
+    jitted = step.jit_train_step(step_config, mesh)
+    with jax.sharding.use_abstract_mesh(mesh):
+        return jitted.trace(state, batch_in).lower(lowering_platforms=("tpu",)).as_text()
+
+
+POD = {"fsdp": 32, "expert": 8}  # 256 devices
+
+
+def test_shrunken_v3_train_step_lowers_on_a_256_device_abstract_mesh():
+    text = lower_train_step(shrunken_v3(), POD, batch=256, prompt_len=16, completion_len=16)
+    assert "all_to_all" in text  # expert-parallel exchange
+    assert "num_partitions = 256" in text
+
+
+def test_shrunken_v3_sampler_lowers_on_a_256_device_abstract_mesh():
+    model = shrunken_v3()
+    mesh = plan.abstract_mesh(POD)
+    settings = sampler.SamplingConfig(max_new_tokens=8, num_samples=2, eos_id=1)
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          transformer.abstract_params(model),
+                          sampler.param_shardings(model, mesh))
+    batch = sharding.batch_sharding(mesh, 2)
+    args = (params, jax.ShapeDtypeStruct((256, 16), jnp.int32, sharding=batch),
+            jax.ShapeDtypeStruct((256,), jnp.int32, sharding=sharding.batch_sharding(mesh, 1)),
+            jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=sharding.replicated(mesh)))
+    jitted = sampler.make_sampler(model, settings, mesh).jitted
+    with jax.sharding.use_abstract_mesh(mesh):
+        text = jitted.trace(*args).lower(lowering_platforms=("tpu",)).as_text()
+    assert "all_to_all" in text and "num_partitions = 256" in text
+
+
+@pytest.mark.slow
+def test_deepseek_v3_671b_train_step_lowers_on_a_pod_mesh():
+    """The full preset (61 layers, 256 experts, scanned, full remat) on 1,024 abstract chips."""
+    model = config_lib.ModelConfig.from_dict(presets.deepseek_v3_671b()).replace(
+        scan_layers=True, remat_policy="full", moe_dispatch="expert_parallel")
+    start = time.perf_counter()
+    text = lower_train_step(model, {"fsdp": 128, "expert": 8}, batch=1024, prompt_len=256,
+                            completion_len=256)
+    print(f"deepseek_v3_671b train step lowered in {time.perf_counter() - start:.1f} s")
+    assert "all_to_all" in text and "num_partitions = 1024" in text
