@@ -121,14 +121,17 @@ def run_config(workdir: str | os.PathLike) -> rl_config.ExperimentConfig:
 
 def _restore_state(directory: str, abstract_state, step_: int | None):
     """(state, step) from a checkpoint directory, opened read-only: an evaluation never
-    deletes or renames anything there, even while the run is still writing to it."""
+    deletes or renames anything there, even while the run is still writing to it. Only the
+    leaves of `abstract_state` are read (a partial restore: no optimizer state or reference)."""
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     with ocp.CheckpointManager(directory, options=options, item_names=("state", "meta")) as mgr:
         step_ = mgr.latest_step() if step_ is None else step_
         if step_ is None or step_ not in mgr.all_steps():
             raise FileNotFoundError(f"{directory}: no checkpoint for step {step_} "
                                     f"(have {sorted(mgr.all_steps())})")
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
+        args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=abstract_state, restore_args=restore_args, partial_restore=True))
         return mgr.restore(step_, args=args).state, step_
 
 
@@ -146,6 +149,7 @@ def load_run(workdir: str | os.PathLike, step_: int | None = None) -> Model:
     shapes = jax.eval_shape(lambda p: step.init_state(p, step_config, config.seed),
                             transformer.abstract_params(model_config))
     abstract = checkpoint.abstract_tree(shapes, step.state_shardings(step_config, mesh))
+    abstract = {"params": abstract["params"], "rng": abstract["rng"]}
     state, restored_step = _restore_state(os.path.join(workdir, "checkpoints"), abstract, step_)
     return Model(model_config, state["params"], base.load_tokenizer(config.base_dir),
                  templates.get(config.data.template), config.rewards, mesh,
