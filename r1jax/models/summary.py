@@ -22,8 +22,6 @@ from ml_collections import config_flags
 from r1jax.models import config as config_lib
 from r1jax.models import layers, transformer
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file (preset).")
-
 _ROUTED = "experts"  # moe.Experts' module name; `shared_experts` are always active.
 
 
@@ -79,12 +77,14 @@ def format_summary(config: config_lib.ModelConfig) -> str:
     return "\n".join([header] + [f"{a:<{width}}  {b:>24}  {c_:>10}" for a, b, c_ in rows])
 
 
-def main(argv):
+def main(argv, config_flag):
     del argv
-    if _CONFIG.value is None:
+    if config_flag.value is None:
         raise app.UsageError("--config is required, e.g. --config=configs/model.py:tiny")
-    print(format_summary(config_lib.ModelConfig.from_dict(_CONFIG.value)))
+    print(format_summary(config_lib.ModelConfig.from_dict(config_flag.value)))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    # Defined here, not at import: the trainers import this module and have --config of their own.
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file (preset).")
+    app.run(lambda argv: main(argv, _CONFIG))
