@@ -164,13 +164,80 @@ def test_shrunken_v3_sampler_lowers_on_a_256_device_abstract_mesh():
     assert "all_to_all" in text and "num_partitions = 256" in text
 
 
-@pytest.mark.slow
 def test_deepseek_v3_671b_train_step_lowers_on_a_pod_mesh():
-    """The full preset (61 layers, 256 experts, scanned, full remat) on 1,024 abstract chips."""
+    """The full preset (61 layers, 256 experts) with scanned layers, full remat and expert
+    parallelism on 1,024 abstract chips (about 7 s on 2 CPU cores)."""
     model = config_lib.ModelConfig.from_dict(presets.deepseek_v3_671b()).replace(
         scan_layers=True, remat_policy="full", moe_dispatch="expert_parallel")
+    text = lower_train_step(model, {"fsdp": 128, "expert": 8}, batch=1024, prompt_len=256,
+                            completion_len=256)
+    assert "all_to_all" in text and "num_partitions = 1024" in text
+
+
+@pytest.mark.slow
+def test_deepseek_v3_671b_preset_as_is_lowers_on_a_pod_mesh():
+    """The preset unchanged (61 unrolled layers, dropless, no remat): about 45 s."""
+    model = config_lib.ModelConfig.from_dict(presets.deepseek_v3_671b())
     start = time.perf_counter()
     text = lower_train_step(model, {"fsdp": 128, "expert": 8}, batch=1024, prompt_len=256,
                             completion_len=256)
     print(f"deepseek_v3_671b train step lowered in {time.perf_counter() - start:.1f} s")
-    assert "all_to_all" in text and "num_partitions = 1024" in text
+    assert "num_partitions = 1024" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Remat and scan in the GRPO step
+# ---------------------------------------------------------------------------------------------
+
+
+def stacked(params, model):
+    """Unrolled `layers_i` params -> the scanned tree (`dense_layers`, `moe_layers`)."""
+    out = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    start = 0
+    for name, n, _ in transformer._stacks(model):
+        layers = [params[f"layers_{i}"] for i in range(start, start + n)]
+        out[name] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+        start += n
+    return out
+
+
+SMALL = config_lib.ModelConfig(
+    vocab_size=128, hidden_size=32, num_hidden_layers=3, intermediate_size=64,
+    num_attention_heads=2, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8,
+    qk_rope_head_dim=8, v_head_dim=8, n_routed_experts=4, num_experts_per_tok=2, n_group=2,
+    topk_group=1, moe_intermediate_size=32, first_k_dense_replace=1)
+
+
+def grpo_update(model, params):
+    grpo_cfg = rl_config.GRPOConfig(group_size=4, prompts_per_step=2, beta=0.04,
+                                    num_micro_batches=2)
+    batch = {k: jnp.asarray(v) for k, v in _random_batch(8, 8, 8, 128).items()}
+    config = step.StepConfig(model, grpo_cfg, state_lib.OptimConfig(), 1.0, 8)
+    return jax.jit(step.make_train_step(config))(step.init_state(params, config, 0), batch)[1]
+
+
+@pytest.fixture(scope="module")
+def plain_update():
+    return grpo_update(SMALL, transformer.random_params(SMALL))
+
+
+@pytest.mark.parametrize("scan,remat", [(False, "full"), (True, "none"), (True, "dots")])
+def test_remat_and_scan_give_the_same_grpo_update(plain_update, scan, remat):
+    params = transformer.random_params(SMALL)
+    out = grpo_update(SMALL.replace(scan_layers=scan, remat_policy=remat),
+                      stacked(params, SMALL) if scan else params)
+    for key in ("loss", "grad_norm", "kl"):
+        np.testing.assert_allclose(out[key], plain_update[key], rtol=1e-5, err_msg=key)
+
+
+def _random_batch(rows, p, t, vocab, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "prompt_tokens": rng.integers(0, vocab, (rows, p)).astype(np.int32),
+        "prompt_lengths": rng.integers(p // 2, p + 1, rows).astype(np.int32),
+        "completion_tokens": rng.integers(0, vocab, (rows, t)).astype(np.int32),
+        "completion_mask": np.arange(t)[None] < rng.integers(t // 2, t + 1, rows)[:, None],
+        "old_logps": (-3 * rng.random((rows, t))).astype(np.float32),
+        "ref_logps": (-3 * rng.random((rows, t))).astype(np.float32),
+        "advantages": rng.standard_normal(rows).astype(np.float32),
+    }
