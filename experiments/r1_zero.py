@@ -5,15 +5,22 @@
   python experiments/r1_zero.py --config=configs/r1_zero.py:qwen2_5_3b_countdown \
       --config.base_dir=/path/to/base --workdir=runs/tinyzero
 
+Multi-host (one process per host, every host running the same command): on a TPU pod add
+`--distributed` (JAX finds the coordinator); elsewhere also pass --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I (or set R1JAX_COORDINATOR, R1JAX_NUM_PROCESSES,
+R1JAX_PROCESS_ID). The base model must then exist already.
+
 When `config.base_dir` holds no base model and `--pretrain_config` is set (the default), the toy
 base model is trained first (experiments/pretrain_base.py) and cached for later runs.
 """
 
 import pathlib
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from r1jax import distributed
 from r1jax.evals import report
 from r1jax.rl import trainer
 from r1jax.train import base, pretrain
@@ -21,17 +28,28 @@ from r1jax.train import base, pretrain
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/r1_zero.py:tiny")
 _PRETRAIN = config_flags.DEFINE_config_file("pretrain_config", "configs/pretrain_base.py:tiny")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/r1_zero_tiny", "Run directory.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-process run.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Process 0's HOST:PORT.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     config = _CONFIG.value
+    if _DISTRIBUTED.value and distributed.initialize(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=True) \
+            and not base.exists(config.base_dir):
+        raise app.UsageError(f"--distributed: no base model in {config.base_dir}; pretrain "
+                             "it first in a single-process run")
     if not base.exists(config.base_dir):
         print(f"no base model in {config.base_dir}: pretraining it first")
         cfg = pretrain.PretrainConfig.from_config_dict(_PRETRAIN.value)
         pretrain.pretrain_base(cfg, config.base_dir, f"{config.base_dir}.work")
     summary = trainer.train(config, _WORKDIR.value)
+    if jax.process_index() != 0:  # process 0 wrote the logs
+        return
     metrics_path = pathlib.Path(_WORKDIR.value) / "metrics.jsonl"
     print(f"\nR1-Zero, {summary['step']} steps ({_WORKDIR.value}):")
     print(report.base_vs_final(metrics_path))
