@@ -7,6 +7,8 @@
 Presets:
   tiny   countdown (3 numbers) from the toy base model of configs/pretrain_base.py:tiny, on one
          CPU in minutes.
+  qwen2_5_3b_countdown  TinyZero (countdown, Qwen2.5-3B base from a local HF directory).
+  deepseek_v3_671b      the paper's R1-Zero setting (V3-Base, math JSONL, pod-scale mesh).
   smoke  a few seconds per step with a shrunken everything (for the tests, which point
          `base_dir` at a small random model).
 
@@ -89,7 +91,48 @@ def smoke() -> ml_collections.ConfigDict:
     return c
 
 
-PRESETS = {"tiny": tiny, "smoke": smoke}
+def qwen2_5_3b_countdown() -> ml_collections.ConfigDict:
+    """TinyZero: countdown with 3-4 numbers from a local Qwen2.5-3B base (HF directory), one
+    GPU host or a small TPU slice. Override --config.base_dir=/path/to/Qwen2.5-3B."""
+    c = _base()
+    c.base_dir = "checkpoints/Qwen2.5-3B"
+    c.total_steps = 300
+    c.mesh = {"fsdp": -1}
+    c.optim.update(learning_rate=1e-6, warmup_steps=10)
+    c.grpo.update(group_size=8, prompts_per_step=32, num_minibatches=4, num_micro_batches=4,
+                  beta=0.001, clip_eps_low=0.2, clip_eps_high=0.2, ref_update_every=0)
+    c.sampling.update(max_new_tokens=1024)
+    c.data.update(task="countdown", task_knobs={"min_numbers": 3, "max_numbers": 4},
+                  max_prompt_len=256)
+    c.eval.update(every=25, num_prompts=256, num_samples=4)
+    c.rewards = {"countdown": 1.0, "format_strict": 0.1}
+    c.checkpoint_every = 25
+    return c
+
+
+def deepseek_v3_671b() -> ml_collections.ConfigDict:
+    """The paper's R1-Zero run: DeepSeek-V3-Base (HF directory), R1-Zero template, G = 16,
+    32 questions per step, lr 3e-6, beta 0.001, epsilon 10, temperature 1, reference refreshed
+    every 400 steps, 32,768-token completions, math rewards on user JSONL
+    (--config.data.train_jsonl=math_train.jsonl --config.data.test_jsonl=math500.jsonl).
+    Mesh for a pod: experts over `expert`, the rest FSDP (see `python -m r1jax.plan`)."""
+    c = _base()
+    c.base_dir = "checkpoints/DeepSeek-V3-Base"
+    c.total_steps = 8000
+    c.mesh = {"data": 1, "fsdp": -1, "expert": 64, "tensor": 1}
+    c.grpo.update(num_minibatches=16, num_micro_batches=8)
+    c.sampling.update(max_new_tokens=32768)
+    c.data.update(task="countdown", train_jsonl="data/math_train.jsonl",
+                  test_jsonl="data/math500.jsonl", jsonl_format="math", max_prompt_len=2048,
+                  bucket=128)
+    c.eval.update(every=100, num_prompts=500, num_samples=16)
+    c.rewards = {"math": 1.0, "format_strict": 1.0}
+    c.checkpoint_every = 50
+    return c
+
+
+PRESETS = {"tiny": tiny, "smoke": smoke, "qwen2_5_3b_countdown": qwen2_5_3b_countdown,
+           "deepseek_v3_671b": deepseek_v3_671b}
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:

@@ -43,7 +43,7 @@ def main(argv):
             and not base.exists(config.base_dir):
         raise app.UsageError(f"--distributed: no base model in {config.base_dir}; pretrain "
                              "it first in a single-process run")
-    if not base.exists(config.base_dir):
+    if not base.exists(config.base_dir) and not base.is_hf_checkpoint(config.base_dir):
         print(f"no base model in {config.base_dir}: pretraining it first")
         cfg = pretrain.PretrainConfig.from_config_dict(_PRETRAIN.value)
         pretrain.pretrain_base(cfg, config.base_dir, f"{config.base_dir}.work")

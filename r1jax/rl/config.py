@@ -134,7 +134,11 @@ class SamplingConfig:
 class DataConfig:
     """Prompts: a generated task (`r1jax.data.tasks`) with knobs, wrapped in a template.
 
-    Training reads the task's "train" split, evaluation its disjoint "test" split.
+    Training reads the task's "train" split, evaluation its disjoint "test" split. With
+    `train_jsonl` set, prompts come from user files instead (evaluation reads `test_jsonl`,
+    or the training file when none is given: then there is no held-out set), in
+    `jsonl_format` "gsm8k" | "math" | "code" (`r1jax.data.tasks.jsonl`); malformed lines are an
+    error naming file and line unless `jsonl_on_error` is "skip".
     """
 
     task: str = "countdown"
@@ -143,8 +147,18 @@ class DataConfig:
     seed: int = 0
     max_prompt_len: int = 256
     bucket: int = 32
+    train_jsonl: str | None = None
+    test_jsonl: str | None = None
+    jsonl_format: str = "math"
+    jsonl_on_error: str = "raise"
 
     def __post_init__(self):
+        if self.jsonl_format not in ("gsm8k", "math", "code"):
+            _fail("data", "jsonl_format", self.jsonl_format, "must be 'gsm8k', 'math' or 'code'")
+        if self.jsonl_on_error not in ("raise", "skip"):
+            _fail("data", "jsonl_on_error", self.jsonl_on_error, "must be 'raise' or 'skip'")
+        if self.test_jsonl and not self.train_jsonl:
+            _fail("data", "test_jsonl", self.test_jsonl, "needs train_jsonl as well")
         if self.task not in tasks.names():
             _fail("data", "task", self.task, f"must be one of {tasks.names()}")
         try:

@@ -38,6 +38,7 @@ import tqdm
 
 from r1jax import distributed, sharding
 from r1jax.data import pipeline, tasks, templates
+from r1jax.data.tasks import jsonl
 from r1jax.models import summary
 from r1jax.rewards import pool as pool_lib
 from r1jax.rl import config as rl_config
@@ -291,7 +292,7 @@ def _trailing(updates: list[dict]) -> int:
 
 
 def _load_model(config: rl_config.ExperimentConfig):
-    model_config, params, tok = base.load_base(config.base_dir)
+    model_config, params, tok = base.load_model(config.base_dir)
     if config.model_overrides:
         model_config = model_config.replace(**dict(config.model_overrides))
     return model_config, jax.device_get(params), tok
@@ -312,16 +313,27 @@ def _loaders(config: rl_config.ExperimentConfig, tok, template):
     prompts = pipeline.PromptConfig(batch_size=_per_host(config.grpo.prompts_per_step,
                                                          "grpo.prompts_per_step"),
                                     max_prompt_len=d.max_prompt_len, bucket=d.bucket, seed=d.seed)
-    train_source = pipeline.generated_source(task, "train", d.seed)
+    train_source = _source(d, task, "train")
     loader = pipeline.prompt_loader(train_source, tok, template.format_prompt, prompts)
     eval_prompts = pipeline.PromptConfig(batch_size=_per_host(config.eval.num_prompts,
                                                               "eval.num_prompts"),
                                          max_prompt_len=d.max_prompt_len, bucket=d.bucket,
                                          seed=d.seed)
-    eval_source = pipeline.generated_source(task, "test", d.seed)
+    eval_source = _source(d, task, "test")
     eval_batch = distributed.gather_prompts(pipeline.prompt_loader(
         eval_source, tok, template.format_prompt, eval_prompts).batch(0), tok.pad_id)
     return loader, eval_batch
+
+
+def _source(d: rl_config.DataConfig, task, split: str):
+    """The prompts of one split: user JSONL when configured, else the generated task."""
+    path = d.train_jsonl if split == "train" else (d.test_jsonl or d.train_jsonl)
+    if path is None:
+        return pipeline.generated_source(task, split, d.seed)
+    loaded = jsonl.load(path, d.jsonl_format, on_error=d.jsonl_on_error, split=split)
+    if not loaded.examples:
+        raise ValueError(f"{path}: no usable examples ({loaded.skipped} skipped)")
+    return loaded.examples
 
 
 def _write_config(config: rl_config.ExperimentConfig, workdir: str) -> None:

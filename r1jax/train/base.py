@@ -83,3 +83,23 @@ def load_base(directory: str | os.PathLike, abstract_params=None):
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(directory / "params", abstract_params)
     return load_config(directory), params, load_tokenizer(directory)
+
+
+def is_hf_checkpoint(directory: str | os.PathLike) -> bool:
+    directory = pathlib.Path(directory)
+    return (directory / "config.json").exists() and (directory / "tokenizer.json").exists()
+
+
+def load_model(directory: str | os.PathLike):
+    """(ModelConfig, params, Tokenizer) from a base directory (`save_base`) or a local HF
+    checkpoint directory (config.json + safetensors + tokenizer.json, read by `models.hf`)."""
+    directory = pathlib.Path(directory)
+    if exists(directory):
+        return load_base(directory)
+    if is_hf_checkpoint(directory):
+        from r1jax.models import hf  # safetensors is only needed for HF directories
+
+        model_config, params = hf.load_hf(directory)
+        return model_config, params, tokenizer_lib.load(str(directory / "tokenizer.json"))
+    raise FileNotFoundError(f"{directory}: neither a base-model directory (no {_DONE}) nor an "
+                            "HF checkpoint (config.json + tokenizer.json)")
