@@ -177,6 +177,10 @@ def train(model_config: config_lib.ModelConfig, optim_config: state_lib.OptimCon
     `devices` defaults to all devices.
     """
     mesh = sharding.make_mesh(dict(config.mesh), devices)
+    shards = sharding.batch_sharding(mesh).num_devices // mesh.shape["tensor"]
+    if config.batch_size % shards:
+        raise ValueError(f"SFTConfig.batch_size={config.batch_size} must be a multiple of the "
+                         f"{shards} batch shards of mesh {dict(mesh.shape)}")
     with jax.set_mesh(mesh):
         return _train(model_config, optim_config, config, batch_fn, workdir, init_params,
                       mesh, desc)

@@ -1,5 +1,6 @@
 """SFT / pretraining trainer: packing, loss isolation between packed sequences, resume, sharding."""
 
+import os
 import subprocess
 import sys
 
@@ -94,6 +95,13 @@ def test_resume_matches_uninterrupted(tmp_path):
     assert bias_paths, "the MoE layer's balancing bias should exist"
 
 
+def test_batch_not_divisible_by_mesh_is_a_clear_error(tmp_path):
+    cfg = sft.SFTConfig(steps=1, batch_size=4, seq_len=24, mesh=(("fsdp", 8),))
+    with pytest.raises(ValueError, match="batch_size=4.*8"):
+        sft.train(CFG, state_lib.OptimConfig(), cfg, _batch_fn(), tmp_path,
+                  transformer.random_params(CFG))
+
+
 def test_state_shardings_follow_params():
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     abstract, param_sh = partition.param_shardings(CFG, mesh)
@@ -114,9 +122,11 @@ def test_state_shardings_follow_params():
 
 @pytest.mark.slow
 def test_pretrain_base_smoke(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     out = subprocess.run(
         [sys.executable, "experiments/pretrain_base.py", "--config=configs/pretrain_base.py:smoke",
-         f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+         f"--workdir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     model_cfg, params, tok = base.load_base(tmp_path / "base")
     assert model_cfg.vocab_size >= tok.vocab_size
