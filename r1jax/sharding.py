@@ -34,8 +34,11 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("head_dim", None),
-    ("q_lora", None),
-    ("kv_lora", None),
+    # The latent dims shard over fsdp too: otherwise q_b_proj / kv_b_proj ([latent, heads x dim])
+    # are replicated whenever tensor == 1 (4.3 + 1.9 GiB per device for V3). Where the same
+    # kernel also has `embed`, that comes first and the latent dim stays whole.
+    ("q_lora", "fsdp"),
+    ("kv_lora", "fsdp"),
     ("mlp", "tensor"),
     ("expert", "expert"),
     ("layers", None),
