@@ -1,17 +1,26 @@
-"""MoE dispatch speed: dropless (sort + block-padded batched matmul) vs dense (every expert).
+"""MoE dispatch speed: dropless (shape-chosen gather or blocks) vs fixed blocks vs dense.
 
 Times the routed-expert part only (routing given), forward and forward+backward, for several
-expert counts at a fixed number of tokens, and the 64-vs-8-experts ratio (dropless target:
-<= 1.3x, i.e. cost follows tokens * K, not E).
+expert counts at each number of tokens, and the last-vs-first-expert-count ratio (dropless
+target for 64 vs 8: <= 1.3x, i.e. cost follows tokens * K, not E). Variants:
+  dense          every expert on every token (`moe.dense_dispatch`);
+  blocked/b<B>   blocks of exactly B rows (`moe.blocked_dispatch`: dropless before the block
+                 size was chosen from the shapes);
+  dropless/c<B>  `moe.dropless_dispatch` with config.moe_block_size = B (the block chosen by
+                 `moe.choose_block_size`, or the gather path when T*K <= 2E);
+  gather         `moe.gather_dispatch` (one [d, f] weight slice per assignment).
+All variants run in one process, so their ratios share the machine's load.
 
   python benchmarks/moe_dispatch.py                        # defaults below, on this machine
-  python benchmarks/moe_dispatch.py --block_sizes=8,16,32,64 --experts=8,64
+  python benchmarks/moe_dispatch.py --block_sizes=16,64 --experts=8,64
+  python benchmarks/moe_dispatch.py --tokens=8 --experts=12 --d=512 --f=384  # small_50m decode
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import time
 
 import jax
@@ -56,29 +65,32 @@ def time_dispatch(dispatch, inputs, repeats: int) -> tuple[float, float]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--tokens", default="2048", help="comma-separated token counts T")
     parser.add_argument("--top_k", type=int, default=2)
     parser.add_argument("--d", type=int, default=256)
     parser.add_argument("--f", type=int, default=128)
     parser.add_argument("--experts", default="8,16,64")
-    parser.add_argument("--block_sizes", default="16,32,64")
+    parser.add_argument("--block_sizes", default="16,64")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     experts = [int(e) for e in args.experts.split(",")]
-    variants = {"dense": moe.dense_dispatch}
+    variants = {"dense": moe.dense_dispatch, "gather": moe.gather_dispatch}
     for block in (int(b) for b in args.block_sizes.split(",")):
-        variants[f"dropless/b{block}"] = functools.partial(moe.dropless_dispatch,
+        variants[f"blocked/b{block}"] = functools.partial(moe.blocked_dispatch, block_size=block)
+        variants[f"dropless/c{block}"] = functools.partial(moe.dropless_dispatch,
                                                            block_size=block)
-    print(f"{jax.devices()[0].device_kind}; tokens={args.tokens} top_k={args.top_k} "
-          f"d={args.d} f={args.f}; best of {args.repeats} runs, ms")
-    print(f"{'dispatch':<16}" + "".join(f"{f'E={e} fwd/fwd+bwd':>22}" for e in experts)
-          + f"{'ratio fwd':>11}{'ratio f+b':>11}")
-    for name, dispatch in variants.items():
-        times = [time_dispatch(dispatch, make_inputs(args.tokens, e, args.top_k, args.d,
-                                                     args.f), args.repeats) for e in experts]
-        cells = "".join(f"{fwd:>13.2f} / {bwd:>6.2f}" for fwd, bwd in times)
-        ratio = np.asarray(times[-1]) / np.asarray(times[0])
-        print(f"{name:<16}{cells}{ratio[0]:>11.2f}{ratio[1]:>11.2f}")
+    for tokens in (int(t) for t in args.tokens.split(",")):
+        print(f"\n{jax.devices()[0].device_kind}; tokens={tokens} top_k={args.top_k} "
+              f"d={args.d} f={args.f}; best of {args.repeats} runs, ms; load average "
+              f"{os.getloadavg()[0]:.1f}")
+        print(f"{'dispatch':<16}" + "".join(f"{f'E={e} fwd/fwd+bwd':>22}" for e in experts)
+              + f"{'ratio fwd':>11}{'ratio f+b':>11}")
+        for name, dispatch in variants.items():
+            times = [time_dispatch(dispatch, make_inputs(tokens, e, args.top_k, args.d, args.f),
+                                   args.repeats) for e in experts]
+            cells = "".join(f"{fwd:>13.2f} / {bwd:>6.2f}" for fwd, bwd in times)
+            ratio = np.asarray(times[-1]) / np.asarray(times[0])
+            print(f"{name:<16}{cells}{ratio[0]:>11.2f}{ratio[1]:>11.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -224,6 +224,81 @@ def test_dropless_block_padding_edge_cases(case):
     check_layout(idx_tk, e, block)
 
 
+def random_dispatch_inputs(t, k, e, seed):
+    rng = np.random.default_rng(seed)
+    idx_tk = np.stack([rng.choice(e, k, replace=False) for _ in range(t)]).astype(np.int32)
+    x_td = jnp.asarray(rng.normal(size=(t, D)), jnp.float32)
+    weight_tk = jnp.asarray(rng.uniform(0.1, 1.0, (t, k)), jnp.float32)
+    return x_td, idx_tk, weight_tk, random_experts(e, seed)
+
+
+def dispatch_grads(dispatch, x_td, idx_tk, weight_tk, experts, cot_td):
+    loss = lambda x, w, p: jnp.sum(dispatch(x, jnp.asarray(idx_tk), w, p) * cot_td)
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(x_td, weight_tk, experts)
+
+
+# (T, K, E): decode-sized (T = 1..4, the gather path) and the two sides of its T*K <= 2E rule.
+@pytest.mark.parametrize("t,k,e", [(1, 1, 4), (1, 3, 8), (2, 2, 12), (3, 2, 6), (4, 2, 12),
+                                   (4, 3, 6), (5, 2, 5), (7, 3, 5)])
+def test_dropless_paths_match_loop_and_dense_forward_and_gradients(t, k, e):
+    x_td, idx_tk, weight_tk, experts = random_dispatch_inputs(t, k, e, seed=10 + t * k)
+    expected = ref_routed(x_td, idx_tk, weight_tk, *experts)
+    dropless = functools.partial(moe.dropless_dispatch, block_size=4)
+    paths = {"dropless": dropless, "gather": moe.gather_dispatch, "dense": moe.dense_dispatch}
+    for name, dispatch in paths.items():
+        y_td = jax.jit(dispatch)(x_td, jnp.asarray(idx_tk), weight_tk, experts)
+        np.testing.assert_allclose(y_td, expected, rtol=2e-5, atol=2e-5, err_msg=name)
+    cot_td = jax.random.normal(jax.random.key(t), x_td.shape)
+    dense = dispatch_grads(moe.dense_dispatch, x_td, idx_tk, weight_tk, experts, cot_td)
+    for name in ("dropless", "gather"):
+        grads = dispatch_grads(paths[name], x_td, idx_tk, weight_tk, experts, cot_td)
+        for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(dense)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("n,e,cap,block", [
+    (1, 4, 64, 1), (8, 4, 64, 2), (9, 4, 64, 4), (24, 6, 4, 4), (2048, 64, 64, 32),
+    (2048, 8, 64, 64), (2048, 64, 16, 16), (2049, 64, 64, 64), (10, 4, 3, 3), (3, 1, 64, 3),
+    (16, 12, 64, 2)])
+def test_choose_block_size(n, e, cap, block):
+    assert moe.choose_block_size(n, e, cap) == block
+    # Padding stays below 2 * (T*K + E) + block rows whatever the routing.
+    assert moe.padded_rows(n, e, block) - n < 2 * (n + e) + block
+
+
+@pytest.mark.parametrize("t,k,e,block", [(9, 2, 4, 64), (6, 3, 4, 3), (8, 2, 3, 64),
+                                         (33, 2, 8, 64)])
+def test_blocked_path_with_chosen_block_matches_loop_and_dense(t, k, e, block):
+    """T*K > 2E: dropless takes the blocks, at a block below the cap, odd caps included."""
+    assert not moe.uses_gather(t * k, e)
+    x_td, idx_tk, weight_tk, experts = random_dispatch_inputs(t, k, e, seed=20 + t)
+    dropless = functools.partial(moe.dropless_dispatch, block_size=block)
+    y_td = jax.jit(dropless)(x_td, jnp.asarray(idx_tk), weight_tk, experts)
+    np.testing.assert_allclose(y_td, ref_routed(x_td, idx_tk, weight_tk, *experts),
+                               rtol=2e-5, atol=2e-5)
+    cot_td = jax.random.normal(jax.random.key(t), x_td.shape)
+    dense = dispatch_grads(moe.dense_dispatch, x_td, idx_tk, weight_tk, experts, cot_td)
+    grads = dispatch_grads(dropless, x_td, idx_tk, weight_tk, experts, cot_td)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(dense)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    check_layout(idx_tk, e, moe.choose_block_size(t * k, e, block))
+
+
+def test_gather_rule_boundary():
+    assert moe.uses_gather(24, 12) and not moe.uses_gather(25, 12)
+    assert moe.uses_gather(1, 1) and not moe.uses_gather(3, 1)
+
+
+def test_moe_decode_sized_batch_matches_loop_over_experts():
+    """A whole MoE layer on one token per sequence (decoding): the gather path."""
+    cfg = make_config(moe_dispatch="dropless")
+    x_btd = jax.random.normal(jax.random.key(8), (4, 1, D))
+    params = init_params(cfg, x_btd, bias_scale=0.3)
+    assert moe.uses_gather(4 * cfg.num_experts_per_tok, cfg.n_routed_experts)
+    y_btd = jax.jit(moe.MoE(cfg).apply)({"params": params}, x_btd)
+    np.testing.assert_allclose(y_btd, ref_moe(params, x_btd, cfg), rtol=2e-5, atol=2e-5)
+
+
 def check_layout(idx_tk, e, block):
     layout = jax.jit(moe.block_layout, static_argnums=(1, 2))(jnp.asarray(idx_tk), e, block)
     dest_n = np.asarray(layout.dest_nk).reshape(-1)
