@@ -44,9 +44,12 @@ def test_pack_layout_and_truncation():
     assert int(packed["num_truncated"]) == 1
 
 
+_forward = jax.jit(transformer.Transformer(CFG).apply)
+
+
 def _naive_loss(params, tokens, weights):
     """Cross-entropy of one unpacked sequence, by an independent float64 computation."""
-    logits = transformer.Transformer(CFG).apply({"params": params}, np.asarray([tokens]))[0]
+    logits = _forward({"params": params}, np.asarray([tokens]))[0]
     logits = np.asarray(logits, np.float64)
     top = logits.max(-1, keepdims=True)
     logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
