@@ -7,9 +7,9 @@ instructions, but has never seen the R1-Zero template or its `<think>`/`<answer>
 * worked solutions of generated tasks (countdown, arithmetic, word problems) in several plain
   layouts (Problem/Solution, Q/A, dialogues between varying roles), ending in "The answer is X";
 * instruction documents that ask for the working and the result inside a named pair of
-  delimiters, then comply. The delimiter names are drawn per document from `DELIMITERS`, which
-  never contains `think` or `answer`: the base model learns the general skill of copying a
-  requested format, and RL must make it use the R1-Zero one reliably.
+  delimiters, then comply. The delimiter names are drawn per document from `REASONING_NAMES`
+  and `RESULT_NAMES`, which never contain `think` or `answer`: the base model learns the
+  general skill of copying a requested format, and RL must make it use the R1-Zero one.
 
 Every document is a pure function of (seed, index), so the corpus is reproducible.
 """
@@ -22,30 +22,52 @@ import numpy as np
 
 from r1jax.data import tasks as tasks_lib
 
-#: Delimiter pairs (reasoning, result) of the instruction documents; each name is a single
-#: tokenizer piece (`delimiter_pieces`). Deliberately excludes the R1 tags.
-DELIMITERS = (
-    ("work", "result"), ("steps", "final"), ("scratch", "out"), ("notes", "reply"),
-    ("calc", "value"), ("plan", "solution"), ("draft", "final"), ("derivation", "result"),
-    ("reasoning", "conclusion"), ("working", "total"), ("trace", "output"),
-    ("analysis", "verdict"), ("thoughts", "response"), ("method", "number"),
+#: Names of the delimiter pairs of the instruction documents: a document draws one name for its
+#: reasoning and one for its result. Each name is a single tokenizer piece (`delimiter_pieces`),
+#: and there are many of them, each seen rarely: the base model cannot memorise the pairs and
+#: learns to copy whichever tags an instruction names (with tied embeddings that skill reaches
+#: pieces it never saw). Deliberately excludes the R1 tags `think` and `answer`.
+REASONING_NAMES = (
+    "work", "steps", "scratch", "notes", "calc", "plan", "draft", "derivation", "reasoning",
+    "working", "trace", "analysis", "thoughts", "method", "idea", "sketch", "proof", "logic",
+    "explain", "explanation", "process", "mind", "ponder", "consider", "reflect", "muse",
+    "study", "inner", "private", "rough", "path", "chain", "argument", "justify", "detail",
+    "story", "route", "approach", "compute", "thinking",
+)
+RESULT_NAMES = (
+    "result", "final", "out", "reply", "value", "solution", "conclusion", "total", "output",
+    "verdict", "response", "number", "sum", "res", "ans", "end", "claim", "outcome", "figure",
+    "say", "report", "finding", "return", "score", "short", "boxed", "key", "done", "give",
+    "state", "tell", "target", "goal", "decision", "pick", "choice", "summary", "yield",
+    "product", "reach",
 )
 ROLES = (("User", "Assistant"), ("Student", "Tutor"), ("Q", "A"), ("Human", "AI"),
-         ("Learner", "Teacher"), ("Person", "Helper"))
+         ("Learner", "Teacher"), ("Person", "Helper"), ("Client", "Agent"), ("Kid", "Parent"),
+         ("Asker", "Solver"), ("Boss", "Worker"))
 
+# Every instruction names both tags and shows the order; the wording varies so that the copy
+# skill does not hinge on one sentence.
 _INSTRUCTIONS = (
     "Solve the problem. Put the working inside {o1} {c1} and the result inside {o2} {c2}.",
-    "Write your reasoning enclosed in {o1} {c1} tags, then the final result enclosed in "
-    "{o2} {c2} tags, i.e. {o1} reasoning here {c1} {o2} result here {c2}.",
-    "First explain the steps between {o1} and {c1}. Then give only the result between {o2} "
+    "Write your {w} enclosed in {o1} {c1} tags, then the final {r} enclosed in "
+    "{o2} {c2} tags, i.e. {o1} {w} here {c1} {o2} {r} here {c2}.",
+    "First explain the steps between {o1} and {c1}. Then give only the {r} between {o2} "
     "and {c2}.",
-    "The reply has two parts: the derivation in {o1} {c1} and the result in {o2} {c2}.",
+    "The reply has two parts: the {w} in {o1} {c1} and the {r} in {o2} {c2}.",
+    "Format: {o1} {w} {c1} {o2} {r} {c2}.",
+    "{ra} answers {rq}. {ra} shows the {w} inside {o1} {c1} tags and the {r} inside {o2} "
+    "{c2} tags, like {o1} ... {c1} {o2} ... {c2}.",
+    "A talk between {rq} and {ra}. {rq} asks a question and {ra} solves it. The {w} goes in "
+    "{o1} {c1} and the {r} in {o2} {c2}, e.g. {o1} {w} {c1} {o2} {r} {c2}.",
+    "Use the tags {o1} {c1} for the {w} and {o2} {c2} for the {r}.",
+    "Answer in this layout: {o1} your {w} {c1} then {o2} the {r} {c2}.",
+    "Think it through in {o1} {c1}, and state the {r} in {o2} {c2}.",
 )
 
 
 def delimiter_pieces() -> tuple[str, ...]:
     """The delimiter tags as tokenizer pieces (`<name>` and `</name>`)."""
-    names = sorted({n for pair in DELIMITERS for n in pair})
+    names = sorted(set(REASONING_NAMES) | set(RESULT_NAMES))
     return tuple(p for n in names for p in (f"<{n}>", f"</{n}>"))
 
 
@@ -71,13 +93,16 @@ def plain_document(example: dict, rng: np.random.Generator) -> str:
 
 def instruction_document(example: dict, rng: np.random.Generator) -> str:
     """An instruction naming a delimiter pair, a problem, and a reply that follows it."""
-    work, result = DELIMITERS[rng.integers(len(DELIMITERS))]
+    work = REASONING_NAMES[rng.integers(len(REASONING_NAMES))]
+    result = RESULT_NAMES[rng.integers(len(RESULT_NAMES))]
+    role_q, role_a = ROLES[rng.integers(len(ROLES))]
     tags = dict(o1=f"<{work}>", c1=f"</{work}>", o2=f"<{result}>", c2=f"</{result}>")
-    instruction = _INSTRUCTIONS[rng.integers(len(_INSTRUCTIONS))].format(**tags)
+    instruction = _INSTRUCTIONS[rng.integers(len(_INSTRUCTIONS))].format(
+        w=("reasoning", "working", "steps", "thinking")[rng.integers(4)],
+        r=("result", "answer", "final value")[rng.integers(3)], rq=role_q, ra=role_a, **tags)
     steps, final = _split_solution(example["worked_solution"])
     body = f"{tags['o1']} {steps}\n{final} {tags['c1']} {tags['o2']} {example['answer']} {tags['c2']}"
-    role_q, role_a = ROLES[rng.integers(len(ROLES))]
-    if rng.random() < 0.5:
+    if rng.random() < 0.7:
         return f"{instruction}\n{role_q}: {example['question']}\n{role_a}: {body}\n"
     return f"{instruction}\nProblem: {example['question']}\nReply: {body}\n"
 
