@@ -111,14 +111,23 @@ def test_bad_meta_fails_before_writing(tmp_path):
 
 
 CRASH_SCRIPT = textwrap.dedent("""
-    import os, sys
+    import os, sys, time
     import jax.numpy as jnp
     from r1jax.train import checkpoint
     ckpt = checkpoint.Checkpointer(sys.argv[1])
     ckpt.save(1, {"w": jnp.ones((4,))}, {"pos": 1})
     ckpt.wait()
     ckpt.save(2, {"w": jnp.ones((4096, 4096))}, {"pos": 2})  # 64 MB, written in the background
-    os._exit(0)  # the process dies mid-write
+    # Die mid-write: as soon as the step-2 temporary directory exists (polling, not a fixed
+    # sleep, so a fast or a loaded machine both hit the window).
+    for _ in range(20000):
+        names = os.listdir(sys.argv[1])
+        if "2" in names:
+            os._exit(3)  # the save finished before we could interrupt it
+        if any(n.startswith("2.") for n in names):
+            os._exit(0)
+        time.sleep(0.0005)
+    os._exit(4)
 """)
 
 
