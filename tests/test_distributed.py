@@ -18,9 +18,6 @@ import portpicker
 import pytest
 
 from r1jax import distributed, sharding
-from r1jax.data import tasks, templates
-from r1jax.data import tokenizer as tokenizer_lib
-from r1jax.models import config as model_config_lib
 from r1jax.models import transformer
 from r1jax.rl import config as rl_config
 from r1jax.rl import step
@@ -99,29 +96,6 @@ def test_global_batch_and_fetch_round_trip_on_one_process():
 # ---------------------------------------------------------------------------------------------
 
 
-def small_model(vocab_size):
-    return model_config_lib.ModelConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
-        num_attention_heads=2, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8,
-        qk_rope_head_dim=8, v_head_dim=8, n_routed_experts=4, num_experts_per_tok=2,
-        moe_intermediate_size=32, first_k_dense_replace=1, max_position_embeddings=256,
-        original_max_position_embeddings=256)
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    """A random 2-layer MoE base model and a SentencePiece trained on smoke prompts."""
-    root = tmp_path_factory.mktemp("dist_base")
-    task = tasks.get("arithmetic", min_digits=1, max_digits=2)
-    template = templates.get("r1_zero")
-    texts = [f"{template.format_prompt(e['question'])} <think> {e['worked_solution']} </think> "
-             f"<answer> {e['answer']} </answer>"
-             for e in (task.example("train", 0, i) for i in range(200))]
-    tok = tokenizer_lib.train_sentencepiece(texts, 400, root / "tok" / "tokenizer.model")
-    model = small_model(tok.vocab_size)
-    base.save_base(root / "base", model, transformer.random_params(model, 0),
-                   root / "tok" / "tokenizer.model")
-    return root / "base"
 
 
 def _start(base_dir, workdir, cache, devices, process=None):
