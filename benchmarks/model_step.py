@@ -7,8 +7,9 @@ the fraction of this machine's measured matmul peak that the step achieves.
 Rows:
   <preset>: jitted value_and_grad of next-token cross-entropy (+ MoE aux loss), fastest step.
   experts 8 / 64: the tiny preset with 8 and 64 routed experts, same top-k and expert width,
-    dropless dispatch at each `--moe_block_sizes`, timed in alternating rounds (so that load from other processes hits
-    both alike); the ratio of their step times is printed (target <= 1.3x).
+    dropless dispatch under each `--moe_block_sizes` cap, timed in alternating rounds (so that
+    load from other processes hits both alike); the ratio of their step times is printed
+    (target <= 1.3x), with the load average.
 Model FLOPs per step = 6 * activated params * tokens (without the input-embedding lookup) +
 3 * 2 * B * T^2 * H * (d_qk + d_v) per layer for attention (full T x T: no causal skipping).
 The peak is a float32 [N, N] @ [N, N] matmul timed in the same process.
@@ -16,6 +17,7 @@ The peak is a float32 [N, N] @ [N, N] matmul timed in the same process.
 
 from __future__ import annotations
 
+import os
 import time
 
 import jax
@@ -33,8 +35,9 @@ _SEQ = flags.DEFINE_integer("seq_len", 128, "Tokens per sequence.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one compile step).")
 _BLOCK_SIZES = flags.DEFINE_list(
     "moe_block_sizes", ["64", "16"],
-    "Dropless block sizes for the 8 vs 64 experts comparison (64 = the tiny preset's; with 64 "
-    "experts and top-2 a 1024-token batch gives ~32 rows per expert, so 64 pads each to 2x).")
+    "config.moe_block_size caps for the 8 vs 64 experts comparison (64 = the tiny preset's); "
+    "moe.choose_block_size picks the block under the cap (1024 tokens, top-2: 64 rows with 8 "
+    "experts, 32 with 64).")
 _MATMUL = flags.DEFINE_integer("matmul_n", 2048, "Size of the peak-measuring matmul.")
 
 
@@ -114,9 +117,10 @@ def _expert_scaling(block_size: int, b: int, t: int, steps: int, peak: float):
         for e, timer in timers.items():
             best[e] = min(best[e], timer(steps))
     for e, config in configs.items():
-        _print_row(f"tiny, {e} exp, blk {block_size}", config, best[e], b, t, peak)
+        _print_row(f"tiny, {e} exp, cap {block_size}", config, best[e], b, t, peak)
     print(f"  step time 64 / 8 routed experts (top-{tiny.num_experts_per_tok}, dropless, block "
-          f"{block_size}): {best[64] / best[8]:.2f}x (target <= 1.3x)")
+          f"cap {block_size}): {best[64] / best[8]:.2f}x (target <= 1.3x; load average "
+          f"{os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":

@@ -180,6 +180,7 @@ class BlockLayout(NamedTuple):
     dest_nk: jax.Array         # [T, K] row of each assignment
     row_assign_r: jax.Array    # [R] assignment read by each row; T*K marks a padding row
     block_expert_g: jax.Array  # [R / block] expert that owns each block
+    num_blocks: jax.Array      # [] int32 blocks that hold an assignment (the first ones)
 
 
 def block_layout(idx_tk: jax.Array, num_experts: int, block_size: int) -> BlockLayout:
@@ -207,7 +208,8 @@ def block_layout(idx_tk: jax.Array, num_experts: int, block_size: int) -> BlockL
     sorted_pos_r = jnp.where(used_r, start_e[expert_r] + rank_r, 0)
     row_assign_r = jnp.where(used_r, order_p[sorted_pos_r], n)
     return BlockLayout(dest_n.reshape(idx_tk.shape).astype(jnp.int32),
-                       row_assign_r.astype(jnp.int32), block_expert_g.astype(jnp.int32))
+                       row_assign_r.astype(jnp.int32), block_expert_g.astype(jnp.int32),
+                       (padded_end_e[-1] // block_size).astype(jnp.int32))
 
 
 def _with_zero_row(x_sd: jax.Array) -> jax.Array:
@@ -238,29 +240,127 @@ def _take_rows_bwd(residuals, grad_rd):
 take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
 
 
-def _block_swiglu(x_gbd: jax.Array, block_expert_g: jax.Array, experts: ExpertParams,
-                  constrain: bool = True):
-    """SwiGLU of each block of rows with its own expert's weights (one batched matmul each)."""
-    gate_gbf = jnp.einsum("gbd,gdf->gbf", x_gbd, experts.gate_edf[block_expert_g])
-    up_gbf = jnp.einsum("gbd,gdf->gbf", x_gbd, experts.up_edf[block_expert_g])
-    h_gbf = nn.silu(gate_gbf) * up_gbf
-    if constrain:
-        h_gbf = sharding.constrain(h_gbf, (None, None, "act_mlp"))
-    return jnp.einsum("gbf,gfd->gbd", h_gbf, experts.down_efd[block_expert_g])
+def _silu_grad(a):
+    """d silu(a) / da = sigmoid(a) (1 + a (1 - sigmoid(a)))."""
+    sig = jax.nn.sigmoid(a)
+    return sig * (1.0 + a * (1.0 - sig))
+
+
+def _expert(experts: ExpertParams, e: jax.Array) -> ExpertParams:
+    """Expert e's [d, f], [d, f], [f, d] weights: dynamic slices, no copy of the stack."""
+    return ExpertParams(*(jax.lax.dynamic_index_in_dim(w, e, 0, keepdims=False)
+                          for w in experts))
+
+
+def _vary_alike(tree):
+    """Marks every array of `tree` as varying over each shard_map axis that any of them varies
+    over (a no-op outside shard_map). A custom VJP must return cotangents of its inputs'
+    types, so `block_swiglu` takes inputs that already vary alike; the transpose of this cast
+    sums their gradients over the added axes, as for JAX's implicit casts."""
+    leaves, treedef = jax.tree.flatten(tree)
+    varying = [jax.typeof(a).manual_axis_type.varying for a in leaves]
+    axes = frozenset().union(*varying)
+    return treedef.unflatten([
+        jax.lax.pcast(a, tuple(sorted(axes - v)), to="varying") if axes - v else a
+        for a, v in zip(leaves, varying)])
+
+
+def _blocks_forward(x_rd, block_expert_g, num_blocks, experts: ExpertParams, block_size: int,
+                    constrain: bool, keep_preactivations: bool):
+    """(y [R, d],) or, with `keep_preactivations`, (y, x W_gate [R, f], x W_up [R, f]) for the
+    backward; rows of unused blocks stay zero."""
+    rows, d = x_rd.shape
+    f = experts.gate_edf.shape[2]
+
+    def one_block(g, carry):
+        start = g * block_size
+        x_bd = jax.lax.dynamic_slice_in_dim(x_rd, start, block_size)
+        w = _expert(experts, block_expert_g[g])
+        gate_bf, up_bf = x_bd @ w.gate_edf, x_bd @ w.up_edf
+        h_bf = nn.silu(gate_bf) * up_bf
+        if constrain:
+            h_bf = sharding.constrain(h_bf, (None, "act_mlp"))
+        outs = (h_bf @ w.down_efd, gate_bf, up_bf)[:len(carry)]  # the kept buffers only
+        return tuple(jax.lax.dynamic_update_slice_in_dim(buf, out, start, 0)
+                     for buf, out in zip(carry, outs))
+
+    init = (jnp.zeros_like(x_rd),)
+    if keep_preactivations:
+        init += (jnp.zeros_like(x_rd, shape=(rows, f)),) * 2
+    return jax.lax.fori_loop(0, num_blocks, one_block, init)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def block_swiglu(x_rd: jax.Array, block_expert_g: jax.Array, num_blocks: jax.Array,
+                 experts: ExpertParams, block_size: int, constrain: bool = True) -> jax.Array:
+    """SwiGLU of each block of `block_size` rows with its own expert's weights, over the first
+    `num_blocks` blocks only (the rest are padding: zero output and gradient). [R, d] -> [R, d].
+
+    A loop of dynamic weight slices, not one batched matmul over gathered weights: the gather
+    copies a [d, f] slice per block (R / block of them, fixed by the worst-case padding) and
+    its transpose scatter-adds as many [d, f] gradients into zeroed [E, d, f] stacks, so its
+    cost grew with E even where most blocks were empty. Here the forward and the backward
+    (custom VJP) run only the used blocks, and the backward accumulates each block's weight
+    gradient into its expert's slice in place. On this CPU (T*K = 2048, d = f = 128, cap 64,
+    8 -> 64 experts, forward + backward of the routed experts, load ~6): batched gather
+    13 -> 50 ms, this loop 10 -> 18 ms.
+    """
+    return _blocks_forward(x_rd, block_expert_g, num_blocks, experts, block_size, constrain,
+                           keep_preactivations=False)[0]
+
+
+def _block_swiglu_fwd(x_rd, block_expert_g, num_blocks, experts, block_size, constrain):
+    y_rd, gate_rf, up_rf = _blocks_forward(x_rd, block_expert_g, num_blocks, experts,
+                                           block_size, constrain, keep_preactivations=True)
+    return y_rd, (x_rd, block_expert_g, num_blocks, experts, gate_rf, up_rf)
+
+
+def _block_swiglu_bwd(block_size, constrain, residuals, grad_rd):
+    del constrain
+    x_rd, block_expert_g, num_blocks, experts, gate_rf, up_rf = residuals
+
+    def one_block(g, carry):
+        dx_rd, dgate_edf, dup_edf, ddown_efd = carry
+        start, e = g * block_size, block_expert_g[g]
+        x_bd, gate_bf, up_bf, dy_bd = (jax.lax.dynamic_slice_in_dim(a, start, block_size)
+                                       for a in (x_rd, gate_rf, up_rf, grad_rd))
+        w = _expert(experts, e)
+        silu_bf = nn.silu(gate_bf)
+        dh_bf = dy_bd @ w.down_efd.T
+        dgate_bf = dh_bf * up_bf * _silu_grad(gate_bf)
+        dup_bf = dh_bf * silu_bf
+
+        def accumulate(dw_exy, update_xy):
+            old_xy = jax.lax.dynamic_index_in_dim(dw_exy, e, 0, keepdims=False)
+            return jax.lax.dynamic_update_index_in_dim(dw_exy, old_xy + update_xy, e, 0)
+
+        dx_bd = dgate_bf @ w.gate_edf.T + dup_bf @ w.up_edf.T
+        return (jax.lax.dynamic_update_slice_in_dim(dx_rd, dx_bd, start, 0),
+                accumulate(dgate_edf, x_bd.T @ dgate_bf), accumulate(dup_edf, x_bd.T @ dup_bf),
+                accumulate(ddown_efd, (silu_bf * up_bf).T @ dy_bd))
+
+    init = tuple(jnp.zeros_like(a) for a in (x_rd, *experts))
+    dx_rd, *dw = jax.lax.fori_loop(0, num_blocks, one_block, init)
+    return dx_rd, None, None, ExpertParams(*dw)
+
+
+block_swiglu.defvjp(_block_swiglu_fwd, _block_swiglu_bwd)
 
 
 def blocked_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
                      experts: ExpertParams, *, block_size: int,
                      constrain: bool = True) -> jax.Array:
-    """Sort by expert, pad each expert to whole blocks, one batched matmul, unsort, combine.
+    """Sort by expert, pad each expert to whole blocks, run the used blocks, unsort, combine.
 
-    Exact (no token is dropped) with static shapes; compute grows with T*K + E*(block - 1)
-    rows rather than with T*E. Padding rows read a zero row and are never read back; every
-    row move is a gather in both directions (`take_rows`). Cost per call on CPU: the weight
-    gather (one [d, f] slice per block) dominates for small blocks, the padding rows
-    (up to E * (block - 1)) for large ones; `dropless_dispatch` picks the block from the
-    shapes. `block_size` is used as given (capped at T*K). `constrain=False` drops the hidden
-    activation's sharding constraint (inside shard_map, whose axes are manual).
+    Exact (no token is dropped) with static shapes: the row buffers hold the worst case,
+    T*K + E*(block - 1) rows, but `block_swiglu` computes only the blocks that hold an
+    assignment (T*K + E*(block - 1) rows at most, about T*K + E*block/2 when loads are
+    balanced), never T*E. Padding rows read a zero row and are never read back; every row
+    move is a gather in both directions (`take_rows`). Cost per call on CPU: the loop's
+    per-block overhead dominates for small blocks, the padding rows for large ones;
+    `dropless_dispatch` picks the block from the shapes. `block_size` is used as given
+    (capped at T*K). `constrain=False` drops the hidden activation's sharding constraint
+    (inside shard_map, whose axes are manual).
     """
     t, d = x_td.shape
     k = idx_tk.shape[1]
@@ -269,10 +369,9 @@ def blocked_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
     layout = block_layout(idx_tk, num_experts, block_size)
     # Row r reads token row_assign_r // K (T for padding: T*K // K == T, the zero row).
     x_rd = take_rows(x_td, layout.row_assign_r // k, layout.dest_nk)
-    y_gbd = _block_swiglu(x_rd.reshape(-1, block_size, d), layout.block_expert_g, experts,
-                          constrain)
-    y_nd = take_rows(y_gbd.reshape(-1, d), layout.dest_nk.reshape(-1),
-                     layout.row_assign_r[:, None])
+    y_rd = block_swiglu(*_vary_alike((x_rd, layout.block_expert_g, layout.num_blocks, experts)),
+                        block_size, constrain)
+    y_nd = take_rows(y_rd, layout.dest_nk.reshape(-1), layout.row_assign_r[:, None])
     y_td = jnp.einsum("tkd,tk->td", y_nd.reshape(t, k, d).astype(jnp.float32), weight_tk)
     return y_td.astype(x_td.dtype)
 
@@ -319,12 +418,11 @@ def uses_gather(num_assignments: int, num_experts: int) -> bool:
     """Whether `dropless_dispatch` runs `gather_dispatch`: when T*K <= 2 * E.
 
     There the block of `choose_block_size` is 1 or 2 rows, so the blocks are matvecs too, but
-    they add the sort and up to E padding rows, and fetch their weight slices through XLA's
-    gather, which on CPU costs several times the loop's dynamic slices (small_50m decoding
-    shapes T=8, K=2, E=12, d=512, f=384, forward: loop 2.4 ms, blocks of 16 8.4 ms, every
-    expert 5.0 ms; benchmarks/moe_dispatch.py). Above 2E the blocks are kept for their
-    backward: at T*K=128, E=12 the loop's forward was still faster (30 vs 100 ms) but its
-    backward (a reverse loop carrying [E, d, f] cotangents) 3x slower.
+    they add the sort and the layout (small_50m decoding shapes T=8, K=2, E=12, d=512, f=384,
+    forward on this CPU at load ~5: this loop 2.8 ms, blocks of 2 3.1 ms; at T*K = 24 = 2E,
+    blocks 2.8, loop 3.3 ms). Above 2E the blocks win: at T*K=128, E=12, forward 3.9 vs 30 ms,
+    and this loop's backward (a reverse loop carrying [E, d, f] cotangents) is several times
+    slower at any T*K (T*K=16: 32 vs 13 ms), which only training on tiny batches meets.
     """
     return num_assignments <= 2 * num_experts
 

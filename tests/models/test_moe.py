@@ -83,6 +83,16 @@ def ref_routed(x_td, idx_tk, weight_tk, gate_edf, up_edf, down_efd):
     return y
 
 
+def ref_routed_jax(x_td, idx_tk, weight_tk, experts):
+    """`ref_routed` in JAX (float32), so that autodiff gives the reference gradients."""
+    y_td = jnp.zeros_like(x_td)
+    for e in range(experts.gate_edf.shape[0]):
+        g_t = jnp.where(idx_tk == e, weight_tk, 0.0).sum(-1)
+        h_tf = jax.nn.silu(x_td @ experts.gate_edf[e]) * (x_td @ experts.up_edf[e])
+        y_td = y_td + g_t[:, None] * (h_tf @ experts.down_efd[e])
+    return y_td
+
+
 def ref_moe(params, x_btd, cfg):
     b, t, d = x_btd.shape
     x_td = np.asarray(x_btd, np.float64).reshape(b * t, d)
@@ -199,6 +209,41 @@ def test_dropless_gradients_equal_dense_gradients():
                                rtol=1e-4, atol=1e-5)
 
 
+def test_dropless_layer_gradients_match_loop_over_experts():
+    """Gradients of the whole layer (groups, bias, shared expert) w.r.t. every parameter and
+    the input: dropless vs the loop over experts, with routing from `moe.route` (checked
+    against NumPy above); fresh inputs whose experts span several blocks, some none."""
+    cfg = make_config(moe_dispatch="dropless", num_experts_per_tok=2)
+    x_btd = jax.random.normal(jax.random.key(11), (4, 10, D))
+    cot_btd = jax.random.normal(jax.random.key(12), x_btd.shape)
+    params = init_params(cfg, x_btd, seed=3, bias_scale=0.5)
+
+    def reference(p, x_btd):
+        x_td = x_btd.reshape(-1, D)
+        _, idx_tk, weight_tk = moe.route(x_td @ p["gate"]["kernel"], p["gate"][moe.BIAS], cfg)
+        experts = moe.ExpertParams(*(p["experts"][n] for n in ("gate_proj", "up_proj",
+                                                                 "down_proj")))
+        sh = {k: v["kernel"] for k, v in p["shared_experts"].items()}
+        y_td = ref_routed_jax(x_td, idx_tk, weight_tk, experts) + (
+            jax.nn.silu(x_td @ sh["gate_proj"]) * (x_td @ sh["up_proj"])) @ sh["down_proj"]
+        return y_td.reshape(x_btd.shape)
+
+    model = moe.MoE(cfg)
+    grads = {}
+    for name, fn in (("dropless", lambda p, x: model.apply({"params": p}, x)),
+                     ("loop", reference)):
+        loss = lambda p, x, fn=fn: jnp.sum(fn(p, x) * cot_btd)
+        grads[name] = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x_btd)
+    _, idx_tk, _ = ref_route(np.asarray(x_btd).reshape(-1, D), np.asarray(params["gate"]["kernel"]),
+                             np.asarray(params["gate"][moe.BIAS]), cfg)
+    counts = np.bincount(idx_tk.reshape(-1), minlength=cfg.n_routed_experts)
+    assert counts.max() > 2 * cfg.moe_block_size and counts.min() == 0  # several blocks; empty
+    flat_got = jax.tree_util.tree_leaves_with_path(grads["dropless"])
+    for (path, got), want in zip(flat_got, jax.tree.leaves(grads["loop"])):
+        assert np.abs(want).max() > 0 or moe.BIAS in str(path), path  # b: selection only
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=str(path))
+
+
 def random_experts(e, seed=0):
     rng = np.random.default_rng(seed)
     return moe.ExpertParams(*(jnp.asarray(rng.normal(0, 0.5, s), jnp.float32)
@@ -256,6 +301,26 @@ def test_dropless_paths_match_loop_and_dense_forward_and_gradients(t, k, e):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+# (T, K, E, cap): experts spanning many blocks, empty experts, a cap above T*K / E.
+@pytest.mark.parametrize("t,k,e,cap,seed", [(40, 2, 4, 4, 30), (33, 3, 16, 4, 31),
+                                            (64, 2, 8, 64, 32), (25, 1, 3, 2, 33)])
+def test_blocked_gradients_match_loop_reference(t, k, e, cap, seed):
+    """Values and gradients (input, gates, every expert weight) of the blocked path vs the
+    JAX loop over experts on fresh random routing."""
+    x_td, idx_tk, weight_tk, experts = random_dispatch_inputs(t, k, e, seed)
+    assert not moe.uses_gather(t * k, e)
+    dropless = functools.partial(moe.dropless_dispatch, block_size=cap)
+    idx = jnp.asarray(idx_tk)
+    np.testing.assert_allclose(jax.jit(dropless)(x_td, idx, weight_tk, experts),
+                               ref_routed_jax(x_td, idx, weight_tk, experts), rtol=2e-5, atol=2e-5)
+    cot_td = jax.random.normal(jax.random.key(seed), x_td.shape)
+    want = dispatch_grads(ref_routed_jax, x_td, idx_tk, weight_tk, experts, cot_td)
+    got = dispatch_grads(dropless, x_td, idx_tk, weight_tk, experts, cot_td)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    check_layout(idx_tk, e, moe.choose_block_size(t * k, e, cap))
+
+
 @pytest.mark.parametrize("n,e,cap,block", [
     (1, 4, 64, 1), (8, 4, 64, 2), (9, 4, 64, 4), (24, 6, 4, 4), (2048, 64, 64, 32),
     (2048, 8, 64, 64), (2048, 64, 16, 16), (2049, 64, 64, 64), (10, 4, 3, 3), (3, 1, 64, 3),
@@ -310,6 +375,10 @@ def check_layout(idx_tk, e, block):
     np.testing.assert_array_equal(np.asarray(layout.block_expert_g)[dest_n // block],
                                   idx_tk.reshape(-1))
     assert (np.asarray(layout.row_assign_r) == idx_tk.size).sum() == rows - idx_tk.size
+    # The used blocks come first: exactly the blocks an expert's rows need.
+    counts = np.bincount(idx_tk.reshape(-1), minlength=e)
+    assert int(layout.num_blocks) == (-(-counts // block)).sum()
+    assert dest_n.max() < int(layout.num_blocks) * block
 
 
 def test_dense_dispatch_matches_loop_with_unnormalised_weights():
