@@ -169,11 +169,32 @@ _REGISTRY: dict[str, RewardFn] = {
         RewardFn("cosine", batch=_cosine, fields=("lengths", "correct"), low=-10.0, high=2.0),
     )
 }  # fmt: skip
+_BUILTIN = frozenset(_REGISTRY)
 
 
 def names() -> tuple[str, ...]:
     """Returns the registered reward names."""
     return tuple(sorted(_REGISTRY))
+
+
+def register(reward, *, replace: bool = False) -> None:
+    """Adds a reward under `reward.name`: a `RewardFn` or any object with its interface (`name`,
+    `fields`, `optional`, `low`, `high`, `pooled`, `with_options`, `__call__(completions, *,
+    pool, **task_fields)`), e.g. a learned reward model (`reward_model.Scorer`).
+
+    Raises ValueError when the name is taken by another reward and `replace` is False.
+    """
+    taken = _REGISTRY.get(reward.name)
+    if taken is not None and taken is not reward and not replace:
+        raise ValueError(f"reward {reward.name!r} is already registered; pass replace=True")
+    _REGISTRY[reward.name] = reward
+
+
+def unregister(name: str) -> None:
+    """Removes a reward added by `register` (the built-in rule rewards stay)."""
+    if name in _BUILTIN:
+        raise ValueError(f"reward {name!r} is built in and cannot be removed")
+    _REGISTRY.pop(name, None)
 
 
 def get(name: str, **options) -> RewardFn:

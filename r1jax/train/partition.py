@@ -28,7 +28,12 @@ def _boxed_abstract_params(config: config_lib.ModelConfig):
 
 def param_shardings(config: config_lib.ModelConfig, mesh: Mesh):
     """(abstract params as ShapeDtypeStructs with shardings, NamedSharding tree)."""
-    boxed = _boxed_abstract_params(config)
+    return boxed_shardings(_boxed_abstract_params(config), mesh)
+
+
+def boxed_shardings(boxed, mesh: Mesh):
+    """`param_shardings` of any parameter tree with logical-axis boxes (from `jax.eval_shape`
+    of a linen `init`), e.g. a model that adds heads to the transformer's tree."""
     shardings = sharding.logical_shardings(nn.get_partition_spec(boxed), mesh)
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             nn.unbox(boxed), shardings)
