@@ -1,0 +1,366 @@
+"""Rejection sampling for SFT data (DeepSeek-R1, arXiv:2501.12948, Sec. 2.3.3).
+
+"When reasoning-oriented RL converges, we utilize the resulting checkpoint to collect SFT data":
+for each reasoning prompt sample N completions from the policy and keep only the good ones, then
+mix in non-reasoning data answered without a chain of thought (R1: about 600k reasoning and 200k
+non-reasoning samples). Here a completion is kept when it passes, in this order,
+
+  overlong   it stopped (EOS or a stop string) within `max_length` tokens;
+  format     the whole assistant turn is `<think>R</think> <answer>A</answer>` (`format.strict`);
+  language   its chain of thought is in one language: `language.consistency` >= `min_language`
+             (R1 filters out "chain-of-thought with mixed languages");
+  incorrect  the rule accuracy reward of its task is 1 (R1: "retain only the correct ones");
+  duplicate  no earlier kept completion of the same prompt is equal after whitespace
+             normalisation;
+
+and at most `max_per_prompt` per prompt are kept. Each drop is counted against the first filter
+it fails. Non-reasoning examples (question, response) become an empty think block and the
+response in the template's answer layout, `non_reasoning_fraction` of the final dataset.
+
+Output: a JSONL dataset of {"type": "reasoning" | "non_reasoning", "prompt", "completion",
+"question", "answer", "task", "key"} (the prompt is templated; SFT trains on the completion),
+written atomically and never over a different existing dataset unless `overwrite`, and next to
+it `<name>.stats.json`: candidates, drops per filter, kept per prompt, mean lengths.
+
+Not done here: R1 also judges some outputs with a generative reward model (DeepSeek-V3 given
+the reference and the prediction) and drops long paragraphs and code blocks from CoTs.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+
+from r1jax.data import pipeline, templates
+from r1jax.data import tokenizer as tokenizer_lib
+from r1jax.models import config as config_lib
+from r1jax.rewards import format as format_lib
+from r1jax.rewards import language as language_lib
+from r1jax.rewards import pool as pool_lib
+from r1jax.rewards import registry
+from r1jax.rl import rollout
+
+FILTERS = ("overlong", "format", "language", "incorrect", "duplicate")
+_FORMAT_TAGS = (templates.THINK_OPEN, templates.THINK_CLOSE, templates.ANSWER_OPEN,
+                templates.ANSWER_CLOSE)
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectionConfig:
+    """num_samples: N completions per prompt; batch_size: prompts per sampling call;
+    max_new_tokens, temperature, top_p: sampling; max_prompt_len: longest templated prompt;
+    max_length: longest kept completion in tokens (None = max_new_tokens); language, min_language:
+    target CoT language and the least consistency kept; accuracy_reward: the registry reward that
+    decides correctness; max_per_prompt: cap on kept completions per prompt (None = no cap);
+    non_reasoning_fraction: share of non-reasoning examples in the dataset; seed: sampling and
+    mixing."""
+
+    num_samples: int = 4
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float | None = None
+    max_prompt_len: int = 256
+    max_length: int | None = None
+    language: str = "en"
+    min_language: float = 1.0
+    accuracy_reward: str = "accuracy"
+    max_per_prompt: int | None = None
+    non_reasoning_fraction: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self):
+        positive = ("num_samples", "batch_size", "max_new_tokens", "max_prompt_len")
+        checks = {name: getattr(self, name) >= 1 for name in positive}
+        checks.update(
+            temperature=self.temperature >= 0,
+            max_length=self.max_length is None or self.max_length >= 1,
+            language=self.language in language_lib.LANGUAGES,
+            min_language=0.0 <= self.min_language <= 1.0,
+            max_per_prompt=self.max_per_prompt is None or self.max_per_prompt >= 1,
+            non_reasoning_fraction=0.0 <= self.non_reasoning_fraction < 1.0)
+        for field, ok in checks.items():
+            if not ok:
+                raise ValueError(f"RejectionConfig.{field}: invalid value {getattr(self, field)!r}")
+        registry.get(self.accuracy_reward)
+
+
+# ---------------------------------------------------------------------------------------------
+# Filters (pure)
+# ---------------------------------------------------------------------------------------------
+
+
+def is_complete(length: int, stopped: bool, max_length: int) -> bool:
+    """Not overlong: the completion stopped by itself within `max_length` tokens."""
+    return bool(stopped) and int(length) <= max_length
+
+
+def is_well_formatted(response: str) -> bool:
+    """The whole assistant turn has the strict R1 layout (`format.strict`)."""
+    return format_lib.strict(response) == 1.0
+
+
+def is_single_language(response: str, language: str, min_fraction: float = 1.0) -> bool:
+    """At least `min_fraction` of the CoT's words are in `language` (a CoT with no words has
+    none: it passes only min_fraction = 0)."""
+    return language_lib.consistency(response, language) >= min_fraction
+
+
+def normalise_whitespace(text: str) -> str:
+    """Runs of whitespace become one space; leading and trailing whitespace goes."""
+    return " ".join(text.split())
+
+
+def deduplicate(candidates: Sequence[dict]) -> tuple[list[dict], int]:
+    """The first of each (prompt, normalised completion); returns (kept, number dropped)."""
+    seen, kept = set(), []
+    for c in candidates:
+        key = (c["prompt"], normalise_whitespace(c["completion"]))
+        if key not in seen:
+            seen.add(key)
+            kept.append(c)
+    return kept, len(candidates) - len(kept)
+
+
+def strip_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """`text` without a trailing stop string that is not a format tag (e.g. EOS)."""
+    for stop in stop_strings:
+        if stop and stop not in _FORMAT_TAGS and text.endswith(stop):
+            return text[: -len(stop)]
+    return text
+
+
+def _failed_filter(c: dict, config: RejectionConfig, max_length: int) -> str | None:
+    if not is_complete(c["length"], c["stopped"], max_length):
+        return "overlong"
+    if not is_well_formatted(c["response"]):
+        return "format"
+    if not is_single_language(c["response"], config.language, config.min_language):
+        return "language"
+    if c["accuracy"] < 1.0:
+        return "incorrect"
+    return None
+
+
+def select(candidates: Sequence[dict], config: RejectionConfig) -> tuple[list[dict], dict]:
+    """Applies the filters in order, then the per-prompt cap.
+
+    Args:
+      candidates: dicts with `prompt_index`, `prompt`, `completion`, `response` (the assistant
+        turn as the rewards see it), `length` (tokens), `stopped`, `accuracy`.
+    Returns:
+      (kept candidates in input order, {"candidates", "dropped": {filter: n}, "kept",
+      "kept_per_prompt": {"mean", "histogram"}, "mean_length_tokens"}).
+    """
+    max_length = config.max_length or config.max_new_tokens
+    dropped = dict.fromkeys(FILTERS + ("per_prompt_cap",), 0)
+    passed = []
+    for c in candidates:
+        failed = _failed_filter(c, config, max_length)
+        if failed:
+            dropped[failed] += 1
+        else:
+            passed.append(c)
+    passed, dropped["duplicate"] = deduplicate(passed)
+    kept, per_prompt = [], collections.Counter()
+    for c in passed:
+        if config.max_per_prompt is not None and per_prompt[c["prompt_index"]] >= \
+                config.max_per_prompt:
+            dropped["per_prompt_cap"] += 1
+            continue
+        per_prompt[c["prompt_index"]] += 1
+        kept.append(c)
+    prompts = sorted({c["prompt_index"] for c in candidates})
+    counts = [per_prompt[p] for p in prompts]
+    stats = {
+        "candidates": len(candidates),
+        "dropped": dropped,
+        "kept": len(kept),
+        "kept_per_prompt": {"mean": float(np.mean(counts)) if counts else 0.0,
+                            "histogram": {str(k): v for k, v in
+                                          sorted(collections.Counter(counts).items())}},
+        "mean_length_tokens": float(np.mean([c["length"] for c in kept])) if kept else 0.0,
+    }
+    return kept, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Records and mixing
+# ---------------------------------------------------------------------------------------------
+
+
+def empty_think_completion(template: templates.Template, response: str) -> str:
+    """A non-reasoning answer in the template's layout: an empty think block, then the response
+    (in an <answer> block when the template stops at `</answer>`, else followed by its first
+    stop string), without the part of the turn that the prompt pre-fills."""
+    if templates.ANSWER_CLOSE in template.stop_strings:
+        body = f"{templates.ANSWER_OPEN} {response} {templates.ANSWER_CLOSE}"
+    else:
+        body = response + (template.stop_strings[0] if template.stop_strings else "")
+    turn = f"{templates.THINK_OPEN}\n\n{templates.THINK_CLOSE}\n\n{body}"
+    return turn[len(template.response_prefix):] if turn.startswith(template.response_prefix) \
+        else turn
+
+
+def reasoning_record(c: dict) -> dict[str, Any]:
+    ex = c["example"]
+    return {"type": "reasoning", "prompt": c["prompt"], "completion": c["completion"],
+            "question": ex.get("question"), "answer": ex.get("answer"), "task": ex.get("task"),
+            "key": ex.get("key")}
+
+
+def non_reasoning_record(template: templates.Template, question: str,
+                         response: str) -> dict[str, Any]:
+    return {"type": "non_reasoning", "prompt": template.format_prompt(question),
+            "completion": empty_think_completion(template, response), "question": question,
+            "answer": response, "task": "non_reasoning", "key": None}
+
+
+def mix(reasoning: Sequence[dict], non_reasoning: Sequence[dict], fraction: float,
+        seed: int) -> list[dict]:
+    """All reasoning records plus the first round(n f / (1 - f)) non-reasoning ones (so they are
+    a share f of the result when the pool is large enough), shuffled with `seed`."""
+    want = round(len(reasoning) * fraction / (1.0 - fraction))
+    records = list(reasoning) + list(non_reasoning[:want])
+    order = np.random.default_rng(seed).permutation(len(records))
+    return [records[i] for i in order]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------
+
+
+def collect(ctx: rollout.Context, params, examples: Sequence[dict], config: RejectionConfig,
+            accuracy: registry.RewardFn) -> list[dict]:
+    """N completions of each example's prompt, as candidate dicts (see `select`). The last
+    batch is filled with copies of the last prompt, whose samples are dropped."""
+    b = config.batch_size
+    padded = list(examples) + [examples[-1]] * (-len(examples) % b)
+    batches = pipeline.prompt_dataset(
+        padded, ctx.tokenizer, ctx.template.format_prompt,
+        pipeline.PromptConfig(batch_size=b, max_prompt_len=config.max_prompt_len,
+                              shuffle=False, num_epochs=1),
+        process_index=0, process_count=1)
+    eos_text = ctx.tokenizer.decode([ctx.tokenizer.eos_id])
+    stops = tuple(ctx.template.stop_strings) + (eos_text,)
+    candidates = []
+    rng = jax.random.key(config.seed)
+    for step in tqdm.trange(len(batches), desc="rejection sampling", dynamic_ncols=True):
+        batch = batches[step]
+        rolled = rollout.sample(ctx, params, batch, jax.random.fold_in(rng, step),
+                                num_samples=config.num_samples,
+                                max_new_tokens=config.max_new_tokens,
+                                temperature=config.temperature, top_p=config.top_p)
+        responses = [strip_stop(ctx.template.full_response(t), stops) for t in rolled["texts"]]
+        correct = accuracy(responses, pool=ctx.pool, **rolled["fields"])
+        for row, text in enumerate(rolled["texts"]):
+            index = step * b + row // config.num_samples
+            if index >= len(examples):
+                continue  # a padding prompt
+            candidates.append({
+                "prompt_index": index, "prompt": rolled["prompts"][row], "completion": text,
+                "response": responses[row], "length": int(rolled["lengths"][row]),
+                "stopped": bool(rolled["stopped"][row]), "accuracy": float(correct[row]),
+                "example": examples[index]})
+    return candidates
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def stats_path(path: str | os.PathLike) -> pathlib.Path:
+    """Where the statistics of dataset `path` go: `<dir>/<stem>.stats.json`."""
+    path = pathlib.Path(path)
+    return path.with_name(path.stem + ".stats.json")
+
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_dataset(records: Sequence[dict], path: str | os.PathLike, stats: dict, *,
+                  overwrite: bool = False) -> pathlib.Path:
+    """Writes records as JSONL and `stats_path(path)`, each atomically (stats first, so the
+    dataset appears last). An existing dataset with other content raises FileExistsError
+    unless `overwrite`; an identical one is left as it is."""
+    path = pathlib.Path(path)
+    data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n"
+                   for r in records).encode("utf-8")
+    if path.exists() and not overwrite and path.read_bytes() != data:
+        raise FileExistsError(f"{path} holds a different dataset; pass overwrite=True to "
+                              "replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(stats_path(path), (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode())
+    if not path.exists() or path.read_bytes() != data:
+        _atomic_write(path, data)
+    return path
+
+
+def rejection_sample(model_config: config_lib.ModelConfig, params,
+                     tokenizer: tokenizer_lib.Tokenizer, template: templates.Template,
+                     examples: Sequence[dict], config: RejectionConfig,
+                     output: str | os.PathLike, *,
+                     non_reasoning: Sequence[tuple[str, str]] = (),
+                     pool: pool_lib.WorkerPool | None = None,
+                     mesh: jax.sharding.Mesh | None = None, overwrite: bool = False) -> dict:
+    """Samples, filters, mixes and writes an SFT dataset (see the module docstring).
+
+    Args:
+      model_config, params, tokenizer, template: the policy (the converged reasoning RL
+        checkpoint) and its prompt format.
+      examples: task examples (`question` plus the fields of `config.accuracy_reward`).
+      non_reasoning: (question, response) pairs answered without a chain of thought.
+      pool: worker processes for the accuracy reward (a temporary one if None).
+      mesh: optional device mesh for sampling (config.batch_size must be a multiple of its
+        batch shards).
+      output: the JSONL path; statistics go to `stats_path(output)`.
+    Returns:
+      The statistics dict (also written).
+    """
+    if not examples:
+        raise ValueError("rejection_sample: no examples")
+    accuracy = registry.get(config.accuracy_reward)
+    if pool is None and accuracy.pooled:
+        with pool_lib.WorkerPool() as workers:
+            return rejection_sample(model_config, params, tokenizer, template, examples, config,
+                                    output, non_reasoning=non_reasoning, pool=workers, mesh=mesh,
+                                    overwrite=overwrite)
+    ctx = rollout.Context(model_config, tokenizer, template,
+                          registry.Spec.from_dict({config.accuracy_reward: 1.0}), pool, mesh)
+    candidates = collect(ctx, params, examples, config, accuracy)
+    kept, stats = select(candidates, config)
+    extra = [non_reasoning_record(template, q, r) for q, r in non_reasoning]
+    records = mix([reasoning_record(c) for c in kept], extra, config.non_reasoning_fraction,
+                  config.seed)
+    n_extra = sum(r["type"] == "non_reasoning" for r in records)
+    stats.update(prompts=len(examples), samples_per_prompt=config.num_samples,
+                 non_reasoning=n_extra, total=len(records),
+                 mean_length_chars={t: float(np.mean([len(r["completion"]) for r in records
+                                                      if r["type"] == t] or [0.0]))
+                                    for t in ("reasoning", "non_reasoning")},
+                 config=dataclasses.asdict(config))
+    if jax.process_index() == 0:
+        write_dataset(records, output, stats, overwrite=overwrite)
+    return stats

@@ -1,0 +1,186 @@
+"""Rejection sampling: each filter on hand-made completions, selection statistics, non-reasoning
+records, mixing, the refusing atomic writer, and a smoke run on a small random model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from r1jax.data import templates
+from r1jax.data.tasks import arithmetic, preference
+from r1jax.rewards import format as format_lib
+from r1jax.rl import rejection
+from r1jax.train import base
+
+GOOD = "<think>three plus four is seven</think> <answer>7</answer>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Filters
+# ---------------------------------------------------------------------------------------------
+
+
+def test_is_complete():
+    assert rejection.is_complete(20, True, 20)
+    assert not rejection.is_complete(21, True, 20)  # overlong
+    assert not rejection.is_complete(5, False, 20)  # cut at the sampling budget
+
+
+@pytest.mark.parametrize("text, ok", [
+    (GOOD, True),
+    ("  <think>\nsteps\n</think>\n<answer> 7 </answer>\n", True),
+    ("<think>steps</think> 7", False),  # no answer block
+    ("<think>a</think><think>b</think><answer>7</answer>", False),  # two think blocks
+    ("<think>steps</think><answer>7</answer> and more", False),  # text after the answer
+    ("<think>steps</think><answer> </answer>", False),  # empty answer
+    ("steps</think><answer>7</answer>", False),  # no opening tag
+])
+def test_is_well_formatted(text, ok):
+    assert rejection.is_well_formatted(text) is ok
+
+
+def test_is_single_language():
+    assert rejection.is_single_language(GOOD, "en")
+    mixed = "<think>three 加 four is seven</think> <answer>7</answer>"
+    assert not rejection.is_single_language(mixed, "en")
+    assert rejection.is_single_language(mixed, "en", 0.75)  # 4 of 5 words are English
+    assert rejection.is_single_language("<think>三加四等于七</think><answer>7</answer>", "zh")
+    assert not rejection.is_single_language("<think>3 + 4 = 7</think><answer>7</answer>", "en")
+    assert rejection.is_single_language("<answer>7</answer>", "en", 0.0)
+
+
+def test_deduplicate_after_whitespace_normalisation():
+    rows = [{"prompt": "p", "completion": " a  b\n"}, {"prompt": "p", "completion": "a b"},
+            {"prompt": "q", "completion": "a b"}, {"prompt": "p", "completion": "a  c"}]
+    kept, dropped = rejection.deduplicate(rows)
+    assert kept == [rows[0], rows[2], rows[3]] and dropped == 1
+    assert rejection.normalise_whitespace("\t x \n\n y  ") == "x y"
+
+
+def test_strip_stop_keeps_format_tags():
+    stops = ("</answer>", "<|end_of_sentence|>", "<|User|>")
+    assert rejection.strip_stop(GOOD, stops) == GOOD
+    assert rejection.strip_stop(GOOD + "<|end_of_sentence|>", stops) == GOOD
+    assert rejection.strip_stop("x<|User|>", stops) == "x"
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection, records, mixing
+# ---------------------------------------------------------------------------------------------
+
+
+def candidate(index, completion, *, length=10, stopped=True, accuracy=1.0):
+    return {"prompt_index": index, "prompt": f"prompt {index}", "completion": completion,
+            "response": completion, "length": length, "stopped": stopped,
+            "accuracy": accuracy, "example": {"question": f"q{index}", "answer": "7",
+                                              "task": "toy", "key": f"k{index}"}}
+
+
+def hand_made():
+    return [
+        candidate(0, GOOD, length=12),
+        candidate(0, GOOD.replace(" <answer>", "\n<answer>"), length=14),  # a duplicate
+        candidate(0, GOOD, length=40),  # overlong (max_length 32)
+        candidate(0, GOOD, stopped=False),  # hit the budget
+        candidate(1, "<think>no answer</think>"),  # format
+        candidate(1, "<think>three 加 four</think> <answer>7</answer>"),  # language
+        candidate(1, "<think>three plus four is eight</think> <answer>8</answer>",
+                  accuracy=0.0),  # incorrect
+        candidate(1, "<think>seven it is</think> <answer>7</answer>", length=20),
+        candidate(2, "<think>four plus three</think> <answer>7</answer>", length=6),
+        candidate(2, "<think>again four plus three</think> <answer>7</answer>", length=8),
+    ]
+
+
+def test_select_counts_each_drop_once():
+    config = rejection.RejectionConfig(max_new_tokens=64, max_length=32)
+    kept, stats = rejection.select(hand_made(), config)
+    assert [c["length"] for c in kept] == [12, 20, 6, 8]
+    assert stats["dropped"] == {"overlong": 2, "format": 1, "language": 1, "incorrect": 1,
+                                "duplicate": 1, "per_prompt_cap": 0}
+    assert stats["candidates"] == 10 and stats["kept"] == 4
+    assert stats["kept_per_prompt"] == {"mean": 4 / 3, "histogram": {"1": 2, "2": 1}}
+    assert stats["mean_length_tokens"] == np.mean([12, 20, 6, 8])
+    capped, stats = rejection.select(hand_made(), rejection.RejectionConfig(
+        max_new_tokens=64, max_length=32, max_per_prompt=1))
+    assert [c["length"] for c in capped] == [12, 20, 6]
+    assert stats["dropped"]["per_prompt_cap"] == 1
+
+
+@pytest.mark.parametrize("name", templates.names())
+def test_non_reasoning_completion_has_an_empty_think_block(name):
+    template = templates.get(name)
+    record = rejection.non_reasoning_record(template, "Count from 1 to 3.", "Sure! 1 2 3")
+    turn = template.full_response(record["completion"])
+    assert templates.extract_reasoning(turn) == ""
+    assert record["prompt"] == template.format_prompt("Count from 1 to 3.")
+    assert "Sure! 1 2 3" in turn and turn.endswith(template.stop_strings[0])
+    if name == "r1_zero":
+        assert format_lib.strict(turn) == 1.0
+
+
+def test_mix_share_and_determinism():
+    reasoning = [{"type": "reasoning", "i": i} for i in range(6)]
+    extra = [{"type": "non_reasoning", "i": i} for i in range(10)]
+    mixed = rejection.mix(reasoning, extra, 0.25, seed=0)
+    assert len(mixed) == 8 and sum(r["type"] == "non_reasoning" for r in mixed) == 2
+    assert mixed == rejection.mix(reasoning, extra, 0.25, seed=0)
+    assert mixed != rejection.mix(reasoning, extra, 0.25, seed=1)
+    assert len(rejection.mix(reasoning, extra[:1], 0.5, seed=0)) == 7  # a short pool: all of it
+
+
+def test_write_is_atomic_and_refuses_a_different_dataset(tmp_path):
+    path = tmp_path / "out" / "sft.jsonl"
+    records = [{"prompt": "p", "completion": "数 🙂"}, {"prompt": "q", "completion": "c"}]
+    rejection.write_dataset(records, path, {"kept": 2})
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == records
+    assert json.loads(rejection.stats_path(path).read_text()) == {"kept": 2}
+    rejection.write_dataset(records, path, {"kept": 2})  # the same dataset again: fine
+    with pytest.raises(FileExistsError, match="different dataset"):
+        rejection.write_dataset(records[:1], path, {"kept": 1})
+    assert path.read_text(encoding="utf-8").splitlines() == lines  # untouched
+    assert json.loads(rejection.stats_path(path).read_text()) == {"kept": 2}
+    rejection.write_dataset(records[:1], path, {"kept": 1}, overwrite=True)
+    assert len(path.read_text().splitlines()) == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["sft.jsonl", "sft.stats.json"]
+
+
+def test_config_names_the_bad_field():
+    with pytest.raises(ValueError, match="non_reasoning_fraction"):
+        rejection.RejectionConfig(non_reasoning_fraction=1.0)
+    with pytest.raises(ValueError, match="language"):
+        rejection.RejectionConfig(language="fr")
+    with pytest.raises(ValueError, match="unknown reward"):
+        rejection.RejectionConfig(accuracy_reward="nope")
+
+
+# ---------------------------------------------------------------------------------------------
+# Smoke: the whole function on a small random model
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rejection_sample_smoke(base_dir, tmp_path):
+    model_config, params, tok = base.load_base(base_dir)
+    template = templates.get("r1_zero")
+    task = arithmetic.Arithmetic(min_digits=1, max_digits=2)
+    examples = [task.example("train", 0, i) for i in range(5)]  # 5 prompts: one padded batch
+    pairs = [preference.Preference().example("train", 0, i) for i in range(20)]
+    config = rejection.RejectionConfig(num_samples=2, batch_size=4, max_new_tokens=12,
+                                       accuracy_reward="numeric", min_language=0.0,
+                                       non_reasoning_fraction=0.5)
+    out = tmp_path / "sft.jsonl"
+    stats = rejection.rejection_sample(
+        model_config, params, tok, template, examples, config, out,
+        non_reasoning=[(p["question"], p["chosen"]) for p in pairs])
+    assert stats["candidates"] == 10 and stats["prompts"] == 5
+    assert stats["kept"] + sum(stats["dropped"].values()) == 10
+    assert stats["non_reasoning"] == stats["kept"]  # fraction 0.5
+    assert sum(stats["kept_per_prompt"]["histogram"].values()) == 5
+    assert json.loads(rejection.stats_path(out).read_text()) == stats
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == stats["total"] == stats["kept"] + stats["non_reasoning"]
+    again = rejection.rejection_sample(  # the same seed: the same dataset, so no refusal
+        model_config, params, tok, template, examples, config, out,
+        non_reasoning=[(p["question"], p["chosen"]) for p in pairs])
+    assert again == stats
