@@ -7,9 +7,11 @@ instructions, but has never seen the R1-Zero template or its `<think>`/`<answer>
 * worked solutions of generated tasks (countdown, arithmetic, word problems) in several plain
   layouts (Problem/Solution, Q/A, dialogues between varying roles), ending in "The answer is X";
 * instruction documents that ask for the working and the result inside a named pair of
-  delimiters, then comply. The delimiter names are drawn per document from `REASONING_NAMES`
-  and `RESULT_NAMES`, which never contain `think` or `answer`: the base model learns the
-  general skill of copying a requested format, and RL must make it use the R1-Zero one.
+  delimiters, then comply. The delimiter names are drawn per document from `REASONING_NAMES`,
+  `RESULT_NAMES` or invented words (`tag_name`), and are never `think` or `answer`: the base
+  model learns the general skill of copying whatever tags an instruction names (an induction
+  copy of ordinary word pieces, since tags are plain text to the toy tokenizer), so under the
+  R1-Zero template it sometimes writes `<think>`/`<answer>`, and RL must make that reliable.
 
 Every document is a pure function of (seed, index), so the corpus is reproducible.
 """
@@ -22,21 +24,20 @@ import numpy as np
 
 from r1jax.data import tasks as tasks_lib
 
-#: Names of the delimiter pairs of the instruction documents: a document draws one name for its
-#: reasoning and one for its result. Each name is a single tokenizer piece (`delimiter_pieces`),
-#: and there are many of them, each seen rarely: the base model cannot memorise the pairs and
-#: learns to copy whichever tags an instruction names (with tied embeddings that skill reaches
-#: pieces it never saw). Deliberately excludes the R1 tags `think` and `answer`.
+#: Word names of the delimiter pairs of the instruction documents: a document draws one name for
+#: its reasoning and one for its result, from these lists or (half the time) as an invented word,
+#: so that no pair can be memorised and copying the named tags is the only way to predict them.
+#: Deliberately excludes the R1 tags `think` and `answer`.
 REASONING_NAMES = (
     "work", "steps", "scratch", "notes", "calc", "plan", "draft", "derivation", "reasoning",
     "working", "trace", "analysis", "thoughts", "method", "idea", "sketch", "proof", "logic",
     "explain", "explanation", "process", "mind", "ponder", "consider", "reflect", "muse",
     "study", "inner", "private", "rough", "path", "chain", "argument", "justify", "detail",
-    "story", "route", "approach", "compute", "thinking",
+    "story", "route", "approach", "compute", "musing",
 )
 RESULT_NAMES = (
     "result", "final", "out", "reply", "value", "solution", "conclusion", "total", "output",
-    "verdict", "response", "number", "sum", "res", "ans", "end", "claim", "outcome", "figure",
+    "verdict", "response", "number", "sum", "res", "tally", "end", "claim", "outcome", "figure",
     "say", "report", "finding", "return", "score", "short", "boxed", "key", "done", "give",
     "state", "tell", "target", "goal", "decision", "pick", "choice", "summary", "yield",
     "product", "reach",
@@ -65,10 +66,24 @@ _INSTRUCTIONS = (
 )
 
 
-def delimiter_pieces() -> tuple[str, ...]:
-    """The delimiter tags as tokenizer pieces (`<name>` and `</name>`)."""
-    names = sorted(set(REASONING_NAMES) | set(RESULT_NAMES))
-    return tuple(p for n in names for p in (f"<{n}>", f"</{n}>"))
+_ONSETS = ("b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w",
+           "z", "br", "ch", "cl", "dr", "fl", "gr", "pl", "sh", "st", "sw", "th", "tr")
+_VOWELS = ("a", "e", "i", "o", "u")
+_CODAS = ("", "", "", "n", "r", "s", "t", "l", "nk", "ng")
+_R1_NAMES = frozenset({"think", "answer"})
+
+
+def tag_name(names: Sequence[str], rng: np.random.Generator) -> str:
+    """A delimiter name: one of `names`, or an invented 2-3 syllable word; never containing an
+    R1 tag name (an invented "swuthink" would teach the tail of `</think>`)."""
+    while True:
+        if rng.random() < 0.5:
+            name = names[rng.integers(len(names))]
+        else:
+            name = "".join(_ONSETS[rng.integers(len(_ONSETS))] + _VOWELS[rng.integers(len(_VOWELS))]
+                           + _CODAS[rng.integers(len(_CODAS))] for _ in range(rng.integers(2, 4)))
+        if not any(r1 in name for r1 in _R1_NAMES):
+            return name
 
 
 def _split_solution(worked: str) -> tuple[str, str]:
@@ -82,7 +97,7 @@ def plain_document(example: dict, rng: np.random.Generator) -> str:
     q, w = example["question"], example["worked_solution"]
     layout = rng.integers(4)
     if layout == 0:
-        return f"Problem: {q}\nSolution: {w}\n"
+        return f"Problem: {q}\nSolution: Let me think. {w}\n"
     if layout == 1:
         return f"Question: {q}\n{w}\n"
     role_q, role_a = ROLES[rng.integers(len(ROLES))]
@@ -93,8 +108,10 @@ def plain_document(example: dict, rng: np.random.Generator) -> str:
 
 def instruction_document(example: dict, rng: np.random.Generator) -> str:
     """An instruction naming a delimiter pair, a problem, and a reply that follows it."""
-    work = REASONING_NAMES[rng.integers(len(REASONING_NAMES))]
-    result = RESULT_NAMES[rng.integers(len(RESULT_NAMES))]
+    work = tag_name(REASONING_NAMES, rng)
+    result = tag_name(RESULT_NAMES, rng)
+    while result == work:
+        result = tag_name(RESULT_NAMES, rng)
     role_q, role_a = ROLES[rng.integers(len(ROLES))]
     tags = dict(o1=f"<{work}>", c1=f"</{work}>", o2=f"<{result}>", c2=f"</{result}>")
     instruction = _INSTRUCTIONS[rng.integers(len(_INSTRUCTIONS))].format(

@@ -219,17 +219,23 @@ def train_sentencepiece(
     path: str | os.PathLike,
     *,
     extra_pieces: Sequence[str] = (),
+    special_pieces: Sequence[str] = SPECIAL_PIECES,
 ) -> SentencePieceTokenizer:
     """Trains a byte-fallback BPE SentencePiece model in-process and writes it to `path`.
 
     Deterministic (one thread, no sentence sampling): the same texts give the same file.
-    The special pieces (`SPECIAL_PIECES` + `extra_pieces`) are single pieces; PAD is id 0.
+    The special pieces (`special_pieces` + `extra_pieces`) are single pieces; PAD is id 0.
+    `special_pieces` must include BOS and EOS; leaving out `FORMAT_PIECES` makes `<think>` and
+    `<answer>` ordinary text (how the toy base model sees them, like a web-text base model).
     `vocab_size` is an upper bound (a small corpus may yield fewer pieces) and must exceed
     256 byte pieces + the special pieces + the distinct characters of the corpus.
 
     Returns:
       The trained tokenizer. The file is written atomically (temp file + rename).
     """
+    missing = {BOS, EOS} - set(special_pieces)
+    if missing:
+        raise ValueError(f"special_pieces must include {sorted(missing)}")
     texts = [t for t in text_iterator if t]
     if not texts:
         raise ValueError("train_sentencepiece needs at least one non-empty text")
@@ -238,7 +244,7 @@ def train_sentencepiece(
         sentence_iterator=iter(texts),
         model_writer=buf,
         vocab_size=vocab_size,
-        user_defined_symbols=list(dict.fromkeys(SPECIAL_PIECES + tuple(extra_pieces))),
+        user_defined_symbols=list(dict.fromkeys(tuple(special_pieces) + tuple(extra_pieces))),
         **_TRAINER_OPTIONS,
     )
     path = pathlib.Path(path)

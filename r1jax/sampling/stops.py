@@ -7,7 +7,7 @@ padded on the left with a wildcard) and stops a row when one matches; the stop t
 in the completion (mask 1), everything after is masked out.
 
 `stop_token_sequences(tokenizer, strings)` derives the sequences from a tokenizer: the string's
-own encoding and, when the string is one vocabulary piece (the trained tokenizers keep "</answer>"
+own encoding, its encodings after a space and after a newline, and, when the string is one vocabulary piece (the trained tokenizers keep "</answer>"
 and the chat markers whole), that piece. Its limit: a model can spell the same text with other
 tokens (e.g. a token "x</" followed by "answer>"), which the device check misses and the row then
 runs on to EOS or max_new_tokens. `truncate_at_stop_strings` on the decoded texts is exact; use it
@@ -71,7 +71,9 @@ def stop_token_sequences(tokenizer, stop_strings: Iterable[str]) -> tuple[tuple[
     for text in stop_strings:
         if not text:
             raise ValueError("stop strings must be non-empty")
-        candidates = [tuple(tokenizer.encode(text))]
+        # Its own spelling, and after a space or a newline (a tokenizer may merge the separator
+        # into the first piece, e.g. " </" in "42 </answer>").
+        candidates = [tuple(tokenizer.encode(sep + text)) for sep in ("", " ", "\n")]
         try:
             candidates.append((int(tokenizer.id_of(text)),))
         except KeyError:

@@ -83,7 +83,7 @@ def pretrain_base(cfg: PretrainConfig, base_dir: str | os.PathLike,
     tok_path = workdir / "tokenizer.model"
     tok = tokenizer_lib.train_sentencepiece(
         docs[:cfg.tokenizer_documents], cfg.vocab_size, tok_path,
-        extra_pieces=corpus.delimiter_pieces())
+        special_pieces=(tokenizer_lib.BOS, tokenizer_lib.EOS) + tokenizer_lib.ROLE_PIECES)
     vocab = -(-tok.vocab_size // 64) * 64
     model_cfg = cfg.model.replace(vocab_size=vocab)
     encoded = [tok.encode(d, add_bos=True, add_eos=True) for d in docs]

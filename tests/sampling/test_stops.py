@@ -61,3 +61,22 @@ def test_truncate_at_stop_strings_is_inclusive_and_earliest():
         texts, ["</answer>", "<|end_of_sentence|>", "<|User|>"])
     assert cut == ["<think>a</think><answer>4</answer>", "no stop here", "x<|User|>"]
     assert found == [True, False, True]
+
+
+def test_stop_sequences_cover_spellings_after_a_separator(tmp_path):
+    """With the tags as plain text (the toy base model's tokenizer), " </answer>" is spelled
+    with a merged " </" piece; the table must still stop a completion written that way."""
+    texts = ["The answer is 5 </work> <res> 5 </res> x </y> answer the question"] * 40
+    tok = tokenizer_lib.train_sentencepiece(
+        texts, 300, tmp_path / "t.model", special_pieces=(tokenizer_lib.BOS, tokenizer_lib.EOS))
+    with pytest.raises(KeyError):
+        tok.id_of("</answer>")
+    spelled = tok.encode("42 </answer>")
+    assert tuple(spelled[-len(tok.encode("</answer>")):]) != tuple(tok.encode("</answer>"))
+    table = stops.stop_table(stops.stop_token_sequences(tok, ["</answer>"]))
+    recent = jnp.full((1, table.shape[1]), stops.WILDCARD, jnp.int32)
+    for token in spelled:
+        recent = stops.push(recent, jnp.asarray([token]))
+    assert bool(stops.matches(recent, table)[0])
+    with pytest.raises(ValueError, match="must include"):
+        tokenizer_lib.train_sentencepiece(texts, 300, tmp_path / "u.model", special_pieces=())
