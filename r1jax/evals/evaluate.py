@@ -113,6 +113,7 @@ def run_config(workdir: str | os.PathLike) -> rl_config.ExperimentConfig:
     spec = values.pop("rewards")
     values["rewards"] = dict(spec["weights"])
     values["reward_options"] = {name: dict(opts) for name, opts in spec["options"]}
+    values["reward_routes"] = {task: list(names) for task, names in spec.get("routes", ())}
     values["data"]["task_knobs"] = dict(values["data"]["task_knobs"])
     values["mesh"] = dict(values["mesh"])
     values["model_overrides"] = dict(values["model_overrides"])

@@ -212,10 +212,15 @@ class Spec:
     Attributes:
       weights: ((name, weight), ...).
       options: ((name, ((option, value), ...)), ...) for rewards that take options.
+      routes: ((task, (name, ...)), ...): the rewards that score rows whose `task` field is
+        `task` (R1 Sec. 2.3.4: rule rewards on reasoning prompts, a reward model on general
+        ones); a reward scores 0 on the rows it is not routed to. Rows of a task not listed
+        (or all rows, without routes or a `task` field) get every reward.
     """
 
     weights: tuple[tuple[str, float], ...]
     options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self):
         for name, weight in self.weights:
@@ -224,14 +229,31 @@ class Spec:
                 raise ValueError(f"reward weight {name!r} must be finite, got {weight}")
         for name, _ in self.options:
             get(name)
+        weighted = {name for name, _ in self.weights}
+        for task, routed in self.routes:
+            unknown = sorted(set(routed) - weighted)
+            if unknown:
+                raise ValueError(f"reward route {task!r}: {unknown} are not weighted rewards "
+                                 f"({sorted(weighted)})")
 
     @classmethod
-    def from_dict(cls, weights: Mapping[str, float], options: Mapping[str, Mapping] | None = None):
-        """Builds a Spec from `{name: weight}` and `{name: {option: value}}`."""
+    def from_dict(cls, weights: Mapping[str, float], options: Mapping[str, Mapping] | None = None,
+                  routes: Mapping[str, Sequence[str]] | None = None):
+        """Builds a Spec from `{name: weight}`, `{name: {option: value}}` and
+        `{task: [name, ...]}`."""
         opts = tuple(
             sorted((k, tuple(sorted(dict(v).items()))) for k, v in (options or {}).items())
         )
-        return cls(tuple((k, float(w)) for k, w in weights.items()), opts)
+        paths = tuple(sorted((k, tuple(v)) for k, v in (routes or {}).items()))
+        return cls(tuple((k, float(w)) for k, w in weights.items()), opts, paths)
+
+    def rows_for(self, name: str, task: Sequence[str] | None, n: int) -> np.ndarray | None:
+        """Indices of the rows that reward `name` scores; None means all of them."""
+        if not self.routes or task is None:
+            return None
+        routes = dict(self.routes)
+        rows = [i for i, t in enumerate(task) if t not in routes or name in routes[t]]
+        return None if len(rows) == n else np.asarray(rows, np.int64)
 
     def reward(self, name: str) -> RewardFn:
         return get(name, **dict(dict(self.options).get(name, ())))
@@ -281,7 +303,14 @@ def combine(
         fields = dict(task_fields)
         if "correct" in fn.fields and "correct" not in fields:
             fields["correct"] = _correct(spec, components, completions, pool, task_fields)
-        components[name] = fn(completions, pool=pool, **fields)
+        rows = spec.rows_for(name, task_fields.get("task"), len(completions))
+        if rows is None:
+            components[name] = fn(completions, pool=pool, **fields)
+        else:  # routed: score only this reward's rows, 0 elsewhere
+            components[name] = np.zeros([len(completions)], np.float32)
+            if len(rows):
+                components[name][rows] = fn([completions[i] for i in rows], pool=pool,
+                                            **{k: [v[i] for i in rows] for k, v in fields.items()})
     total = np.zeros([len(completions)], np.float32)
     for name, weight in spec.weights:
         total += np.float32(weight) * components[name]

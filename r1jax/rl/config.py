@@ -277,7 +277,8 @@ def from_config_dict(config) -> ExperimentConfig:
     """Validates a ConfigDict (or plain nested dict) and freezes it into an ExperimentConfig.
 
     The sections are `grpo`, `sampling`, `data`, `eval`, `optim` (an `OptimConfig`) and
-    `rewards` ({name: weight}, with optional `reward_options` {name: {option: value}}); `mesh`
+    `rewards` ({name: weight}, with optional `reward_options` {name: {option: value}} and
+    `reward_routes` {task: [name, ...]}, see `registry.Spec.routes`); `mesh`
     and `model_overrides` are {name: value} dicts. optim.total_steps defaults to the run's
     number of optimizer updates (total_steps * mu * num_minibatches), which a cosine needs.
     """
@@ -291,6 +292,7 @@ def from_config_dict(config) -> ExperimentConfig:
             sections[name] = section
     rewards = values.pop("rewards", None)
     reward_options = values.pop("reward_options", None)
+    reward_routes = values.pop("reward_routes", None)
     for name in _PAIRS:
         if name in values:
             values[name] = tuple(dict(values[name]).items())
@@ -304,5 +306,5 @@ def from_config_dict(config) -> ExperimentConfig:
     built["grpo"] = grpo_cfg
     built["optim"] = _section(state_lib.OptimConfig, optim, "optim")
     if rewards is not None:
-        built["rewards"] = registry.Spec.from_dict(dict(rewards), reward_options)
+        built["rewards"] = registry.Spec.from_dict(dict(rewards), reward_options, reward_routes)
     return _section(ExperimentConfig, values, "config", **built)

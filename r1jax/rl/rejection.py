@@ -8,7 +8,8 @@ non-reasoning samples). Here a completion is kept when it passes, in this order,
   overlong   it stopped (EOS or a stop string) within `max_length` tokens;
   format     the whole assistant turn is `<think>R</think> <answer>A</answer>` (`format.strict`);
   language   its chain of thought is in one language: `language.consistency` >= `min_language`
-             (R1 filters out "chain-of-thought with mixed languages");
+             (R1 filters out "chain-of-thought with mixed languages"); the target is the
+             example's `language` field when it has one (bilingual tasks), else `language`;
   incorrect  the rule accuracy reward of its task is 1 (R1: "retain only the correct ones");
   duplicate  no earlier kept completion of the same prompt is equal after whitespace
              normalisation;
@@ -145,7 +146,8 @@ def _failed_filter(c: dict, config: RejectionConfig, max_length: int) -> str | N
         return "overlong"
     if not is_well_formatted(c["response"]):
         return "format"
-    if not is_single_language(c["response"], config.language, config.min_language):
+    if not is_single_language(c["response"], c.get("language") or config.language,
+                              config.min_language):
         return "language"
     if c["accuracy"] < 1.0:
         return "incorrect"
@@ -272,7 +274,7 @@ def collect(ctx: rollout.Context, params, examples: Sequence[dict], config: Reje
                 "prompt_index": index, "prompt": rolled["prompts"][row], "completion": text,
                 "response": responses[row], "length": int(rolled["lengths"][row]),
                 "stopped": bool(rolled["stopped"][row]), "accuracy": float(correct[row]),
-                "example": examples[index]})
+                "language": examples[index].get("language"), "example": examples[index]})
     return candidates
 
 

@@ -42,7 +42,7 @@ def evaluate(expression: str) -> tuple[fractions.Fraction, list[int]]:
 
 
 def test_registry():
-    assert tasks.names() == ["arithmetic", "countdown", "word_problems"]
+    assert tasks.names() == ["arithmetic", "countdown", "mixture", "word_problems"]
     assert isinstance(tasks.get("countdown", max_numbers=5), tasks.countdown.Countdown)
     with pytest.raises(KeyError, match="unknown task"):
         tasks.get("sudoku")

@@ -6,15 +6,16 @@
     gsm8k = tasks.jsonl.load("gsm8k.jsonl", "gsm8k").examples
 """
 
-from r1jax.data.tasks import arithmetic, base, countdown, jsonl, word_problems
+from r1jax.data.tasks import arithmetic, base, countdown, jsonl, mixture, word_problems
 
 REGISTRY: dict[str, type[base.Task]] = {
     countdown.Countdown.name: countdown.Countdown,
     arithmetic.Arithmetic.name: arithmetic.Arithmetic,
     word_problems.WordProblems.name: word_problems.WordProblems,
+    mixture.Mixture.name: mixture.Mixture,
 }
 
-__all__ = ["REGISTRY", "arithmetic", "base", "countdown", "get", "jsonl", "names",
+__all__ = ["REGISTRY", "arithmetic", "base", "countdown", "get", "jsonl", "mixture", "names",
            "word_problems"]
 
 

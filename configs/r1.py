@@ -1,0 +1,204 @@
+"""DeepSeek-R1: cold start -> reasoning RL -> rejection sampling + SFT -> all-scenario RL
+(arXiv:2501.12948 Sec. 2.3), and distillation into a small dense student (Sec. 2.4).
+
+  python experiments/r1.py                                   # tiny: every stage on one CPU
+  python experiments/r1.py --config=configs/r1.py:tiny --workdir=runs/r1_tiny --stage=sft
+  python experiments/r1.py --config.reasoning_rl.total_steps=60
+  python experiments/distill.py --config=configs/r1.py:tiny --workdir=runs/r1_tiny
+
+Presets:
+  tiny   bilingual (English/Chinese) word problems on a toy base model pretrained on a corpus
+         that switches language between question and worked solution, so that the language-
+         consistency reward has mixing to correct. Budget: about 45 minutes on 2 CPU cores.
+  smoke  seconds per stage (for the tests; the base model is pretrained for 4 steps).
+
+One section per stage; each GRPO section (`reasoning_rl`, `all_scenario`, `r1_zero`,
+`distill.rl`) has every field of configs/r1_zero.py, whose presets it starts from, and its
+`base_dir` is set by the pipeline (the previous stage's model). `r1_zero.total_steps = 0`
+leaves out the R1-Zero baseline row.
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def _load(name: str, preset: str) -> ml_collections.ConfigDict:
+    """A preset of a sibling config file (its field list stays in one place)."""
+    path = pathlib.Path(__file__).with_name(name)
+    spec = importlib.util.spec_from_file_location(f"_r1_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+def _r1_zero(preset: str) -> ml_collections.ConfigDict:
+    """A GRPO section from configs/r1_zero.py."""
+    c = _load("r1_zero.py", preset)
+    c.base_dir = "set-by-the-pipeline"
+    return c
+
+
+_WORD_PROBLEMS = {"language": "mixed"}
+_REASONING_REWARDS = {"numeric": 1.0, "format_strict": 0.5, "language": 0.5}
+_ROUTES = {"word_problems": ["numeric", "format_strict", "language"],
+           "preference": ["reward_model", "format_strict"]}
+
+
+def _grpo(preset: str, *, task: str = "word_problems", knobs=None, rewards=None,
+          steps: int | None = None) -> ml_collections.ConfigDict:
+    c = _r1_zero(preset)
+    c.data.update(task=task, max_prompt_len=512, bucket=64)
+    c.data.task_knobs = dict(knobs or _WORD_PROBLEMS)  # update() would merge the old knobs
+    c.rewards = dict(rewards or _REASONING_REWARDS)
+    c.reward_routes = {}
+    if steps is not None:
+        c.total_steps = steps
+    return c
+
+
+def _pretrain(preset: str) -> ml_collections.ConfigDict:
+    """The toy base of configs/pretrain_base.py, on word problems whose solution language is
+    drawn independently of the question's (`word_problems` language="mixed")."""
+    c = _load("pretrain_base.py", preset)
+    c.tasks = ("word_problems",)
+    c.task_knobs = {"word_problems": dict(_WORD_PROBLEMS)}
+    c.instruction_fraction = 0.3
+    c.vocab_size = 1024  # room for the Chinese characters
+    if preset == "smoke":
+        c.num_documents = c.tokenizer_documents = 200
+        c.sft.update(steps=2, log_every=1, checkpoint_every=2)
+        c.optim.update(total_steps=2)
+    return c
+
+
+def _sft(steps: int, batch_size: int, seq_len: int, lr: float, every: int):
+    return dict(steps=steps, batch_size=batch_size, seq_len=seq_len, micro_batches=1,
+                log_every=max(1, every // 5), checkpoint_every=every, keep_checkpoints=2,
+                seed=0, mesh={"fsdp": -1})
+
+
+def _optim(lr: float, steps: int):
+    return dict(learning_rate=lr, warmup_steps=min(10, steps // 10), schedule="cosine",
+                total_steps=steps, end_lr_factor=0.1, b1=0.9, b2=0.95, eps=1e-8,
+                weight_decay=0.0, grad_clip_norm=1.0)
+
+
+def tiny() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.base_dir = "runs/base_r1_tiny/base"
+    c.pretrain = _pretrain("tiny")
+    c.seed = 0
+    # Held-out evaluation after every stage (the table): mixed-language word problems.
+    c.eval = dict(num_prompts=64, num_samples=4, temperature=0.6, top_p=0.95,
+                  max_new_tokens=160, task="word_problems", task_knobs=dict(_WORD_PROBLEMS),
+                  max_prompt_len=512)
+    # 1. Cold start: long, single-language CoTs from the worked solutions.
+    c.cold_start = dict(num_examples=2000, sft=_sft(300, 8, 384, 1e-3, 100),
+                        optim=_optim(1e-3, 300))
+    # 2. Reasoning RL: accuracy + format + language consistency (R1 Sec. 2.3.2).
+    c.reasoning_rl = _grpo("tiny", steps=60)
+    c.reasoning_rl.sampling.update(max_new_tokens=160)
+    c.reasoning_rl.optim.update(learning_rate=5e-5)
+    c.reasoning_rl.eval.update(every=30, num_prompts=32, max_new_tokens=160)
+    # 3. Rejection sampling from the stage-2 model, mixed with non-reasoning data (Sec. 2.3.3).
+    c.rejection = dict(num_prompts=512, num_non_reasoning=300, num_samples=4, batch_size=32,
+                       max_new_tokens=160, temperature=1.0, top_p=None, max_prompt_len=512,
+                       min_language=1.0, max_per_prompt=2, seed=0)
+    # 4. SFT of the *base* model on the stage-3 data.
+    c.sft = dict(sft=_sft(400, 8, 384, 1e-3, 100), optim=_optim(1e-3, 400))
+    # 5. All-scenario RL: rule rewards on word problems, the reward model on instructions.
+    c.reward_model = dict(model={"hidden_size": 64, "num_hidden_layers": 2,
+                                 "intermediate_size": 128, "n_routed_experts": 4,
+                                 "num_experts_per_tok": 2, "moe_intermediate_size": 64,
+                                 "first_k_dense_replace": 1},
+                          num_train=20000, num_test=500,
+                          train=dict(steps=800, batch_size=32, max_len=64, span="summary",
+                                     eval_every=200, log_every=25, checkpoint_every=200,
+                                     keep_checkpoints=2, seed=0, mesh={"fsdp": -1}),
+                          optim=dict(_optim(2e-3, 800), weight_decay=0.01))
+    c.all_scenario = _grpo("tiny", task="mixture",
+                           knobs=dict(_WORD_PROBLEMS, general_fraction=0.5),
+                           rewards=dict(_REASONING_REWARDS, reward_model=1.0), steps=30)
+    c.all_scenario.reward_routes = {k: list(v) for k, v in _ROUTES.items()}
+    c.all_scenario.sampling.update(max_new_tokens=160)
+    c.all_scenario.optim.update(learning_rate=2e-5)
+    c.all_scenario.eval.update(every=15, num_prompts=32, max_new_tokens=160)
+    # Baseline: R1-Zero from the same base with the same steps as stage 2 (accuracy + format).
+    c.r1_zero = _grpo("tiny", rewards={"numeric": 1.0, "format_strict": 0.5,
+                                       "format_lenient": 0.5}, steps=60)
+    c.r1_zero.sampling.update(max_new_tokens=160)
+    c.r1_zero.eval.update(every=30, num_prompts=32, max_new_tokens=160)
+    c.distill = _distill("tiny")
+    return c
+
+
+def _distill(preset: str) -> ml_collections.ConfigDict:
+    """A Qwen2-style dense student (qwen2_5_0_5b shrunk), pretrained on the base corpus, then
+    SFT on the stage-3 data vs GRPO (R1-Zero style) for the same estimated FLOPs."""
+    c = ml_collections.ConfigDict()
+    c.base_dir = "runs/base_r1_tiny/student"
+    c.pretrain = _pretrain(preset)
+    c.pretrain.model_preset = "qwen2_5_0_5b"
+    c.pretrain.model = {"hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 256,
+                        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
+                        "max_position_embeddings": 1024, "dtype": "float32",
+                        "param_dtype": "float32"}
+    c.sft = dict(sft=_sft(300, 8, 384, 1e-3, 100), optim=_optim(1e-3, 300))
+    c.rl = _grpo(preset, rewards={"numeric": 1.0, "format_strict": 0.5, "format_lenient": 0.5})
+    c.rl.total_steps = 0  # 0: as many steps as the SFT's estimated FLOPs buy
+    c.rl.sampling.update(max_new_tokens=160 if preset == "tiny" else 12)
+    c.rl.eval.update(every=10_000)
+    if preset == "smoke":
+        c.pretrain.model.update(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                num_key_value_heads=1, head_dim=16)
+        c.sft = dict(sft=_sft(2, 4, 256, 1e-3, 2), optim=_optim(1e-3, 2))
+        c.rl.update(mesh={"data": 1})
+    return c
+
+
+def smoke() -> ml_collections.ConfigDict:
+    """Seconds per stage: 2-step SFTs and RMs, 2-step GRPO, 2 prompts, 12 new tokens."""
+    c = tiny()
+    c.base_dir = "runs/base_r1_smoke/base"
+    c.pretrain = _pretrain("smoke")
+    c.eval.update(num_prompts=2, num_samples=2, max_new_tokens=12)
+    c.cold_start = dict(num_examples=16, sft=_sft(2, 4, 256, 1e-3, 2), optim=_optim(1e-3, 2))
+    for name in ("reasoning_rl", "all_scenario", "r1_zero"):
+        section = _grpo("smoke", **_SMOKE_GRPO[name])
+        section.total_steps = 2 if name != "r1_zero" else 0
+        section.grpo.update(ref_update_every=0)
+        section.eval.update(every=2, num_prompts=2, num_samples=2, max_new_tokens=12,
+                            greedy=False)
+        c[name] = section
+    c.all_scenario.reward_routes = {k: list(v) for k, v in _ROUTES.items()}
+    c.r1_zero.total_steps = 0  # the baseline row is the reasoning_rl stage's code path
+    c.rejection.update(num_prompts=2, num_non_reasoning=8, num_samples=2, batch_size=2,
+                       max_new_tokens=12)
+    c.sft = dict(sft=_sft(2, 4, 256, 1e-3, 2), optim=_optim(1e-3, 2))
+    c.reward_model.update(num_train=16, num_test=8)
+    c.reward_model.model.update(hidden_size=32, intermediate_size=64, moe_intermediate_size=32)
+    c.reward_model.train.update(steps=2, batch_size=4, max_len=32, eval_every=2, log_every=1,
+                                checkpoint_every=2)
+    c.reward_model.optim = dict(_optim(1e-3, 2), weight_decay=0.01)
+    c.distill = _distill("smoke")
+    c.distill.base_dir = "runs/base_r1_smoke/student"
+    return c
+
+
+_SMOKE_GRPO = {
+    "reasoning_rl": {},
+    "all_scenario": {"task": "mixture", "knobs": dict(_WORD_PROBLEMS, general_fraction=0.5),
+                     "rewards": dict(_REASONING_REWARDS, reward_model=1.0)},
+    "r1_zero": {"rewards": {"numeric": 1.0, "format_strict": 0.5, "format_lenient": 0.5}},
+}
+
+PRESETS = {"tiny": tiny, "smoke": smoke}
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    name = arg or "tiny"
+    if name not in PRESETS:
+        raise ValueError(f"unknown r1 preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,118 @@
+"""Building blocks shared by the R1 pipeline and distillation: SFT and GRPO stages that end in
+a base-format model directory, and the per-stage held-out evaluation.
+
+Every model a stage produces is saved as `<stage>/model` in the `r1jax.train.base` format
+(config, tokenizer, params, DONE), so the next stage, `experiments/eval.py` and the GRPO
+trainer (as `base_dir`) all read it the same way.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+
+from r1jax.data import pipeline, tasks, templates
+from r1jax.evals import evaluate
+from r1jax.r1 import data
+from r1jax.r1 import manifest as manifest_lib
+from r1jax.rewards import registry
+from r1jax.rl import trainer
+from r1jax.train import base, sft
+from r1jax.train import state as state_lib
+
+TEMPLATE = "r1_zero"
+EVAL_REWARDS = registry.Spec.from_dict({"numeric": 1.0, "format_strict": 1.0})
+#: The table's columns: (metric, title, shown in percent).
+COLUMNS = (("pass@1", "pass@1", True), ("format_rate", "format", True),
+           ("language_consistency", "language", True), ("response_length", "length", False))
+
+
+def sft_config(section) -> tuple[sft.SFTConfig, state_lib.OptimConfig]:
+    d = dict(section["sft"])
+    d["mesh"] = tuple(dict(d["mesh"]).items())
+    return sft.SFTConfig(**d), state_lib.OptimConfig(**dict(section["optim"]))
+
+
+def save_model(directory: pathlib.Path, model_config, params, tokenizer_dir) -> pathlib.Path:
+    """Saves a stage's model (kept as is when a killed attempt already finished saving it)."""
+    if not base.exists(directory):
+        base.save_base(directory, model_config, params,
+                       pathlib.Path(tokenizer_dir) / "tokenizer.model")
+    return directory
+
+
+def sft_stage(stage_dir: pathlib.Path, start_dir, records, section, *,
+              desc: str) -> pathlib.Path:
+    """SFT of the model in `start_dir` on prompt/completion records (loss on completions);
+    resumes from `<stage_dir>/train` checkpoints; returns the saved model directory."""
+    model_dir = stage_dir / "model"
+    if base.exists(model_dir):
+        return model_dir
+    model_config, params, tok = base.load_base(start_dir)
+    cfg, optim = sft_config(section)
+    rows = sft.pack(data.sft_examples(records, tok), cfg.seq_len, tok.pad_id)
+    if rows["tokens"].shape[0] < cfg.batch_size:  # a tiny dataset: repeat it to fill a batch
+        reps = -(-cfg.batch_size // rows["tokens"].shape[0])
+        rows = {k: v.repeat(reps, axis=0) if v.ndim else v for k, v in rows.items()}
+    params = sft.train(model_config, optim, cfg, sft.epoch_batches(rows, cfg.batch_size,
+                                                                   cfg.seed),
+                       stage_dir / "train", params, desc=desc)
+    return save_model(model_dir, model_config, params, start_dir)
+
+
+def grpo_stage(stage_dir: pathlib.Path, start_dir, section: ml_collections.ConfigDict,
+               seed: int) -> tuple[pathlib.Path, dict[str, Any]]:
+    """GRPO (`rl.trainer.train`) from the model in `start_dir`, run in `<stage_dir>/run`
+    (resumable); returns (the saved final model directory, the trainer's summary)."""
+    model_dir, run_dir = stage_dir / "model", stage_dir / "run"
+    section = ml_collections.ConfigDict(section.to_dict())
+    section.base_dir = str(pathlib.Path(start_dir).absolute())
+    section.seed = seed
+    summary = trainer.train(section, str(run_dir))
+    if summary["preempted"]:
+        raise manifest_lib.Preempted(f"GRPO in {run_dir} stopped at step {summary['step']}")
+    final = evaluate.load_run(run_dir)
+    save_model(model_dir, final.config, jax.device_get(final.params), start_dir)
+    summary = {"step": summary["step"], "eval": summary["eval"],
+               "nonfinite_total": summary.get("nonfinite_total", 0)}
+    return model_dir, summary
+
+
+def eval_examples(eval_cfg) -> list[dict]:
+    source = pipeline.generated_source(tasks.get(eval_cfg["task"], **dict(eval_cfg["task_knobs"])),
+                                       "test", 0)
+    return [source[i] for i in range(eval_cfg["num_prompts"])]
+
+
+def evaluate_model(model_dir, eval_cfg, seed: int = 0) -> dict[str, float]:
+    """Held-out pass@1 (k samples at the paper's temperature 0.6 / top-p 0.95), strict format
+    rate, language consistency (of the question's language) and mean response length."""
+    model_config, params, tok = base.load_base(model_dir)
+    model = evaluate.Model(model_config, params, tok, templates.get(TEMPLATE), EVAL_REWARDS,
+                           mesh=None, source=str(model_dir))
+    settings = evaluate.Settings(num_samples=eval_cfg["num_samples"],
+                                 temperature=eval_cfg["temperature"], top_p=eval_cfg["top_p"],
+                                 greedy=False, max_new_tokens=eval_cfg["max_new_tokens"],
+                                 batch_size=eval_cfg["num_prompts"])
+    result = evaluate.evaluate(model, eval_examples(eval_cfg), settings,
+                               jax.random.PRNGKey(seed), max_prompt_len=eval_cfg["max_prompt_len"],
+                               bucket=64, reward_workers=1, progress=False)
+    return {key: float(result.metrics[key]) for key, _, _ in COLUMNS}
+
+
+def table(rows: list[tuple[str, dict[str, float] | None]], extra: tuple[str, ...] = ()) -> str:
+    """A Markdown table in the paper's style: one row per (name, metrics or None)."""
+    titles = [title for _, title, _ in COLUMNS] + list(extra)
+    lines = ["| stage | " + " | ".join(titles) + " |", "|" + "---|" * (len(titles) + 1)]
+    for name, metrics in rows:
+        cells = []
+        for key, _, percent in COLUMNS:
+            value = None if metrics is None else metrics.get(key)
+            cells.append("-" if value is None else
+                         f"{100 * value:.1f}%" if percent else f"{value:.1f}")
+        cells += [str((metrics or {}).get(key, "-")) for key in extra]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

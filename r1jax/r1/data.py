@@ -1,0 +1,112 @@
+"""The R1 pipeline's SFT data: cold-start CoTs, prompt/completion records -> (tokens, weights).
+
+Records are dicts with a templated `prompt` and a `completion` (the rejection-sampling JSONL of
+`r1jax.rl.rejection`, or `cold_start_records`). SFT trains on the completion only: weight 0 on
+the prompt's tokens, 1 on the completion's and on the EOS that ends it. The prompt and the
+completion are encoded separately and concatenated, which is exactly the token sequence a
+sampler produces when it continues the encoded prompt.
+
+Cold start (R1 Sec. 2.3.1): "long CoTs ... in a readable pattern", each response
+`<think>reasoning</think>` then a summary. Departure: the summary here is the `<answer>` block
+holding the bare final answer, because the rule rewards of the later stages read a number
+from that block; the reasoning is the task's worked solution, kept only when it is written in
+the question's language (single-language CoTs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from r1jax.data import pipeline, tasks, templates
+from r1jax.data import tokenizer as tokenizer_lib
+from r1jax.data.tasks import preference
+from r1jax.rl import rejection
+
+
+def r1_completion(reasoning: str, answer: str) -> str:
+    """` <think>\\nreasoning\\n</think>\\n<answer> answer </answer>` (the R1 output format)."""
+    return (f" {templates.THINK_OPEN}\n{reasoning.strip()}\n{templates.THINK_CLOSE}\n"
+            f"{templates.ANSWER_OPEN} {answer} {templates.ANSWER_CLOSE}")
+
+
+def cold_start_records(task_name: str, knobs: dict, num: int, seed: int,
+                       template: templates.Template) -> list[dict[str, Any]]:
+    """`num` training-split examples whose worked solution is in the question's language, as
+    prompt/completion records in the R1 output format."""
+    source = pipeline.generated_source(tasks.get(task_name, **knobs), "train", seed)
+    records, index = [], 0
+    while len(records) < num:
+        ex = source[index]
+        index += 1
+        if ex.get("solution_language", ex.get("language")) != ex.get("language"):
+            continue
+        records.append({"type": "cold_start", "prompt": template.format_prompt(ex["question"]),
+                        "completion": r1_completion(ex["worked_solution"], ex["answer"]),
+                        "question": ex["question"], "answer": ex["answer"],
+                        "task": ex["task"], "key": ex["key"]})
+        if index > 100 * num + 1000:
+            raise RuntimeError(f"{task_name}: too few single-language worked solutions")
+    return records
+
+
+def non_reasoning_pairs(num: int, seed: int, split: str = "train") -> list[tuple[str, str]]:
+    """(instruction, good answer) pairs from the toy preference task: non-reasoning data."""
+    task = preference.Preference()
+    return [(ex["question"], ex["chosen"])
+            for ex in (task.example(split, seed, i) for i in range(num))]
+
+
+def preference_pairs(num: int, seed: int, split: str,
+                     template: templates.Template) -> list[dict[str, Any]]:
+    """Preference pairs with both responses in the policy's non-reasoning layout (an empty
+    think block, then the answer block), so that the reward model reads what the policy
+    writes."""
+    task = preference.Preference()
+    pairs = []
+    for i in range(num):
+        ex = dict(task.example(split, seed, i))
+        for side in ("chosen", "rejected"):
+            ex[side] = rejection.empty_think_completion(template, ex[side])
+        pairs.append(ex)
+    return pairs
+
+
+def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """JSONL prompt/completion records; a bad line raises naming the file and line."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: not JSON ({e})") from None
+            missing = [k for k in ("prompt", "completion") if not isinstance(record.get(k), str)]
+            if missing:
+                raise ValueError(f"{path}:{line_no}: record needs string field(s) {missing}")
+            records.append(record)
+    if not records:
+        raise ValueError(f"{path}: no records")
+    return records
+
+
+def sft_examples(records: Iterable[dict], tok: tokenizer_lib.Tokenizer
+                 ) -> list[tuple[list[int], list[float]]]:
+    """(tokens, weights) per record: prompt tokens weight 0, completion tokens + EOS weight 1."""
+    out = []
+    for record in records:
+        prompt = tok.encode(record["prompt"])
+        completion = tok.encode(record["completion"]) + [tok.eos_id]
+        out.append((prompt + completion, [0.0] * len(prompt) + [1.0] * len(completion)))
+    return out
+
+
+def shuffled(records: Sequence[dict], seed: int) -> list[dict]:
+    order = np.random.default_rng(seed).permutation(len(records))
+    return [records[i] for i in order]

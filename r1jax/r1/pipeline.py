@@ -1,0 +1,201 @@
+"""The DeepSeek-R1 pipeline (arXiv:2501.12948 Sec. 2.3), one resumable stage at a time.
+
+  base          the toy base model (pretrained when missing, `train.pretrain`), evaluated
+  cold_start    SFT of the base on long, single-language CoTs in the R1 format (Sec. 2.3.1)
+  reasoning_rl  GRPO from the cold-start model: accuracy + format + language consistency
+                (Sec. 2.3.2) on bilingual word problems
+  rejection     N samples per prompt from the stage-2 model, filtered (correct, formatted,
+                single-language, not overlong, deduplicated) + non-reasoning data (Sec. 2.3.3)
+  sft           SFT of the *base* model on the stage-3 data (Sec. 2.3.3)
+  all_scenario  a Bradley-Terry reward model on preference pairs, then GRPO from the stage-4
+                model on word problems (rule rewards) mixed with instructions (the reward
+                model), routed by the example's `task` field (Sec. 2.3.4)
+  r1_zero       the baseline: GRPO from the base with accuracy + format only (Sec. 2.2), for
+                the table; left out when `r1_zero.total_steps` is 0
+
+Each stage writes into `<workdir>/<stage>/` and records status, outputs, metrics and wall time
+in `<workdir>/manifest.json` (`r1.manifest`); a rerun skips complete stages and resumes the
+unfinished one from its checkpoints.
+
+    manifest = pipeline.run(configs_r1.get_config("tiny"), "runs/r1_tiny")
+    print(pipeline.report(manifest))
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+
+import ml_collections
+
+from r1jax.data import pipeline as data_pipeline
+from r1jax.data import tasks, templates
+from r1jax.models import config as config_lib
+from r1jax.models import presets
+from r1jax.r1 import common, data
+from r1jax.r1 import manifest as manifest_lib
+from r1jax.rewards import registry
+from r1jax.rewards import reward_model as rm
+from r1jax.rl import rejection
+from r1jax.train import base, pretrain, reward
+from r1jax.train import state as state_lib
+
+STAGES = ("base", "cold_start", "reasoning_rl", "rejection", "sft", "all_scenario", "r1_zero")
+#: Rows of the table: (stage, title in the paper's terms).
+TITLES = {"base": "base model", "cold_start": "cold start SFT", "reasoning_rl": "reasoning RL",
+          "sft": "rejection-sampling SFT", "all_scenario": "all-scenario RL (R1)",
+          "r1_zero": "R1-Zero (same base, same steps)"}
+
+
+def ensure_base(base_dir, pretrain_section) -> pathlib.Path:
+    """The base model directory, pretrained first when it holds none (cached, resumable)."""
+    if base.exists(base_dir):
+        return pathlib.Path(base_dir)
+    cfg = pretrain.PretrainConfig.from_config_dict(pretrain_section)
+    return pretrain.pretrain_base(cfg, base_dir, f"{base_dir}.work")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages: fn(config, manifest, stage_dir) -> (outputs, metrics)
+# ---------------------------------------------------------------------------------------------
+
+
+def _base(config, m: manifest_lib.Manifest, stage_dir: pathlib.Path):
+    base_dir = ensure_base(config.base_dir, config.pretrain)
+    return {}, {"eval": common.evaluate_model(base_dir, config.eval, config.seed),
+                "base_dir": str(pathlib.Path(base_dir).absolute())}
+
+
+def _cold_start(config, m, stage_dir):
+    c = config.cold_start
+    records = data.cold_start_records(config.eval.task, dict(config.eval.task_knobs),
+                                      c.num_examples, config.seed, templates.get(common.TEMPLATE))
+    model_dir = common.sft_stage(stage_dir, m.entry("base")["metrics"]["base_dir"], records, c,
+                                 desc="cold start")
+    return {"model": model_dir}, {"eval": common.evaluate_model(model_dir, config.eval,
+                                                                config.seed),
+                                  "examples": len(records)}
+
+
+def _grpo(section_name: str, start_stage: str, config, m, stage_dir):
+    start = m.output(start_stage, "model") if start_stage != "base" else \
+        m.entry("base")["metrics"]["base_dir"]
+    model_dir, summary = common.grpo_stage(stage_dir, start, config[section_name], config.seed)
+    return {"model": model_dir}, {"eval": common.evaluate_model(model_dir, config.eval,
+                                                                config.seed),
+                                  "grpo": summary}
+
+
+def _rejection(config, m, stage_dir):
+    c = config.rejection
+    model_config, params, tok = base.load_base(m.output("reasoning_rl", "model"))
+    template = templates.get(common.TEMPLATE)
+    source = data_pipeline.generated_source(
+        tasks.get(config.eval.task, **dict(config.eval.task_knobs)), "train", config.seed)
+    rcfg = rejection.RejectionConfig(
+        num_samples=c.num_samples, batch_size=c.batch_size, max_new_tokens=c.max_new_tokens,
+        temperature=c.temperature, top_p=c.top_p, max_prompt_len=c.max_prompt_len,
+        min_language=c.min_language, accuracy_reward="numeric",
+        max_per_prompt=c.max_per_prompt, non_reasoning_fraction=0.0, seed=c.seed)
+    reasoning_path = stage_dir / "reasoning.jsonl"
+    stats = rejection.rejection_sample(model_config, params, tok, template,
+                                       [source[i] for i in range(c.num_prompts)], rcfg,
+                                       reasoning_path, overwrite=True)
+    kept = data.read_records(reasoning_path) if stats["total"] else []
+    extra = [rejection.non_reasoning_record(template, q, r)
+             for q, r in data.non_reasoning_pairs(c.num_non_reasoning, config.seed)]
+    records = data.shuffled(kept + extra, c.seed)
+    summary = {"reasoning": len(kept), "non_reasoning": len(extra),
+               "candidates": stats["candidates"], "dropped": stats["dropped"]}
+    path = rejection.write_dataset(records, stage_dir / "sft_data.jsonl",
+                                   dict(summary, total=len(records)), overwrite=True)
+    return {"data": path, "reasoning": reasoning_path}, summary
+
+
+def _sft(config, m, stage_dir):
+    records = data.read_records(m.output("rejection", "data"))
+    model_dir = common.sft_stage(stage_dir, m.entry("base")["metrics"]["base_dir"], records,
+                                 config.sft, desc="rejection-sampling sft")
+    return {"model": model_dir}, {"eval": common.evaluate_model(model_dir, config.eval,
+                                                                config.seed),
+                                  "examples": len(records)}
+
+
+def train_reward_model(config, policy_dir, work: pathlib.Path) -> tuple[rm.Scorer, dict]:
+    """The preference reward model (trunk shaped by `reward_model.model`, the policy's
+    tokenizer), trained or resumed in `work`; returns its Scorer and held-out metrics."""
+    c = config.reward_model
+    model_dir = work / "model"
+    if not base.exists(model_dir):
+        tok = base.load_tokenizer(policy_dir)
+        vocab = base.load_config(policy_dir).vocab_size
+        model_config = config_lib.ModelConfig.from_dict(dict(
+            presets.get("tiny").to_dict(), **dict(c.model), vocab_size=vocab,
+            max_position_embeddings=c.train.max_len,
+            original_max_position_embeddings=c.train.max_len))
+        train_cfg = reward.RMConfig(**dict(c.train.to_dict(),
+                                           mesh=tuple(dict(c.train.mesh).items())))
+        template = templates.get(common.TEMPLATE)
+        train_data = reward.encode_pairs(tok, data.preference_pairs(
+            c.num_train, config.seed, "train", template), train_cfg.max_len, train_cfg.span)
+        test_data = reward.encode_pairs(tok, data.preference_pairs(
+            c.num_test, config.seed, "test", template), train_cfg.max_len, train_cfg.span)
+        params, evaluated = reward.train(
+            model_config, state_lib.OptimConfig(**dict(c.optim)), train_cfg, train_data,
+            work / "train", rm.init_params(model_config, config.seed), eval_data=test_data)
+        rm.save(model_dir, model_config, params, pathlib.Path(policy_dir) / "tokenizer.model",
+                span=train_cfg.span, max_len=train_cfg.max_len, info=evaluated)
+    info = json.loads((model_dir / "info.json").read_text())
+    return rm.load(model_dir), {k: v for k, v in info.items() if k.startswith("eval/")}
+
+
+def _all_scenario(config, m, stage_dir):
+    start = m.output("sft", "model")
+    scorer, rm_metrics = train_reward_model(config, start, stage_dir / "reward_model")
+    registry.register(scorer, replace=True)
+    outputs, metrics = _grpo("all_scenario", "sft", config, m, stage_dir)
+    outputs["reward_model"] = stage_dir / "reward_model" / "model"
+    return outputs, dict(metrics, reward_model=rm_metrics)
+
+
+def stages(config: ml_collections.ConfigDict, m: manifest_lib.Manifest):
+    """[(name, fn(stage_dir))] in order (the R1-Zero baseline only when it has steps)."""
+    fns = {"base": _base, "cold_start": _cold_start,
+           "reasoning_rl": functools.partial(_grpo, "reasoning_rl", "cold_start"),
+           "rejection": _rejection, "sft": _sft, "all_scenario": _all_scenario,
+           "r1_zero": functools.partial(_grpo, "r1_zero", "base")}
+    names = [n for n in STAGES if n != "r1_zero" or config.r1_zero.total_steps > 0]
+    return [(n, functools.partial(fns[n], config, m)) for n in names]
+
+
+def run(config: ml_collections.ConfigDict, workdir, start: str | None = None,
+        until: str | None = None) -> manifest_lib.Manifest:
+    """Runs every stage (resuming; `start` reruns from that stage, `until` stops after one)."""
+    m = manifest_lib.Manifest(workdir)
+    selected = stages(config, m)
+    if until is not None:
+        names = [n for n, _ in selected]
+        if until not in names:
+            raise ValueError(f"until={until!r}: unknown stage; stages are {names}")
+        selected = selected[:names.index(until) + 1]
+    return manifest_lib.run_stages(selected, m, start=start)
+
+
+def report(m: manifest_lib.Manifest) -> str:
+    """The paper-style table: held-out metrics after each stage, plus the stage-3 data."""
+    rows = [(TITLES[n], m.entry(n).get("metrics", {}).get("eval")) for n in STAGES
+            if n in TITLES and m.is_complete(n)]
+    lines = [common.table(rows)]
+    if m.is_complete("rejection"):
+        r = m.entry("rejection")["metrics"]
+        lines.append(f"\nrejection sampling: kept {r['reasoning']} of {r['candidates']} "
+                     f"samples (dropped {r['dropped']}), + {r['non_reasoning']} non-reasoning")
+    if m.is_complete("all_scenario"):
+        acc = m.entry("all_scenario")["metrics"]["reward_model"].get("eval/accuracy")
+        if acc is not None:
+            lines.append(f"reward model: held-out pairwise accuracy {100 * acc:.1f}%")
+    walls = ", ".join(f"{n} {m.entry(n)['wall_s']:.0f} s" for n in STAGES if m.is_complete(n))
+    lines.append(f"wall time per stage: {walls}")
+    return "\n".join(lines)
+
