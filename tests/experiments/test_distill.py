@@ -1,0 +1,34 @@
+"""Smoke test of experiments/distill.py on a hand-made stage-3 dataset (smoke preset)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_distill_entry_point_compares_sft_and_rl_students(tmp_path):
+    records = [{"type": "reasoning", "prompt": f"User: what is {i} + 1?\nAssistant:",
+                "completion": f" <think>\n{i} + 1 = {i + 1}\n</think>\n<answer> {i + 1} </answer>"}
+               for i in range(6)]
+    data = tmp_path / "sft_data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    out = subprocess.run(
+        [sys.executable, "experiments/distill.py", "--config=configs/r1.py:smoke",
+         f"--config.distill.base_dir={tmp_path / 'student'}", f"--workdir={tmp_path / 'run'}",
+         f"--data={data}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    manifest = json.loads((tmp_path / "run" / "distill" / "manifest.json").read_text())
+    stages = manifest["stages"]
+    assert all(stages[n]["status"] == "complete" for n in ("student_base", "distill_sft",
+                                                           "distill_rl"))
+    sft, rl = stages["distill_sft"]["metrics"], stages["distill_rl"]["metrics"]
+    # The RL student got as many steps as the SFT's estimated FLOPs buy (at least one).
+    assert rl["steps"] >= 1 and rl["flops"] > 0 and sft["flops"] > 0
+    assert "student + distillation (SFT)" in out.stdout and "student + RL" in out.stdout
+    student = json.loads((tmp_path / "student" / "model_config.json").read_text())
+    assert student["attention_type"] == "gqa" and student["n_routed_experts"] == 0

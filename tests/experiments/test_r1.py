@@ -1,0 +1,71 @@
+"""experiments/r1.py on the smoke preset: every stage through the real entry point, killed
+(SIGKILL) during the rejection-sampling SFT stage once its first checkpoint exists, then rerun:
+the finished stages are skipped untouched and the interrupted one resumes and completes."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+FINISHED = ("base", "cold_start", "reasoning_rl", "rejection")
+
+
+def _command(tmp_path):
+    return [sys.executable, "experiments/r1.py", "--config=configs/r1.py:smoke",
+            f"--config.base_dir={tmp_path / 'base'}", f"--workdir={tmp_path / 'run'}",
+            # a longer SFT with a checkpoint per step leaves time to kill it mid-stage
+            "--config.sft.sft.steps=40", "--config.sft.sft.checkpoint_every=1"]
+
+
+def _manifest(tmp_path):
+    return json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+
+
+def test_r1_pipeline_smoke_kill_and_resume(tmp_path):
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(_command(tmp_path), cwd=ROOT, env=ENV, stdout=log, stderr=log)
+    checkpoints = tmp_path / "run" / "sft" / "train" / "checkpoints"
+    deadline = time.time() + 600
+    while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _manifest(tmp_path)
+    assert before["sft"]["status"] == "running"
+    assert all(before[n]["status"] == "complete" for n in FINISHED)
+    stamps = {n: (before[n]["finished"], before[n].get("outputs")) for n in FINISHED}
+    data = tmp_path / "run" / "rejection" / "sft_data.jsonl"
+    data_mtime = data.stat().st_mtime_ns
+
+    out = subprocess.run(_command(tmp_path), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    after = _manifest(tmp_path)
+    for n in FINISHED:  # not redone
+        assert (after[n]["finished"], after[n].get("outputs")) == stamps[n]
+        assert after[n]["attempts"] == 1 and f"[{n}] complete" in out.stdout
+    assert data.stat().st_mtime_ns == data_mtime
+    assert "[sft] resuming" in out.stdout
+    assert after["sft"]["status"] == "complete" and after["sft"]["attempts"] == 2
+    assert after["all_scenario"]["status"] == "complete"
+    metrics = after["all_scenario"]["metrics"]
+    assert 0.0 <= metrics["reward_model"]["eval/accuracy"] <= 1.0
+    for n in ("base", "cold_start", "reasoning_rl", "sft", "all_scenario"):
+        assert set(after[n]["metrics"]["eval"]) == {"pass@1", "format_rate",
+                                                    "language_consistency", "response_length"}
+    rejection = after["rejection"]["metrics"]
+    assert rejection["non_reasoning"] == 8 and rejection["candidates"] == 4
+    records = [json.loads(line) for line in data.read_text().splitlines()]
+    assert all(r["prompt"] and r["completion"] for r in records)
+    assert "| all-scenario RL (R1) |" in out.stdout and "| base model |" in out.stdout
+    # The interrupted stage resumed from its checkpoints: the pre-kill metrics stay logged.
+    steps = [json.loads(line)["step"] for line in
+             (tmp_path / "run" / "sft" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 40
