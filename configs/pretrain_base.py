@@ -14,19 +14,20 @@ def get_config(arg=None):
     arg = arg or "tiny"
     c = ml_collections.ConfigDict()
     c.model_preset = "tiny"
-    # Tied embeddings: the copy skill of the instruction documents then reaches tag pieces that
-    # the corpus never uses (<think>, <answer>), which RL needs to see at least sometimes.
+    # The instruction documents teach copying named tags (r1jax.data.corpus); the copy skill forms
+    # after ~500 steps, the column arithmetic keeps improving to the end. 512 pieces keep
+    # "<think>"/"<answer>" spelled with pieces the invented tag names also use (th|ink, an|swer).
     c.model = {"num_hidden_layers": 3, "tie_word_embeddings": True}
     c.tasks = ("arithmetic",)
     c.task_knobs = {"arithmetic": {"min_digits": 1, "max_digits": 2, "ops": "+-"}}
     c.num_documents = 40000
     c.instruction_fraction = 0.6
-    c.vocab_size = 768
+    c.vocab_size = 512
     c.tokenizer_documents = 3000
     c.seed = 0
-    c.sft = dict(steps=1500, batch_size=8, seq_len=256, micro_batches=1, log_every=20,
-                 checkpoint_every=250, keep_checkpoints=2, seed=0, mesh={"fsdp": -1})
-    c.optim = dict(learning_rate=3e-3, warmup_steps=30, schedule="cosine", total_steps=1500,
+    c.sft = dict(steps=2500, batch_size=8, seq_len=256, micro_batches=1, log_every=20,
+                 checkpoint_every=500, keep_checkpoints=2, seed=0, mesh={"fsdp": -1})
+    c.optim = dict(learning_rate=3e-3, warmup_steps=30, schedule="cosine", total_steps=2500,
                    end_lr_factor=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
                    grad_clip_norm=1.0)
     if arg == "smoke":
