@@ -133,7 +133,9 @@ def test_pretrain_base_smoke(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     model_cfg, params, tok = base.load_base(tmp_path / "base")
     assert model_cfg.vocab_size >= tok.vocab_size
-    assert tok.encode("<work>") == [tok.id_of("<work>")]
+    # The R1 tags are plain text to the base tokenizer (several pieces), as to a web-text base.
+    assert len(tok.encode("<think>")) > 1 and len(tok.encode("</answer>")) > 1
+    assert tok.decode(tok.encode(" <think> 5 </think>")) == " <think> 5 </think>"
     logits = transformer.Transformer(model_cfg).apply({"params": params},
                                                       np.asarray([tok.encode("Problem: 1")]))
     assert np.isfinite(np.asarray(logits)).all()
