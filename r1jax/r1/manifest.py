@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from r1jax.train import metrics
 
 NAME = "manifest.json"
 #: A stage: fn(stage_dir) -> (outputs {name: path}, metrics {name: JSON value}).
@@ -32,16 +33,8 @@ class Preempted(RuntimeError):
 
 
 def _atomic_write_json(path: pathlib.Path, value: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=2, sort_keys=True, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    metrics.atomic_write_bytes(
+        path, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
 
 
 class Manifest:

@@ -34,7 +34,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +49,7 @@ from r1jax.rewards import language as language_lib
 from r1jax.rewards import pool as pool_lib
 from r1jax.rewards import registry
 from r1jax.rl import rollout
+from r1jax.train import metrics
 
 FILTERS = ("overlong", "format", "language", "incorrect", "duplicate")
 _FORMAT_TAGS = (templates.THINK_OPEN, templates.THINK_CLOSE, templates.ANSWER_OPEN,
@@ -289,19 +289,6 @@ def stats_path(path: str | os.PathLike) -> pathlib.Path:
     return path.with_name(path.stem + ".stats.json")
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_dataset(records: Sequence[dict], path: str | os.PathLike, stats: dict, *,
                   overwrite: bool = False) -> pathlib.Path:
     """Writes records as JSONL and `stats_path(path)`, each atomically (stats first, so the
@@ -314,9 +301,10 @@ def write_dataset(records: Sequence[dict], path: str | os.PathLike, stats: dict,
         raise FileExistsError(f"{path} holds a different dataset; pass overwrite=True to "
                               "replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(stats_path(path), (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode())
+    metrics.atomic_write_bytes(
+        stats_path(path), (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode())
     if not path.exists() or path.read_bytes() != data:
-        _atomic_write(path, data)
+        metrics.atomic_write_bytes(path, data)
     return path
 
 

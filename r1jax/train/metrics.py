@@ -20,6 +20,8 @@ import json
 import math
 import numbers
 import os
+import pathlib
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,20 +33,27 @@ JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to `path` through a synced temporary file in the same directory and
+    `os.replace`, so readers see the old file or the new one, never a partial write."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _drop_partial_last_line(path: str) -> None:
     with open(path, "rb") as f:
         data = f.read()
     if data and not data.endswith(b"\n"):
-        _atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
+        atomic_write_bytes(path, data[: data.rfind(b"\n") + 1])
 
 
 def _to_scalar(key: str, value: Any) -> int | float:
@@ -64,7 +73,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     Raises ValueError naming the file and line for a line that is not a JSON object.
     """
     records = []
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -120,7 +129,7 @@ class MetricsWriter:
             return
         if os.path.exists(self.path):
             kept = [r for r in read_jsonl(self.path) if r["step"] <= step]
-            _atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+            atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         self._close_tensorboard()
         self._purge_step = step + 1
 
