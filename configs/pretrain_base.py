@@ -14,14 +14,17 @@ def get_config(arg=None):
     arg = arg or "tiny"
     c = ml_collections.ConfigDict()
     c.model_preset = "tiny"
-    # The instruction documents teach copying named tags (r1jax.data.corpus); the copy skill forms
-    # after ~500 steps, the column arithmetic keeps improving to the end. 512 pieces keep
-    # "<think>"/"<answer>" spelled with pieces the invented tag names also use (th|ink, an|swer).
+    # The instruction documents teach copying named tags (r1jax.data.corpus): invented names are
+    # random pieces of the 512-piece vocabulary, which also spells "<think>"/"<answer>" with
+    # ordinary pieces (th|ink, an|swer), so the copy skill carries over to the R1 tags.
     c.model = {"num_hidden_layers": 3, "tie_word_embeddings": True}
     c.tasks = ("arithmetic",)
     c.task_knobs = {"arithmetic": {"min_digits": 1, "max_digits": 2, "ops": "+-"}}
     c.num_documents = 40000
     c.instruction_fraction = 0.6
+    # Half the documents give the bare answer: the base answers some problems from memory.
+    c.direct_fraction = 0.5
+    c.piece_names = True
     c.vocab_size = 512
     c.tokenizer_documents = 3000
     c.seed = 0

@@ -5,7 +5,7 @@
   python experiments/r1_zero.py --config=configs/r1_zero.py:tiny --config.grpo.beta=0.001
 
 Presets:
-  tiny   1-2 digit +/- arithmetic from the toy base model of configs/pretrain_base.py:tiny, on
+  tiny   2-digit +/- arithmetic from the toy base model of configs/pretrain_base.py:tiny, on
          one CPU in minutes.
   qwen2_5_3b_countdown  TinyZero (countdown, Qwen2.5-3B base from a local HF directory).
   deepseek_v3_671b      the paper's R1-Zero setting (V3-Base, math JSONL, pod-scale mesh).
@@ -54,16 +54,18 @@ def _base() -> ml_collections.ConfigDict:
 
 
 def tiny() -> ml_collections.ConfigDict:
-    """1-2 digit addition and subtraction on the toy base model, on 2 CPU cores in minutes.
+    """2-digit addition and subtraction on the toy base model, on 2 CPU cores in minutes.
 
-    The base (configs/pretrain_base.py:tiny) solves these problems in its own layouts and copies
-    the delimiter tags an instruction names, but has never seen <think>/<answer>: under the
-    R1-Zero template it copies them imperfectly (`<thinkink>`, `<nswer>`), so strict format and
-    pass@1 start near 0. Scaled to the toy: G = 8 (paper 16), 8 questions per step (paper 32),
-    beta = 0.001 as in the paper, DAPO's clip 0.2/0.28 instead of the paper's epsilon = 10 (two
-    minibatch updates per batch), a strong lr (2e-4) for 60 steps, completions of at
-    most 112 tokens, and partial format credit (format_lenient) beside the paper's strict format
-    and accuracy rewards, which shapes the first steps while strict format is rare.
+    The base (configs/pretrain_base.py:tiny) copies the delimiter tags an instruction names, so
+    it mostly follows the R1-Zero template from step 0 (as V3-Base largely did), but it learned
+    from a corpus where half the solutions are bare answers: under the template it often
+    answers from memory (`<think> The answer is 95 </think>`), which is usually wrong. Accuracy
+    is what RL must grow, and it grows by working the problem out in the think block: longer
+    responses, higher pass@1, the R1-Zero phenomenon in miniature. Scaled to the toy: G = 8
+    (paper 16), 8 questions per step (paper 32), beta = 0.001 as in the paper, DAPO's clip
+    0.2/0.28 instead of the paper's epsilon = 10 (two minibatch updates per batch), a strong
+    lr (2e-4) for 60 steps, completions of at most 112 tokens, and partial format credit
+    (format_lenient) beside the paper's strict format and accuracy rewards.
     """
     c = _base()
     c.total_steps = 60
@@ -72,7 +74,7 @@ def tiny() -> ml_collections.ConfigDict:
                   clip_eps_low=0.2, clip_eps_high=0.28, ref_update_every=0,
                   dynamic_sampling=False)
     c.sampling.update(max_new_tokens=112)
-    c.data.update(task="arithmetic", task_knobs={"min_digits": 1, "max_digits": 2, "ops": "+-"})
+    c.data.update(task="arithmetic", task_knobs={"min_digits": 2, "max_digits": 2, "ops": "+-"})
     c.eval.update(every=20, num_prompts=64, num_samples=4)
     c.rewards = {"numeric": 1.0, "format_strict": 0.5, "format_lenient": 0.5}
     c.checkpoint_every = 20

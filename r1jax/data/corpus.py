@@ -5,10 +5,13 @@ instructions, but has never seen the R1-Zero template or its `<think>`/`<answer>
 (arXiv:2501.12948 Sec. 2.2). The corpus mirrors that:
 
 * worked solutions of generated tasks (countdown, arithmetic, word problems) in several plain
-  layouts (Problem/Solution, Q/A, dialogues between varying roles), ending in "The answer is X";
+  layouts (Problem/Solution, Q/A, dialogues between varying roles), ending in "The answer is X",
+  and (`direct_fraction` of them) bare answers without the working, so that the base sometimes
+  answers from memory, as base models do;
 * instruction documents that ask for the working and the result inside a named pair of
   delimiters, then comply. The delimiter names are drawn per document from `REASONING_NAMES`,
-  `RESULT_NAMES` or invented words (`tag_name`), and are never `think` or `answer`: the base
+  `RESULT_NAMES` or invented words (`tag_name`: random pieces of the tokenizer's vocabulary,
+  so every piece is copied somewhere), and are never `think` or `answer`: the base
   model learns the general skill of copying whatever tags an instruction names (an induction
   copy of ordinary word pieces, since tags are plain text to the toy tokenizer), so under the
   R1-Zero template it sometimes writes `<think>`/`<answer>`, and RL must make that reliable.
@@ -73,17 +76,31 @@ _CODAS = ("", "", "", "n", "r", "s", "t", "l", "nk", "ng")
 _R1_NAMES = frozenset({"think", "answer"})
 
 
-def tag_name(names: Sequence[str], rng: np.random.Generator) -> str:
-    """A delimiter name: one of `names`, or an invented 2-3 syllable word; never containing an
-    R1 tag name (an invented "swuthink" would teach the tail of `</think>`)."""
+def tag_name(names: Sequence[str], rng: np.random.Generator,
+             pieces: Sequence[str] | None = None) -> str:
+    """A delimiter name: one of `names` (30%), or an invented word (70%); never containing an
+    R1 tag name (an invented "swuthink" would teach the tail of `</think>`).
+
+    Invented words are 2-3 random `pieces` of the tokenizer's vocabulary when given (so that
+    every piece is, somewhere in the corpus, a copy target whose successor its own bigram
+    statistics cannot predict), else 2-3 random syllables (the text the tokenizer trains on).
+    """
     while True:
-        if rng.random() < 0.5:
+        if rng.random() < 0.3:
             name = names[rng.integers(len(names))]
+        elif pieces:
+            name = "".join(pieces[i] for i in rng.integers(len(pieces), size=rng.integers(2, 4)))
         else:
             name = "".join(_ONSETS[rng.integers(len(_ONSETS))] + _VOWELS[rng.integers(len(_VOWELS))]
                            + _CODAS[rng.integers(len(_CODAS))] for _ in range(rng.integers(2, 4)))
         if not any(r1 in name for r1 in _R1_NAMES):
             return name
+
+
+def name_pieces(vocabulary: Sequence[str]) -> tuple[str, ...]:
+    """The pieces of a tokenizer vocabulary that can make up an invented tag name: lowercase
+    ASCII letters only (no word-boundary marker, digits, bytes or special pieces)."""
+    return tuple(sorted({p for p in vocabulary if p.isascii() and p.isalpha() and p.islower()}))
 
 
 def _split_solution(worked: str) -> tuple[str, str]:
@@ -92,48 +109,68 @@ def _split_solution(worked: str) -> tuple[str, str]:
     return "\n".join(lines[:-1]).strip(), lines[-1].strip()
 
 
-def plain_document(example: dict, rng: np.random.Generator) -> str:
-    """A worked solution in one of several plain layouts (no tags)."""
-    q, w = example["question"], example["worked_solution"]
+_DIRECT_LEADS = ("", "I know this one. ", "Quick one. ", "This is easy. ", "From memory. ")
+
+
+def _direct(example: dict, rng: np.random.Generator) -> str:
+    """The answer stated without any working (a guess from memory, often wrong for a small model)."""
+    return f"{_DIRECT_LEADS[rng.integers(len(_DIRECT_LEADS))]}The answer is {example['answer']}"
+
+
+def plain_document(example: dict, rng: np.random.Generator, direct: bool = False) -> str:
+    """A worked solution (or, when `direct`, the bare answer) in one of several plain layouts."""
+    q = example["question"]
+    w = _direct(example, rng) if direct else example["worked_solution"]
     layout = rng.integers(4)
     if layout == 0:
-        return f"Problem: {q}\nSolution: Let me think. {w}\n"
+        return f"Problem: {q}\nSolution: {'' if direct else 'Let me think. '}{w}\n"
     if layout == 1:
         return f"Question: {q}\n{w}\n"
     role_q, role_a = ROLES[rng.integers(len(ROLES))]
     if layout == 2:
         return f"{role_q}: {q}\n{role_a}: {w}\n"
-    return f"{q}\nLet us work it out.\n{w}\n"
+    lead = "" if direct else "Let us work it out.\n"
+    return f"{q}\n{lead}{w}\n"
 
 
-def instruction_document(example: dict, rng: np.random.Generator) -> str:
-    """An instruction naming a delimiter pair, a problem, and a reply that follows it."""
-    work = tag_name(REASONING_NAMES, rng)
-    result = tag_name(RESULT_NAMES, rng)
+def instruction_document(example: dict, rng: np.random.Generator, direct: bool = False,
+                         pieces: Sequence[str] | None = None) -> str:
+    """An instruction naming a delimiter pair, a problem, and a reply that follows it (with the
+    bare answer instead of the working in the first pair when `direct`)."""
+    work = tag_name(REASONING_NAMES, rng, pieces)
+    result = tag_name(RESULT_NAMES, rng, pieces)
     while result == work:
-        result = tag_name(RESULT_NAMES, rng)
+        result = tag_name(RESULT_NAMES, rng, pieces)
     role_q, role_a = ROLES[rng.integers(len(ROLES))]
     tags = dict(o1=f"<{work}>", c1=f"</{work}>", o2=f"<{result}>", c2=f"</{result}>")
     instruction = _INSTRUCTIONS[rng.integers(len(_INSTRUCTIONS))].format(
         w=("reasoning", "working", "steps", "thinking")[rng.integers(4)],
         r=("result", "answer", "final value")[rng.integers(3)], rq=role_q, ra=role_a, **tags)
     steps, final = _split_solution(example["worked_solution"])
-    body = f"{tags['o1']} {steps}\n{final} {tags['c1']} {tags['o2']} {example['answer']} {tags['c2']}"
+    reasoning = _direct(example, rng) if direct else f"{steps}\n{final}"
+    body = f"{tags['o1']} {reasoning} {tags['c1']} {tags['o2']} {example['answer']} {tags['c2']}"
     if rng.random() < 0.7:
         return f"{instruction}\n{role_q}: {example['question']}\n{role_a}: {body}\n"
     return f"{instruction}\nProblem: {example['question']}\nReply: {body}\n"
 
 
 def documents(task_names: Sequence[str], seed: int, instruction_fraction: float = 0.3,
-              task_knobs: dict | None = None) -> Iterator[str]:
+              task_knobs: dict | None = None, direct_fraction: float = 0.0,
+              pieces: Sequence[str] | None = None) -> Iterator[str]:
     """Endless corpus documents from the train split of `task_names`, cycling through tasks.
 
     Args:
       task_names: registry names (`r1jax.data.tasks.names()`).
-      seed: corpus seed; document i depends only on (seed, i).
+      seed: corpus seed; document i depends only on (seed, i) and the arguments.
       instruction_fraction: share of instruction documents.
       task_knobs: optional {task name: knobs} for `tasks.get`.
+      direct_fraction: share of documents that state the answer without the working. A base
+        model trained on both sometimes answers from memory; whether RL teaches it to work
+        problems out instead (longer, more accurate responses) is what R1-Zero is about.
+      pieces: tokenizer pieces for invented tag names (`name_pieces`); syllables when None.
     """
+    if not 0.0 <= direct_fraction <= 1.0:
+        raise ValueError(f"direct_fraction must be in [0, 1], got {direct_fraction}")
     task_knobs = task_knobs or {}
     streams = [tasks_lib.get(n, **task_knobs.get(n, {})).examples("train", seed)
                for n in task_names]
@@ -141,8 +178,10 @@ def documents(task_names: Sequence[str], seed: int, instruction_fraction: float 
     i = 0
     while True:
         example = next(streams[i % len(streams)])
-        if rng.random() < instruction_fraction:
-            yield instruction_document(example, rng)
+        instruction = rng.random() < instruction_fraction
+        direct = bool(direct_fraction) and rng.random() < direct_fraction
+        if instruction:
+            yield instruction_document(example, rng, direct, pieces)
         else:
-            yield plain_document(example, rng)
+            yield plain_document(example, rng, direct)
         i += 1

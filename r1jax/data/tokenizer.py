@@ -175,6 +175,10 @@ class SentencePieceTokenizer(Tokenizer):
             raise KeyError(f"{piece!r} is not a piece of this SentencePiece model")
         return pid
 
+    def pieces(self) -> list[str]:
+        """Every piece's text, by id (SentencePiece's spelling: U+2581 marks a space)."""
+        return [self._sp.id_to_piece(i) for i in range(self._sp.get_piece_size())]
+
     @property
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()

@@ -32,8 +32,10 @@ from r1jax.train import state as state_lib
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     """tasks / task_knobs: the corpus' task mix; num_documents: corpus size;
-    instruction_fraction: share of instruction documents; vocab_size: tokenizer size (the
-    model's vocab is rounded up to a multiple of 64)."""
+    instruction_fraction: share of instruction documents; direct_fraction: share of documents
+    with a bare answer instead of the working; piece_names: invented tag names made of the
+    tokenizer's pieces (else syllables); vocab_size: tokenizer size (the model's vocab is
+    rounded up to a multiple of 64). See `r1jax.data.corpus`."""
 
     model: config_lib.ModelConfig
     sft: sft.SFTConfig
@@ -42,6 +44,8 @@ class PretrainConfig:
     task_knobs: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
     num_documents: int = 20000
     instruction_fraction: float = 0.3
+    direct_fraction: float = 0.0
+    piece_names: bool = True
     vocab_size: int = 1024
     tokenizer_documents: int = 3000
     seed: int = 0
@@ -66,9 +70,10 @@ def _with_tuples(d: dict) -> dict:
     return d
 
 
-def _documents(cfg: PretrainConfig) -> list[str]:
-    docs = corpus.documents(cfg.tasks, cfg.seed, cfg.instruction_fraction, cfg.knobs())
-    return list(itertools.islice(docs, cfg.num_documents))
+def _documents(cfg: PretrainConfig, count: int, pieces: tuple[str, ...] | None = None) -> list[str]:
+    docs = corpus.documents(cfg.tasks, cfg.seed, cfg.instruction_fraction, cfg.knobs(),
+                            cfg.direct_fraction, pieces)
+    return list(itertools.islice(docs, count))
 
 
 def pretrain_base(cfg: PretrainConfig, base_dir: str | os.PathLike,
@@ -79,11 +84,14 @@ def pretrain_base(cfg: PretrainConfig, base_dir: str | os.PathLike,
         return base_dir
     workdir = pathlib.Path(workdir or f"{base_dir}.work")
     workdir.mkdir(parents=True, exist_ok=True)
-    docs = _documents(cfg)
+    # The tokenizer learns from syllable-named documents; the training corpus then names its
+    # invented tags with the tokenizer's own pieces (`corpus.tag_name`).
     tok_path = workdir / "tokenizer.model"
     tok = tokenizer_lib.train_sentencepiece(
-        docs[:cfg.tokenizer_documents], cfg.vocab_size, tok_path,
+        _documents(cfg, cfg.tokenizer_documents), cfg.vocab_size, tok_path,
         special_pieces=(tokenizer_lib.BOS, tokenizer_lib.EOS) + tokenizer_lib.ROLE_PIECES)
+    pieces = corpus.name_pieces(tok.pieces()) if cfg.piece_names else None
+    docs = _documents(cfg, cfg.num_documents, pieces)
     vocab = -(-tok.vocab_size // 64) * 64
     model_cfg = cfg.model.replace(vocab_size=vocab)
     encoded = [tok.encode(d, add_bos=True, add_eos=True) for d in docs]
