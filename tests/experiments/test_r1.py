@@ -11,15 +11,28 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
 FINISHED = ("base", "cold_start", "reasoning_rl", "rejection")
+SFT_STEPS = 10  # a longer SFT with a checkpoint per step leaves time to kill it mid-stage
+
+
+def _env(tmp_path):
+    """CPU with cheap compiles (without them the smoke run is mostly XLA compiling): LLVM at
+    -O0, the pre-fusion-emitter CPU codegen (about 5x faster to compile a GRPO step), and a
+    persistent cache shared by both runs, so the rerun does not recompile what the killed run
+    already compiled."""
+    return dict(os.environ, JAX_PLATFORMS="cpu",
+                XLA_FLAGS="--xla_force_host_platform_device_count=1 "
+                          "--xla_backend_optimization_level=0 "
+                          "--xla_llvm_disable_expensive_passes=true "
+                          "--xla_cpu_use_fusion_emitters=false",
+                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
 def _command(tmp_path):
     return [sys.executable, "experiments/r1.py", "--config=configs/r1.py:smoke",
             f"--config.base_dir={tmp_path / 'base'}", f"--workdir={tmp_path / 'run'}",
-            # a longer SFT with a checkpoint per step leaves time to kill it mid-stage
-            "--config.sft.sft.steps=40", "--config.sft.sft.checkpoint_every=1"]
+            f"--config.sft.sft.steps={SFT_STEPS}", "--config.sft.sft.checkpoint_every=1"]
 
 
 def _manifest(tmp_path):
@@ -27,8 +40,9 @@ def _manifest(tmp_path):
 
 
 def test_r1_pipeline_smoke_kill_and_resume(tmp_path):
+    env = _env(tmp_path)
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(_command(tmp_path), cwd=ROOT, env=ENV, stdout=log, stderr=log)
+    proc = subprocess.Popen(_command(tmp_path), cwd=ROOT, env=env, stdout=log, stderr=log)
     checkpoints = tmp_path / "run" / "sft" / "train" / "checkpoints"
     deadline = time.time() + 600
     while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
@@ -44,7 +58,7 @@ def test_r1_pipeline_smoke_kill_and_resume(tmp_path):
     data = tmp_path / "run" / "rejection" / "sft_data.jsonl"
     data_mtime = data.stat().st_mtime_ns
 
-    out = subprocess.run(_command(tmp_path), cwd=ROOT, env=ENV, capture_output=True, text=True,
+    out = subprocess.run(_command(tmp_path), cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     after = _manifest(tmp_path)
@@ -68,4 +82,4 @@ def test_r1_pipeline_smoke_kill_and_resume(tmp_path):
     # The interrupted stage resumed from its checkpoints: the pre-kill metrics stay logged.
     steps = [json.loads(line)["step"] for line in
              (tmp_path / "run" / "sft" / "train" / "metrics.jsonl").read_text().splitlines()]
-    assert steps[-1] == 40
+    assert steps[-1] == SFT_STEPS
