@@ -59,11 +59,17 @@ class Context:
 
 
 def needs_pool(spec: registry.Spec) -> bool:
-    """True when a configured reward (or the accuracy metric) runs in worker processes."""
+    """True when a configured reward (or the accuracy metrics) runs in worker processes."""
     names = [name for name, _ in spec.weights]
-    if not any(name in _ACCURACY_REWARDS for name in names):
-        return True  # the accuracy metric falls back to the pooled "accuracy" reward
-    return any(spec.reward(name).pooled for name in names)
+    return _accuracy_reward(spec).pooled or any(spec.reward(name).pooled for name in names)
+
+
+def _accuracy_reward(spec: registry.Spec) -> registry.RewardFn:
+    """The checker behind the accuracy metrics: the run's own accuracy reward (the first of
+    `_ACCURACY_REWARDS` it weights, with its options), or the pooled generic "accuracy" reward
+    when it has none or routes rewards by task (rows another task owns would lack its fields)."""
+    names = [name for name, _ in spec.weights if name in _ACCURACY_REWARDS]
+    return spec.reward(names[0]) if names and not spec.routes else registry.get("accuracy")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +119,7 @@ def score(ctx: Context, rollout: Rollout) -> Rollout:
     if names:
         accuracy = combined.components[names[0]] >= 1.0
     else:
-        accuracy = registry.get("accuracy")(responses, pool=ctx.pool, **fields) >= 1.0
+        accuracy = _accuracy_reward(ctx.rewards)(responses, pool=ctx.pool, **fields) >= 1.0
     return dict(rollout, rewards=combined.total, components=combined.components,
                 accuracy=accuracy.astype(np.float32),
                 lenient_accuracy=_lenient_accuracy(ctx, responses, fields),
@@ -135,10 +141,10 @@ def score_across_hosts(ctx: Context, rollout: Rollout) -> Rollout:
 
 def _lenient_accuracy(ctx: Context, responses: Sequence[str], fields) -> np.ndarray:
     """Accuracy of the answer read leniently (`rewards.lenient`: tags ignored, the last
-    expression or number), scored by the same accuracy checker as the strict metric."""
+    expression or number), scored by the same checker as the strict metric."""
     side = "expression" if "numbers" in fields else "value"
     rewritten = [lenient.as_answer_block(r, side) for r in responses]
-    correct = registry.get("accuracy")(rewritten, pool=ctx.pool, **fields) >= 1.0
+    correct = _accuracy_reward(ctx.rewards)(rewritten, pool=ctx.pool, **fields) >= 1.0
     return correct.astype(np.float32)
 
 

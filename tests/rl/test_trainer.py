@@ -105,6 +105,37 @@ def test_fill_batch_keeps_informative_groups_and_caps_draws():
     assert stats["dynamic/filled_frac"] == pytest.approx(1 / 3)
 
 
+def test_accuracy_metrics_use_the_runs_own_checker_and_need_no_pool_for_it(monkeypatch):
+    from r1jax.data import templates
+    from r1jax.rewards import pool as pool_lib
+    from r1jax.rewards import registry
+
+    texts = [" <think> 3 + 4 = 7 </think> <answer> 7 </answer>",   # right, formatted
+             " <think> 3 + 4 = 8 </think> <answer> 8 </answer>",   # wrong, formatted
+             " <thinkink> so 7 </thinkink> <anan> 7 </anan>",      # right read leniently only
+             " The answer is 12, no, 6",                             # wrong
+             " <think> hm </think> <answer> 9 </answer> so 7"]       # lenient reads the last 7
+    rollout_ = {"texts": texts, "lengths": np.full([5], 9), "fields": {"answer": ["7"] * 5}}
+    want_accuracy, want_lenient = [1, 0, 0, 0, 0], [1, 0, 1, 0, 1]
+    numeric = registry.Spec.from_dict({"numeric": 1.0, "format_strict": 0.5})
+    assert not rollout.needs_pool(numeric)
+    assert rollout.needs_pool(registry.Spec.from_dict({"format_strict": 1.0}))
+    assert rollout.needs_pool(registry.Spec.from_dict(
+        {"numeric": 1.0}, routes={"arithmetic": ["numeric"]}))
+    ctx = rollout.Context(None, None, templates.get("r1_zero"), numeric, None, None)
+    with monkeypatch.context() as m:  # no worker process may start (each costs seconds)
+        m.setattr(pool_lib.WorkerPool, "__init__", lambda *a, **k: pytest.fail("pool started"))
+        scored = rollout.score(ctx, rollout_)
+    np.testing.assert_array_equal(scored["accuracy"], want_accuracy)
+    np.testing.assert_array_equal(scored["lenient_accuracy"], want_lenient)
+    generic = registry.Spec.from_dict({"format_strict": 1.0})  # falls back to pooled "accuracy"
+    with pool_lib.WorkerPool(1) as pool:
+        scored = rollout.score(rollout.Context(None, None, templates.get("r1_zero"), generic,
+                                               pool, None), rollout_)
+    np.testing.assert_array_equal(scored["accuracy"], want_accuracy)
+    np.testing.assert_array_equal(scored["lenient_accuracy"], want_lenient)
+
+
 # ---------------------------------------------------------------------------------------------
 # The sharded step
 # ---------------------------------------------------------------------------------------------
