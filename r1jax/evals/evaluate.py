@@ -23,6 +23,7 @@ of a multi-batch evaluation samples with fold_in(key, b); batch 0 with the key i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -449,9 +450,11 @@ def evaluate(model: Model, examples: Sequence[dict], settings: Settings, rng, *,
     if not examples:
         raise ValueError("no examples to evaluate")
     batches = prompt_batches(examples, model, settings.batch_size, max_prompt_len, bucket)
-    with pool_lib.WorkerPool(reward_workers) as pool:
-        ctx = rollout.Context(model.config, model.tokenizer, model.template,
-                              rewards_for(model, examples), pool, model.mesh)
+    rewards = rewards_for(model, examples)
+    pooled = rollout.needs_pool(rewards)
+    with pool_lib.WorkerPool(reward_workers) if pooled else contextlib.nullcontext() as pool:
+        ctx = rollout.Context(model.config, model.tokenizer, model.template, rewards, pool,
+                              model.mesh)
         sampled, greedy = sample_and_score(ctx, model.params, batches, rng, settings, progress)
     k = settings.num_samples
     return Result(compute_metrics(sampled, greedy, k), _problems(examples, sampled, greedy, k))
