@@ -64,7 +64,7 @@ def tiny() -> ml_collections.ConfigDict:
     responses, higher pass@1, the R1-Zero phenomenon in miniature. Scaled to the toy: G = 8
     (paper 16), 8 questions per step (paper 32), beta = 0.001 as in the paper, DAPO's clip
     0.2/0.28 instead of the paper's epsilon = 10 (two minibatch updates per batch), a strong
-    lr (2e-4, cosine to 2e-5) for 60 steps, completions of at most 144 tokens, and partial
+    lr (2e-4, cosine to 2e-5) for 60 steps, completions of at most 112 tokens, and partial
     format credit (format_lenient) beside the paper's strict format and accuracy rewards.
     """
     c = _base()
@@ -73,7 +73,7 @@ def tiny() -> ml_collections.ConfigDict:
     c.grpo.update(group_size=8, prompts_per_step=8, num_minibatches=2, beta=0.001,
                   clip_eps_low=0.2, clip_eps_high=0.28, ref_update_every=0,
                   dynamic_sampling=False)
-    c.sampling.update(max_new_tokens=144)
+    c.sampling.update(max_new_tokens=112)
     c.data.update(task="arithmetic", task_knobs={"min_digits": 2, "max_digits": 2, "ops": "+-"})
     c.eval.update(every=20, num_prompts=64, num_samples=4)
     c.rewards = {"numeric": 1.0, "format_strict": 0.5, "format_lenient": 0.5}

@@ -127,12 +127,6 @@ def test_arithmetic_answers_and_column_steps():
             digits = re.findall(r"write (\d)", lines)
             carry = re.findall(r"final carry (\d)", lines)
             assert ("".join(carry + digits[::-1]).lstrip("0") or "0") == ex["answer"]
-        if ex["op"] in "+-":  # each running result puts one digit in front of the last one
-            so_far = re.findall(r"(?:so far|goes in front): (\d+)\.", lines)
-            assert len(so_far) == len(re.findall(r"\n(?:ones|tens|hundreds|thousands|10\^)",
-                                                 lines)) + bool(re.search("final carry", lines))
-            assert all(b[1:] == a for a, b in zip(so_far, so_far[1:]))
-            assert (so_far[-1].lstrip("0") or "0") == ex["answer"]
         if ex["op"] == "*" and ex["b"] >= 10:
             partials = re.search(r"partial products: ([\d + ]+) = (\d+)", lines)
             assert sum(map(int, partials.group(1).split(" + "))) == int(ex["answer"])

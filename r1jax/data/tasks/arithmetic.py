@@ -25,39 +25,34 @@ def _digits(n: int) -> list[int]:
 
 
 def add_steps(a: int, b: int) -> list[str]:
-    """Column addition of a + b, one line per column.
-
-    Each column line ends with the digits written so far ("so far: 16."), so every line
-    extends the one before it by one digit and the result is never assembled from far back.
-    """
+    """Column addition of a + b, one line per column."""
     da, db = _digits(a), _digits(b)
-    lines, carry, written = ["Add column by column from the right."], 0, ""
+    lines, carry = ["Add column by column from the right."], 0
     for i in range(max(len(da), len(db))):
         x = da[i] if i < len(da) else 0
         y = db[i] if i < len(db) else 0
         total = x + y + carry
-        written = f"{total % 10}{written}"
         lines.append(f"{_place(i)}: {x} + {y} + carry {carry} = {total}, "
-                     f"write {total % 10}, carry {total // 10}, so far: {written}.")
+                     f"write {total % 10}, carry {total // 10}.")
         carry = total // 10
     if carry:
-        lines.append(f"The final carry {carry} goes in front: {carry}{written}.")
+        lines.append(f"The final carry {carry} goes in front.")
     return lines
 
 
 def sub_steps(a: int, b: int) -> list[str]:
-    """Column subtraction of a - b (a >= b), one line per column, with the digits so far."""
+    """Column subtraction of a - b (a >= b), one line per column."""
     da, db = _digits(a), _digits(b)
-    lines, borrow, written = ["Subtract column by column from the right."], 0, ""
+    lines, borrow = ["Subtract column by column from the right."], 0
     for i in range(len(da)):
         x = da[i] - borrow
         y = db[i] if i < len(db) else 0
         if x < y:
-            digit, step = x + 10 - y, f"{x} < {y}, borrow 10: {x + 10} - {y}"
+            lines.append(f"{_place(i)}: {x} < {y}, borrow 10: {x + 10} - {y} = {x + 10 - y}.")
+            borrow = 1
         else:
-            digit, step = x - y, f"{x} - {y}"
-        borrow, written = int(x < y), f"{digit}{written}"
-        lines.append(f"{_place(i)}: {step} = {digit}, so far: {written}.")
+            lines.append(f"{_place(i)}: {x} - {y} = {x - y}.")
+            borrow = 0
     return lines
 
 
