@@ -28,9 +28,9 @@ def get_config(arg=None):
     c.vocab_size = 512
     c.tokenizer_documents = 3000
     c.seed = 0
-    c.sft = dict(steps=2500, batch_size=8, seq_len=256, micro_batches=1, log_every=20,
+    c.sft = dict(steps=3300, batch_size=8, seq_len=256, micro_batches=1, log_every=20,
                  checkpoint_every=500, keep_checkpoints=2, seed=0, mesh={"fsdp": -1})
-    c.optim = dict(learning_rate=3e-3, warmup_steps=30, schedule="cosine", total_steps=2500,
+    c.optim = dict(learning_rate=3e-3, warmup_steps=30, schedule="cosine", total_steps=3300,
                    end_lr_factor=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
                    grad_clip_norm=1.0)
     if arg == "smoke":
