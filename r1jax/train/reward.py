@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
 from collections.abc import Callable, Sequence
 
 import jax
@@ -62,10 +63,16 @@ class RMConfig:
 def encode_pairs(tok: tokenizer_lib.Tokenizer, examples: Sequence[dict], max_len: int,
                  span: str) -> dict[str, np.ndarray]:
     """Pairs {question, chosen, rejected} -> `tokens` int32 [2N, max_len], `lengths` [2N]
-    (row 2i chosen, 2i + 1 rejected) and `num_truncated` (rows longer than max_len)."""
+    (row 2i chosen, 2i + 1 rejected) and `num_truncated` (rows longer than max_len).
+
+    Warns when rows are cut: the cut part (often where chosen and rejected differ) is never
+    seen, so those pairs cap the pairwise accuracy."""
     texts = [rm.format_input(ex["question"], rm.select_span(ex[side], span))
              for ex in examples for side in ("chosen", "rejected")]
     tokens, lengths, truncated = rm.encode(tok, texts, max_len, width=max_len)
+    if truncated.any():
+        warnings.warn(f"{int(truncated.sum())} of {len(texts)} reward-model rows are longer "
+                      f"than max_len={max_len} tokens and were cut", stacklevel=2)
     return {"tokens": tokens, "lengths": lengths, "num_truncated": np.asarray(truncated.sum())}
 
 

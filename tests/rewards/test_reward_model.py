@@ -2,6 +2,8 @@
 last-token head vs a per-example reference with padding, training, sharded == one device,
 save/load, the registry interface, and hostile text."""
 
+import warnings
+
 import jax
 import numpy as np
 import pytest
@@ -220,3 +222,16 @@ def test_hostile_text_never_crashes(cfg, tok_file):
     assert tokens.shape == (2, MAX_LEN) and list(lengths) == [MAX_LEN, 1]
     assert list(truncated) == [True, False]
     assert tokens[0, MAX_LEN - 1] == tokens[1, 0] == scorer.tokenizer.eos_id
+
+
+def test_encode_pairs_warns_when_rows_are_cut(tok_file):
+    tok = tokenizer_lib.load(tok_file)
+    pairs = [preference.Preference().example("test", 0, i) for i in range(8)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        whole = reward.encode_pairs(tok, pairs, 512, "response")
+    assert int(whole["num_truncated"]) == 0
+    longest = int(whole["lengths"].max())
+    with pytest.warns(UserWarning, match=r"of 16 reward-model rows are longer than max_len"):
+        cut = reward.encode_pairs(tok, pairs, longest - 1, "response")
+    assert int(cut["num_truncated"]) == int((whole["lengths"] == longest).sum()) >= 1
