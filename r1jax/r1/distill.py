@@ -48,6 +48,8 @@ def rl_steps_for_budget(budget: float, model_config, rl_section, prompt_len: int
     """GRPO steps whose estimated FLOPs are closest to `budget` (at least 1)."""
     section = rl_section.to_dict()
     section.update(base_dir="unused", total_steps=1)
+    # A step's FLOPs do not depend on the lr schedule; a cosine one needs more than 1 step.
+    section["optim"] = dict(section["optim"], schedule="constant", total_steps=None)
     rl = rl_config.from_config_dict(section)
     return max(1, int(round(budget / rl_step_flops(model_config, rl, prompt_len))))
 

@@ -37,3 +37,25 @@ def test_distill_entry_point_compares_sft_and_rl_students(tmp_path):
     assert "student + distillation (SFT)" in out.stdout and "student + RL" in out.stdout
     student = json.loads((tmp_path / "student" / "model_config.json").read_text())
     assert student["attention_type"] == "gqa" and student["n_routed_experts"] == 0
+
+
+def test_rl_steps_for_budget_with_a_cosine_schedule():
+    """The tiny preset's RL student has a cosine lr (warmup 5): estimating its steps must not
+    build a 1-step cosine schedule (the first full tiny distill run failed there)."""
+    import importlib.util
+
+    from r1jax.models import config as config_lib
+    from r1jax.models import presets
+    from r1jax.r1 import distill
+    from r1jax.rl import config as rl_config
+
+    spec = importlib.util.spec_from_file_location("r1_configs", ROOT / "configs" / "r1.py")
+    configs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(configs)
+    section = configs.get_config("tiny").distill.rl
+    assert section.optim.schedule == "cosine" and section.optim.warmup_steps > 1
+    model_config = config_lib.ModelConfig.from_dict(presets.get("tiny").to_dict())
+    per_step = distill.rl_step_flops(model_config, rl_config.from_config_dict(
+        dict(section.to_dict(), base_dir="unused", total_steps=40)), 100)
+    assert distill.rl_steps_for_budget(7.4 * per_step, model_config, section, 100) == 7
+    assert distill.rl_steps_for_budget(0.1 * per_step, model_config, section, 100) == 1
