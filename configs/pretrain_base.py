@@ -3,7 +3,7 @@
   python experiments/pretrain_base.py                       # tiny preset, ./runs/base_tiny
   python experiments/pretrain_base.py --config=configs/pretrain_base.py:smoke
 
-Presets: `tiny` (the default base of configs/r1_zero.py:tiny; a few minutes on 2 CPU cores),
+Presets: `tiny` (the default base of configs/r1_zero.py:tiny; about 12 minutes on 2 CPU cores),
 `smoke` (seconds; for tests).
 """
 
@@ -28,6 +28,8 @@ def get_config(arg=None):
     c.vocab_size = 512
     c.tokenizer_documents = 3000
     c.seed = 0
+    # 3,300 steps: at 2,500 the bases worked 2-digit problems out correctly only 22-56% of the
+    # time, and RL, which makes the base work problems out, could not rise above that.
     c.sft = dict(steps=3300, batch_size=8, seq_len=256, micro_batches=1, log_every=20,
                  checkpoint_every=500, keep_checkpoints=2, seed=0, mesh={"fsdp": -1})
     c.optim = dict(learning_rate=3e-3, warmup_steps=30, schedule="cosine", total_steps=3300,
