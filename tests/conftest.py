@@ -1,12 +1,23 @@
 """Test-wide settings (8 simulated CPU devices; single-device tests use the first one) and the
 small random GRPO base model that the trainer and multi-host tests share."""
 
+import importlib.util
 import os
+import pathlib
 
 import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def config_preset(name: str, preset: str):
+    """`get_config(preset)` of configs/<name>.py (the config files are not a package)."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
 
 
 def small_model(vocab_size):

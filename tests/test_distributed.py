@@ -5,7 +5,6 @@ same mesh; the checkpoint they write restores in this (one-process, 8-device) te
 Also the settings resolution of `r1jax.distributed.initialize` and the row helpers.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -16,6 +15,7 @@ import jax
 import numpy as np
 import portpicker
 import pytest
+from conftest import config_preset
 
 from r1jax import distributed, sharding
 from r1jax.models import transformer
@@ -161,10 +161,7 @@ def test_two_processes_reproduce_one_process(runs):
 
 
 def _load_smoke(base_dir):
-    spec = importlib.util.spec_from_file_location("r1_zero_config", REPO / "configs/r1_zero.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("smoke")
+    config = config_preset("r1_zero", "smoke")
     config.base_dir = str(base_dir)
     config.update_from_flattened_dict({k: v for k, v in OVERRIDES.items() if "." in k})
     return rl_config.from_config_dict(config)

@@ -42,17 +42,14 @@ def test_distill_entry_point_compares_sft_and_rl_students(tmp_path):
 def test_rl_steps_for_budget_with_a_cosine_schedule():
     """The tiny preset's RL student has a cosine lr (warmup 5): estimating its steps must not
     build a 1-step cosine schedule (the first full tiny distill run failed there)."""
-    import importlib.util
+    from conftest import config_preset
 
     from r1jax.models import config as config_lib
     from r1jax.models import presets
     from r1jax.r1 import distill
     from r1jax.rl import config as rl_config
 
-    spec = importlib.util.spec_from_file_location("r1_configs", ROOT / "configs" / "r1.py")
-    configs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(configs)
-    section = configs.get_config("tiny").distill.rl
+    section = config_preset("r1", "tiny").distill.rl
     assert section.optim.schedule == "cosine" and section.optim.warmup_steps > 1
     model_config = config_lib.ModelConfig.from_dict(presets.get("tiny").to_dict())
     per_step = distill.rl_step_flops(model_config, rl_config.from_config_dict(

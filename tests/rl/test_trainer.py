@@ -5,7 +5,6 @@ The runs use `configs/r1_zero.py:smoke` on a random 2-layer MoE base model with 
 trained here; they share a persistent compilation cache so only the first one compiles.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -17,7 +16,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import small_model
+from conftest import config_preset, small_model
 
 from r1jax import sharding
 from r1jax.models import transformer
@@ -30,15 +29,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 TIMING_PREFIX = "perf/"
 
 
-def load_preset(name):
-    spec = importlib.util.spec_from_file_location("r1_zero_config", REPO / "configs/r1_zero.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(name)
-
-
-
-
 # ---------------------------------------------------------------------------------------------
 # Config
 # ---------------------------------------------------------------------------------------------
@@ -46,26 +36,26 @@ def load_preset(name):
 
 def test_presets_build_and_bad_fields_are_named():
     for name in ("tiny", "smoke"):
-        config = rl_config.from_config_dict(load_preset(name))
+        config = rl_config.from_config_dict(config_preset("r1_zero", name))
         assert config.optim.total_steps == config.total_steps * config.updates_per_step
-    c = load_preset("smoke")
+    c = config_preset("r1_zero", "smoke")
     c.grpo.group_size = 0
     with pytest.raises(ValueError, match=r"grpo\.group_size=0"):
         rl_config.from_config_dict(c)
-    c = load_preset("smoke")
+    c = config_preset("r1_zero", "smoke")
     c.grpo.num_minibatches = 3
     with pytest.raises(ValueError, match=r"grpo\.num_minibatches=3.*must divide"):
         rl_config.from_config_dict(c)
-    c = load_preset("smoke")
+    c = config_preset("r1_zero", "smoke")
     c.sampling.temprature = 1.0
     with pytest.raises(ValueError, match=r"sampling: unknown field.*temprature"):
         rl_config.from_config_dict(c)
-    c = load_preset("smoke")
+    c = config_preset("r1_zero", "smoke")
     c.rewards = {"no_such_reward": 1.0}
     with pytest.raises(ValueError, match="no_such_reward"):
         rl_config.from_config_dict(c)
     with pytest.raises(ValueError, match="unknown r1_zero preset"):
-        load_preset("nope")
+        config_preset("r1_zero", "nope")
 
 
 # ---------------------------------------------------------------------------------------------
