@@ -32,7 +32,8 @@ def get_config(arg=None):
     # time, and RL, which makes the base work problems out, could not rise above that.
     c.sft = dict(steps=3300, batch_size=8, seq_len=256, micro_batches=1, log_every=20,
                  checkpoint_every=500, keep_checkpoints=2, seed=0, mesh={"fsdp": -1})
-    c.optim = dict(learning_rate=3e-3, warmup_steps=30, schedule="cosine", total_steps=3300,
+    # total_steps None: the cosine decays over sft.steps (an override of the steps carries it).
+    c.optim = dict(learning_rate=3e-3, warmup_steps=30, schedule="cosine", total_steps=None,
                    end_lr_factor=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
                    grad_clip_norm=1.0)
     if arg == "smoke":
@@ -43,7 +44,7 @@ def get_config(arg=None):
         c.tokenizer_documents = 300
         c.vocab_size = 512
         c.sft.update(steps=4, batch_size=4, seq_len=128, log_every=2, checkpoint_every=2)
-        c.optim.update(warmup_steps=1, total_steps=4)
+        c.optim.update(warmup_steps=1)
     elif arg != "tiny":
         raise ValueError(f"unknown preset {arg!r}; known: tiny, smoke")
     return c

@@ -68,11 +68,9 @@ def _pretrain(preset: str) -> ml_collections.ConfigDict:
     c.vocab_size = 1024  # room for the Chinese characters
     if preset == "tiny":  # the cold start teaches the worked solutions: a shorter pretraining
         c.sft.update(steps=2500)
-        c.optim.update(total_steps=2500)
     if preset == "smoke":
         c.num_documents = c.tokenizer_documents = 200
         c.sft.update(steps=2, log_every=1, checkpoint_every=2)
-        c.optim.update(total_steps=2)
     return c
 
 

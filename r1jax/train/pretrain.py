@@ -52,12 +52,17 @@ class PretrainConfig:
 
     @classmethod
     def from_config_dict(cls, cd: ml_collections.ConfigDict) -> PretrainConfig:
+        """A config dict -> PretrainConfig; `optim.total_steps` unset or None means the
+        run's `sft.steps` (the length a cosine schedule decays over)."""
         d = cd.to_dict()
         model = dict(presets.get(d.pop("model_preset")).to_dict(), **d.pop("model", {}))
         knobs = tuple((k, tuple(sorted(v.items()))) for k, v in d.pop("task_knobs", {}).items())
-        return cls(model=config_lib.ModelConfig.from_dict(model),
-                   sft=sft.SFTConfig(**_with_tuples(d.pop("sft"))),
-                   optim=state_lib.OptimConfig(**d.pop("optim")),
+        train = sft.SFTConfig(**_with_tuples(d.pop("sft")))
+        optim = d.pop("optim")
+        if optim.get("total_steps") is None:
+            optim = dict(optim, total_steps=train.steps)
+        return cls(model=config_lib.ModelConfig.from_dict(model), sft=train,
+                   optim=state_lib.OptimConfig(**optim),
                    tasks=tuple(d.pop("tasks")), task_knobs=knobs, **d)
 
     def knobs(self) -> dict:

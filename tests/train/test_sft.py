@@ -123,6 +123,22 @@ def test_state_shardings_follow_params():
     assert state_sh["step"].spec == jax.sharding.PartitionSpec()
 
 
+def test_pretrain_schedule_length_follows_the_steps():
+    """optim.total_steps None (the presets) -> the cosine decays over sft.steps, also after a
+    --config.sft.steps override; an explicit total_steps is kept."""
+    from conftest import config_preset
+
+    from r1jax.train import pretrain
+
+    c = config_preset("pretrain_base", "tiny")
+    assert c.optim.total_steps is None
+    assert pretrain.PretrainConfig.from_config_dict(c).optim.total_steps == c.sft.steps == 3300
+    c.sft.steps = 700
+    assert pretrain.PretrainConfig.from_config_dict(c).optim.total_steps == 700
+    c.optim.total_steps = 900
+    assert pretrain.PretrainConfig.from_config_dict(c).optim.total_steps == 900
+
+
 @pytest.mark.slow
 def test_pretrain_base_smoke(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
