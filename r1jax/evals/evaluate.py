@@ -23,7 +23,6 @@ of a multi-batch evaluation samples with fold_in(key, b); batch 0 with the key i
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -41,7 +40,6 @@ from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.evals import passk
 from r1jax.models import config as config_lib
 from r1jax.models import hf, transformer
-from r1jax.rewards import pool as pool_lib
 from r1jax.rewards import registry
 from r1jax.rl import config as rl_config
 from r1jax.rl import rollout, step, trainer
@@ -451,8 +449,7 @@ def evaluate(model: Model, examples: Sequence[dict], settings: Settings, rng, *,
         raise ValueError("no examples to evaluate")
     batches = prompt_batches(examples, model, settings.batch_size, max_prompt_len, bucket)
     rewards = rewards_for(model, examples)
-    pooled = rollout.needs_pool(rewards)
-    with pool_lib.WorkerPool(reward_workers) if pooled else contextlib.nullcontext() as pool:
+    with rollout.reward_pool(rewards, reward_workers) as pool:
         ctx = rollout.Context(model.config, model.tokenizer, model.template, rewards, pool,
                               model.mesh)
         sampled, greedy = sample_and_score(ctx, model.params, batches, rng, settings, progress)

@@ -19,6 +19,7 @@ still contribute the KL term), so its shape never changes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -62,6 +63,12 @@ def needs_pool(spec: registry.Spec) -> bool:
     """True when a configured reward (or the accuracy metrics) runs in worker processes."""
     names = [name for name, _ in spec.weights]
     return _accuracy_reward(spec).pooled or any(spec.reward(name).pooled for name in names)
+
+
+def reward_pool(spec: registry.Spec, num_workers: int | None):
+    """A context manager that yields a started `WorkerPool` when `needs_pool(spec)`, else None
+    (no processes are started for rewards that all run in this process)."""
+    return pool_lib.WorkerPool(num_workers) if needs_pool(spec) else contextlib.nullcontext()
 
 
 def _accuracy_reward(spec: registry.Spec) -> registry.RewardFn:

@@ -40,7 +40,6 @@ from r1jax import distributed, sharding
 from r1jax.data import pipeline, tasks, templates
 from r1jax.data.tasks import jsonl
 from r1jax.models import summary
-from r1jax.rewards import pool as pool_lib
 from r1jax.rl import config as rl_config
 from r1jax.rl import grpo, rollout, step
 from r1jax.train import base, checkpoint, metrics
@@ -410,10 +409,8 @@ def train(config, workdir: str) -> dict[str, Any]:
     state, start, consecutive = _restore(ckpt, state, loader, writer, workdir)
 
     # ------------------------------------------------------------------ loop
-    pool = pool_lib.WorkerPool(config.reward_workers) \
-        if rollout.needs_pool(config.rewards) else None
     with _preemption_flag() as preempt, ckpt, writer, \
-            contextlib.closing(pool) if pool else contextlib.nullcontext():
+            rollout.reward_pool(config.rewards, config.reward_workers) as pool:
         ctx = rollout.Context(model_config, tok, template, config.rewards, pool, mesh)
         run = _Run(config, ctx, mesh, loader, eval_batch, step_config, preempt)
         run.key = jax.device_get(state["rng"])

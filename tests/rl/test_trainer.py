@@ -116,10 +116,13 @@ def test_accuracy_metrics_use_the_runs_own_checker_and_need_no_pool_for_it(monke
     with monkeypatch.context() as m:  # no worker process may start (each costs seconds)
         m.setattr(pool_lib.WorkerPool, "__init__", lambda *a, **k: pytest.fail("pool started"))
         scored = rollout.score(ctx, rollout_)
+        with rollout.reward_pool(numeric, 2) as none:  # what the trainer and evaluate enter
+            assert none is None
     np.testing.assert_array_equal(scored["accuracy"], want_accuracy)
     np.testing.assert_array_equal(scored["lenient_accuracy"], want_lenient)
     generic = registry.Spec.from_dict({"format_strict": 1.0})  # falls back to pooled "accuracy"
-    with pool_lib.WorkerPool(1) as pool:
+    with rollout.reward_pool(generic, 1) as pool:
+        assert isinstance(pool, pool_lib.WorkerPool)
         scored = rollout.score(rollout.Context(None, None, templates.get("r1_zero"), generic,
                                                pool, None), rollout_)
     np.testing.assert_array_equal(scored["accuracy"], want_accuracy)
