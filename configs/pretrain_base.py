@@ -19,7 +19,12 @@ def get_config(arg=None):
     # ordinary pieces (th|ink, an|swer), so the copy skill carries over to the R1 tags.
     c.model = {"num_hidden_layers": 3, "tie_word_embeddings": True}
     c.tasks = ("arithmetic",)
-    c.task_knobs = {"arithmetic": {"min_digits": 1, "max_digits": 2, "ops": "+-"}}
+    # Three operands in four have 2 digits (9 problems in 16 are 2-digit +/- 2-digit, as RL's
+    # are). Uniform lengths (1 in 4) left one base in three unable to borrow (17/43 worked
+    # 2-digit subtractions), and RL ends where the base's working is; only 2-digit operands
+    # made the bare answers from memory right half the time (base pass@1 72%).
+    c.task_knobs = {"arithmetic": {"min_digits": 1, "max_digits": 2, "ops": "+-",
+                                   "length_weights": (1, 3)}}
     c.num_documents = 40000
     c.instruction_fraction = 0.6
     # Two documents in three give the bare answer: the base often answers from memory.

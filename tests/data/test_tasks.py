@@ -135,6 +135,22 @@ def test_arithmetic_answers_and_column_steps():
         tasks.get("arithmetic", ops="+^")
 
 
+def test_arithmetic_length_weights():
+    """Operand lengths follow the weights: (1, 3) over 1-2 digits makes 3 operands in 4
+    two-digit (2,000 operands: 4.4 standard errors of slack either side)."""
+    task = tasks.get("arithmetic", min_digits=1, max_digits=2, ops="+", length_weights=(1, 3))
+    examples = take(task, "train", 3, 1000)
+    two_digit = np.mean([x >= 10 for ex in examples for x in (ex["a"], ex["b"])])
+    assert 0.70 < two_digit < 0.80
+    assert tasks.get("arithmetic", **task.knobs()).knobs()["length_weights"] == (1.0, 3.0)
+    only_two = tasks.get("arithmetic", min_digits=1, max_digits=2, length_weights=(0, 1))
+    assert all(ex["a"] >= 10 and (ex["b"] >= 10 or ex["op"] == "*")
+               for ex in take(only_two, "train", 0, 200))
+    for bad in ((1,), (1, -1), (0, 0)):
+        with pytest.raises(ValueError, match="length_weights"):
+            tasks.get("arithmetic", min_digits=1, max_digits=2, length_weights=bad)
+
+
 FORMULAS = {
     "shopping": lambda v: v["bill"] - v["n"] * v["p"],
     "ages": lambda v: (v["s"] - v["d"] - 2 * v["k"]) // 2,

@@ -81,26 +81,45 @@ class Arithmetic(base.Task):
       min_digits, max_digits: operand lengths (each operand drawn independently).
       ops: which operators to draw from, e.g. "+-" or "*".
       max_mul_digits: caps the second operand of * (long multiplications grow fast).
+      length_weights: relative weights of the operand lengths min_digits, min_digits + 1, ...,
+        max_digits (uniform when None); e.g. (1, 3) with 1-2 digits makes three operands in
+        four 2-digit, so 9 problems in 16 have two 2-digit operands instead of 1 in 4.
     """
 
     name = "arithmetic"
 
     def __init__(self, *, min_digits=2, max_digits=4, ops="+-*", max_mul_digits=3,
-                 test_percent=10):
+                 length_weights=None, test_percent=10):
         super().__init__(test_percent=test_percent)
         if not 1 <= min_digits <= max_digits:
             raise ValueError(f"need 1 <= min_digits <= max_digits, got {min_digits}, {max_digits}")
         if not ops or set(ops) - set(_OPS):
             raise ValueError(f"ops must be a non-empty subset of '+-*', got {ops!r}")
         self.min_digits, self.max_digits = min_digits, max_digits
+        self.length_weights = None
+        if length_weights is not None:
+            w = np.asarray(length_weights, float)
+            if w.shape != (max_digits - min_digits + 1,) or (w < 0).any() or w.sum() <= 0:
+                raise ValueError(f"length_weights needs {max_digits - min_digits + 1} "
+                                 f"non-negative weights (one per length {min_digits}.."
+                                 f"{max_digits}) with a positive sum, got {length_weights}")
+            self.length_weights = tuple(float(x) for x in w)
         self.ops, self.max_mul_digits = "".join(sorted(set(ops))), max_mul_digits
 
     def knobs(self):
         return dict(super().knobs(), min_digits=self.min_digits, max_digits=self.max_digits,
-                    ops=self.ops, max_mul_digits=self.max_mul_digits)
+                    ops=self.ops, max_mul_digits=self.max_mul_digits,
+                    length_weights=self.length_weights)
 
     def _operand(self, rng, max_digits: int) -> int:
-        n = int(rng.integers(self.min_digits, max(self.min_digits, max_digits) + 1))
+        top = max(self.min_digits, max_digits)
+        if self.length_weights is None:
+            n = int(rng.integers(self.min_digits, top + 1))
+        else:  # the weights of the lengths up to `top` (a * operand may be capped lower)
+            w = np.asarray(self.length_weights[:top - self.min_digits + 1])
+            if w.sum() <= 0:
+                w = np.ones_like(w)
+            n = self.min_digits + int(rng.choice(len(w), p=w / w.sum()))
         low = 10 ** (n - 1) if n > 1 else 0
         return int(rng.integers(low, 10**n))
 
