@@ -15,7 +15,6 @@ the question's language (single-language CoTs).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -26,6 +25,7 @@ from r1jax.data import pipeline, tasks, templates
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.tasks import preference
 from r1jax.rl import rejection
+from r1jax.train import metrics
 
 
 def r1_completion(reasoning: str, answer: str) -> str:
@@ -77,20 +77,14 @@ def preference_pairs(num: int, seed: int, split: str,
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """JSONL prompt/completion records; a bad line raises naming the file and line."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not JSON ({e})") from None
-            missing = [k for k in ("prompt", "completion") if not isinstance(record.get(k), str)]
-            if missing:
-                raise ValueError(f"{path}:{line_no}: record needs string field(s) {missing}")
-            records.append(record)
+    """JSONL prompt/completion records (`metrics.read_jsonl`: a line that is not a JSON object
+    raises naming the file and line); a record without string `prompt` and `completion`, or a
+    file without records, raises too."""
+    records = metrics.read_jsonl(path)
+    for number, record in enumerate(records, start=1):
+        missing = [k for k in ("prompt", "completion") if not isinstance(record.get(k), str)]
+        if missing:
+            raise ValueError(f"{path}: record {number} needs string field(s) {missing}")
     if not records:
         raise ValueError(f"{path}: no records")
     return records
