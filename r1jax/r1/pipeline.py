@@ -32,7 +32,6 @@ import ml_collections
 from r1jax.data import pipeline as data_pipeline
 from r1jax.data import tasks, templates
 from r1jax.models import config as config_lib
-from r1jax.models import presets
 from r1jax.r1 import common, data
 from r1jax.r1 import manifest as manifest_lib
 from r1jax.rewards import registry
@@ -122,18 +121,33 @@ def _sft(config, m, stage_dir):
                                   "examples": len(records)}
 
 
+def reward_model_init(c, policy_dir) -> tuple[config_lib.ModelConfig, dict]:
+    """(model config, initial parameters) of the reward model: with `c.init` "policy" the
+    trunk is the stage-4 SFT policy's (DeepSeek-V3 Sec. 5.2.1 trains its reward models from
+    the SFT checkpoints); with "scratch" it is the policy's architecture with `c.model`
+    overrides, randomly initialised with `c.train.seed`."""
+    overrides = dict(c.get("model", {}))
+    if c.init == "policy":
+        if overrides:
+            raise ValueError(f"reward_model.model={overrides} reshapes the trunk, but "
+                             "reward_model.init='policy' starts from the policy's; use one")
+        model_config, trunk, _ = base.load_base(policy_dir)
+        return model_config, rm.init_params(model_config, trunk=trunk)
+    if c.init != "scratch":
+        raise ValueError(f"reward_model.init={c.init!r}: must be 'policy' or 'scratch'")
+    policy = base.load_config(policy_dir).to_dict()
+    model_config = config_lib.ModelConfig.from_dict(dict(policy, **overrides))
+    return model_config, rm.init_params(model_config, c.train.seed)
+
+
 def train_reward_model(config, policy_dir, work: pathlib.Path) -> tuple[rm.Scorer, dict]:
-    """The preference reward model (trunk shaped by `reward_model.model`, the policy's
-    tokenizer), trained or resumed in `work`; returns its Scorer and held-out metrics."""
+    """The preference reward model (`reward_model_init`; the policy's tokenizer), trained or
+    resumed in `work`; returns its Scorer and held-out metrics."""
     c = config.reward_model
     model_dir = work / "model"
     if not base.exists(model_dir):
         tok = base.load_tokenizer(policy_dir)
-        vocab = base.load_config(policy_dir).vocab_size
-        model_config = config_lib.ModelConfig.from_dict(dict(
-            presets.get("tiny").to_dict(), **dict(c.model), vocab_size=vocab,
-            max_position_embeddings=c.train.max_len,
-            original_max_position_embeddings=c.train.max_len))
+        model_config, init = reward_model_init(c, policy_dir)
         train_cfg = reward.RMConfig(**dict(c.train.to_dict(),
                                            mesh=tuple(dict(c.train.mesh).items())))
         template = templates.get(common.TEMPLATE)
@@ -143,7 +157,7 @@ def train_reward_model(config, policy_dir, work: pathlib.Path) -> tuple[rm.Score
             c.num_test, config.seed, "test", template), train_cfg.max_len, train_cfg.span)
         params, evaluated = reward.train(
             model_config, state_lib.OptimConfig(**dict(c.optim)), train_cfg, train_data,
-            work / "train", rm.init_params(model_config, config.seed), eval_data=test_data)
+            work / "train", init, eval_data=test_data)
         rm.save(model_dir, model_config, params, pathlib.Path(policy_dir) / "tokenizer.model",
                 span=train_cfg.span, max_len=train_cfg.max_len, info=evaluated)
     info = json.loads((model_dir / "info.json").read_text())

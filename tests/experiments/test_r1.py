@@ -83,3 +83,62 @@ def test_r1_pipeline_smoke_kill_and_resume(tmp_path):
     steps = [json.loads(line)["step"] for line in
              (tmp_path / "run" / "sft" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == SFT_STEPS
+
+
+def test_reward_model_init_policy_and_scratch(base_dir):
+    """init="policy": the policy's config and trunk, the score head at zero; "scratch": the
+    policy's architecture with the overrides, random; a mix of both or a typo is an error."""
+    import ml_collections
+    import numpy as np
+    import pytest
+
+    from r1jax.r1 import pipeline
+    from r1jax.rewards import reward_model as rm
+    from r1jax.train import base
+
+    policy_config, policy, _ = base.load_base(base_dir)
+    c = ml_collections.ConfigDict(dict(init="policy", model={}, train=dict(seed=0)))
+    config, params = pipeline.reward_model_init(c, base_dir)
+    assert config == policy_config
+    assert set(params) == {rm.HEAD, *(n for n in policy if n != "lm_head")}
+    for name in set(params) - {rm.HEAD}:
+        for got, want in zip(*(_leaves(t[name]) for t in (params, policy)), strict=True):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert not any(np.asarray(x).any() for x in _leaves(params[rm.HEAD]))
+
+    c = ml_collections.ConfigDict(dict(init="scratch", model={"num_hidden_layers": 1},
+                                       train=dict(seed=0)))
+    config, params = pipeline.reward_model_init(c, base_dir)
+    assert config.num_hidden_layers == 1 and config.hidden_size == policy_config.hidden_size
+    assert not np.array_equal(*(np.asarray(_leaves(t["embed_tokens"])[0])
+                                for t in (params, policy)))
+    with pytest.raises(ValueError, match="reshapes the trunk"):
+        pipeline.reward_model_init(ml_collections.ConfigDict(dict(
+            init="policy", model={"num_hidden_layers": 1}, train=dict(seed=0))), base_dir)
+    with pytest.raises(ValueError, match="'policy' or 'scratch'"):
+        pipeline.reward_model_init(ml_collections.ConfigDict(dict(
+            init="sft", model={}, train=dict(seed=0))), base_dir)
+
+
+def _leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+def test_read_records_validates(tmp_path):
+    """Stage-3 data read back: good records in order; a broken line, a record without a string
+    completion and an empty file each raise naming the file."""
+    import pytest
+
+    from r1jax.r1 import data
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "p1", "completion": "c1"}\n\n{"prompt": "p2", "completion": "c2"}\n')
+    assert [r["completion"] for r in data.read_records(path)] == ["c1", "c2"]
+    for text, match in (('{"prompt": "p"\n', r"d.jsonl:1: not valid JSON"),
+                        ('{"prompt": "p", "completion": 3}\n', r"record 1 needs .*completion"),
+                        ("\n", r"d.jsonl: no records")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            data.read_records(path)
