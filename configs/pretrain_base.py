@@ -19,12 +19,12 @@ def get_config(arg=None):
     # ordinary pieces (th|ink, an|swer), so the copy skill carries over to the R1 tags.
     c.model = {"num_hidden_layers": 3, "tie_word_embeddings": True}
     c.tasks = ("arithmetic",)
-    # Three operands in four have 2 digits (9 problems in 16 are 2-digit +/- 2-digit, as RL's
-    # are). Uniform lengths (1 in 4) left one base in three unable to borrow (17/43 worked
-    # 2-digit subtractions), and RL ends where the base's working is; only 2-digit operands
-    # made the bare answers from memory right half the time (base pass@1 72%).
-    c.task_knobs = {"arithmetic": {"min_digits": 1, "max_digits": 2, "ops": "+-",
-                                   "length_weights": (1, 3)}}
+    # Operand lengths uniform (1 problem in 4 is 2-digit +/- 2-digit, as RL's all are). Three
+    # 2-digit operands in four (`length_weights` (1, 3), at 590c7d3) made two bases of three
+    # stronger (R1-Zero +51 and +43 points) but left seed 0's unable to read the second operand
+    # (pass@1 3% before and after RL); 2-digit operands only made the bare answers from memory
+    # right half the time (base pass@1 72%, little left for RL to add).
+    c.task_knobs = {"arithmetic": {"min_digits": 1, "max_digits": 2, "ops": "+-"}}
     c.num_documents = 40000
     c.instruction_fraction = 0.6
     # Two documents in three give the bare answer: the base often answers from memory.
