@@ -64,11 +64,11 @@ def tiny() -> ml_collections.ConfigDict:
     responses, higher pass@1, the R1-Zero phenomenon in miniature. Scaled to the toy: G = 8
     (paper 16), 8 questions per step (paper 32), beta = 0.001 as in the paper, DAPO's clip
     0.2/0.28 instead of the paper's epsilon = 10 (two minibatch updates per batch), a strong
-    lr (2e-4, cosine to 2e-5) for 80 steps, completions of at most 112 tokens, and partial
+    lr (2e-4, cosine to 2e-5) for 60 steps, completions of at most 112 tokens, and partial
     format credit (format_lenient) beside the paper's strict format and accuracy rewards.
     """
     c = _base()
-    c.total_steps = 80
+    c.total_steps = 60  # 80 did not lift the weakest base further (seed 1: +18.8 vs +23.5 points)
     c.optim.update(learning_rate=2e-4, warmup_steps=5, schedule="cosine", end_lr_factor=0.1)
     c.grpo.update(group_size=8, prompts_per_step=8, num_minibatches=2, beta=0.001,
                   clip_eps_low=0.2, clip_eps_high=0.28, ref_update_every=0,
