@@ -137,7 +137,7 @@ def test_arithmetic_answers_and_column_steps():
 
 def test_arithmetic_length_weights():
     """Operand lengths follow the weights: (1, 3) over 1-2 digits makes 3 operands in 4
-    two-digit (2,000 operands: 4.4 standard errors of slack either side)."""
+    two-digit (2,000 operands: about 5 standard errors of slack either side)."""
     task = tasks.get("arithmetic", min_digits=1, max_digits=2, ops="+", length_weights=(1, 3))
     examples = take(task, "train", 3, 1000)
     two_digit = np.mean([x >= 10 for ex in examples for x in (ex["a"], ex["b"])])
