@@ -88,6 +88,7 @@ def test_r1_pipeline_smoke_kill_and_resume(tmp_path):
 def test_reward_model_init_policy_and_scratch(base_dir):
     """init="policy": the policy's config and trunk, the score head at zero; "scratch": the
     policy's architecture with the overrides, random; a mix of both or a typo is an error."""
+    import jax
     import ml_collections
     import numpy as np
     import pytest
@@ -102,15 +103,15 @@ def test_reward_model_init_policy_and_scratch(base_dir):
     assert config == policy_config
     assert set(params) == {rm.HEAD, *(n for n in policy if n != "lm_head")}
     for name in set(params) - {rm.HEAD}:
-        for got, want in zip(*(_leaves(t[name]) for t in (params, policy)), strict=True):
+        for got, want in zip(*(jax.tree.leaves(t[name]) for t in (params, policy)), strict=True):
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    assert not any(np.asarray(x).any() for x in _leaves(params[rm.HEAD]))
+    assert not any(np.asarray(x).any() for x in jax.tree.leaves(params[rm.HEAD]))
 
     c = ml_collections.ConfigDict(dict(init="scratch", model={"num_hidden_layers": 1},
                                        train=dict(seed=0)))
     config, params = pipeline.reward_model_init(c, base_dir)
     assert config.num_hidden_layers == 1 and config.hidden_size == policy_config.hidden_size
-    assert not np.array_equal(*(np.asarray(_leaves(t["embed_tokens"])[0])
+    assert not np.array_equal(*(np.asarray(jax.tree.leaves(t["embed_tokens"])[0])
                                 for t in (params, policy)))
     with pytest.raises(ValueError, match="reshapes the trunk"):
         pipeline.reward_model_init(ml_collections.ConfigDict(dict(
@@ -118,12 +119,6 @@ def test_reward_model_init_policy_and_scratch(base_dir):
     with pytest.raises(ValueError, match="'policy' or 'scratch'"):
         pipeline.reward_model_init(ml_collections.ConfigDict(dict(
             init="sft", model={}, train=dict(seed=0))), base_dir)
-
-
-def _leaves(tree):
-    import jax
-
-    return jax.tree.leaves(tree)
 
 
 def test_read_records_validates(tmp_path):
