@@ -149,6 +149,12 @@ def test_arithmetic_length_weights():
     for bad in ((1,), (1, -1), (0, 0)):
         with pytest.raises(ValueError, match="length_weights"):
             tasks.get("arithmetic", min_digits=1, max_digits=2, length_weights=bad)
+    with pytest.raises(ValueError, match="max_mul_digits=1"):  # * operand b has 1 digit, weight 0
+        tasks.get("arithmetic", min_digits=1, max_digits=2, max_mul_digits=1,
+                  length_weights=(0, 1))
+    capped = tasks.get("arithmetic", min_digits=1, max_digits=2, ops="*", max_mul_digits=1,
+                       length_weights=(1, 3))
+    assert all(ex["b"] < 10 for ex in take(capped, "train", 0, 50))
 
 
 FORMULAS = {

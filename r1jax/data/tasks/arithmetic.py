@@ -105,6 +105,13 @@ class Arithmetic(base.Task):
                                  f"{max_digits}) with a positive sum, got {length_weights}")
             self.length_weights = tuple(float(x) for x in w)
         self.ops, self.max_mul_digits = "".join(sorted(set(ops))), max_mul_digits
+        if "*" in self.ops and self.length_weights is not None:
+            capped = self.length_weights[:max(min_digits, max_mul_digits) - min_digits + 1]
+            if sum(capped) <= 0:
+                raise ValueError(f"length_weights {length_weights} give no weight to the lengths "
+                                 f"{min_digits}..{max(min_digits, max_mul_digits)} that the "
+                                 f"second operand of * may have (max_mul_digits="
+                                 f"{max_mul_digits})")
 
     def knobs(self):
         return dict(super().knobs(), min_digits=self.min_digits, max_digits=self.max_digits,
@@ -117,8 +124,6 @@ class Arithmetic(base.Task):
             n = int(rng.integers(self.min_digits, top + 1))
         else:  # the weights of the lengths up to `top` (a * operand may be capped lower)
             w = np.asarray(self.length_weights[:top - self.min_digits + 1])
-            if w.sum() <= 0:
-                w = np.ones_like(w)
             n = self.min_digits + int(rng.choice(len(w), p=w / w.sum()))
         low = 10 ** (n - 1) if n > 1 else 0
         return int(rng.integers(low, 10**n))
