@@ -53,7 +53,7 @@ def sft_stage(stage_dir: pathlib.Path, start_dir, records, section, *,
         return model_dir
     model_config, params, tok = base.load_base(start_dir)
     cfg, optim = sft_config(section)
-    rows = sft.pack(data.sft_examples(records, tok), cfg.seq_len, tok.pad_id)
+    rows = sft.pack(data.sft_examples(records, tok), cfg.seq_len, tok.pad_id, strategy=cfg.packing)
     if rows["tokens"].shape[0] < cfg.batch_size:  # a tiny dataset: repeat it to fill a batch
         reps = -(-cfg.batch_size // rows["tokens"].shape[0])
         rows = {k: v.repeat(reps, axis=0) if v.ndim else v for k, v in rows.items()}

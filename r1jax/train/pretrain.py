@@ -100,7 +100,8 @@ def pretrain_base(cfg: PretrainConfig, base_dir: str | os.PathLike,
     vocab = -(-tok.vocab_size // 64) * 64
     model_cfg = cfg.model.replace(vocab_size=vocab)
     encoded = [tok.encode(d, add_bos=True, add_eos=True) for d in docs]
-    rows = sft.pack(((ids, [1.0] * len(ids)) for ids in encoded), cfg.sft.seq_len, tok.pad_id)
+    rows = sft.pack(((ids, [1.0] * len(ids)) for ids in encoded), cfg.sft.seq_len, tok.pad_id,
+                    strategy=cfg.sft.packing)
     (workdir / "corpus_stats.json").write_text(json.dumps({
         "documents": len(docs), "tokens": int(sum(map(len, encoded))),
         "rows": int(rows["tokens"].shape[0]), "truncated": int(rows["num_truncated"]),

@@ -38,7 +38,8 @@ from r1jax.train import state as state_lib
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
     """steps: optimizer steps; batch_size x seq_len tokens per step (packed rows);
-    micro_batches: gradient accumulation; mesh: {axis: size} (-1 = the rest)."""
+    micro_batches: gradient accumulation; mesh: {axis: size} (-1 = the rest);
+    packing: how sequences fill the rows (`pack`'s `strategy`: "next_fit" or "best_fit")."""
 
     steps: int = 100
     batch_size: int = 16
@@ -49,8 +50,11 @@ class SFTConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     mesh: tuple[tuple[str, int], ...] = (("fsdp", -1),)
+    packing: str = "next_fit"
 
     def __post_init__(self):
+        if self.packing not in PACKING:
+            raise ValueError(f"SFTConfig.packing: {self.packing!r}, known: {', '.join(PACKING)}")
         for field in ("steps", "batch_size", "seq_len", "micro_batches", "log_every",
                       "checkpoint_every", "keep_checkpoints"):
             if getattr(self, field) <= 0:
@@ -61,26 +65,47 @@ class SFTConfig:
 
 
 # ------------------------------------------------------------------------------------ packing
-def pack(examples: Iterable[tuple[Sequence[int], Sequence[int]]], seq_len: int,
-         pad_id: int) -> dict[str, np.ndarray]:
-    """Greedy packing of (tokens, loss_weights) pairs into rows of `seq_len`.
+PACKING = ("next_fit", "best_fit")
 
-    A sequence never spans two rows; one longer than `seq_len` is cut to it (counted in
-    `num_truncated`). Returns int32 `tokens`, `segment_ids` (0 = padding, 1.. per sequence),
-    `positions`, float32 `weights` (the loss weight of predicting each token), all [N, L].
+
+def pack(examples: Iterable[tuple[Sequence[int], Sequence[int]]], seq_len: int,
+         pad_id: int, strategy: str = "next_fit") -> dict[str, np.ndarray]:
+    """Packs (tokens, loss_weights) pairs into rows of `seq_len`.
+
+    strategy "next_fit": sequences fill the current row in order; one that does not fit starts
+    a new row (the rows keep the input order). "best_fit": each sequence goes to the open row
+    with the least room that still holds it (a new row if none does); with sequences much
+    shorter than `seq_len` this leaves almost no padding, so more of every step's compute
+    trains on real tokens. A sequence never spans two rows; one longer than `seq_len` is cut to
+    it (counted in `num_truncated`). Returns int32 `tokens`, `segment_ids` (0 = padding, 1.. per
+    sequence), `positions`, float32 `weights` (the loss weight of predicting each token), all
+    [N, L].
     """
-    rows, row, truncated = [], [], 0
+    if strategy not in PACKING:
+        raise ValueError(f"pack: unknown strategy {strategy!r}, known: {', '.join(PACKING)}")
+    rows: list[list[tuple[list[int], list[float]]]] = []
+    # best_fit: by_room[r] holds the indices of the rows with exactly r free slots.
+    by_room: list[list[int]] = [[] for _ in range(seq_len + 1)]
+    truncated = 0
     for tokens, weights in examples:
         if len(tokens) != len(weights):
             raise ValueError(f"pack: {len(tokens)} tokens but {len(weights)} weights")
         if len(tokens) > seq_len:
             tokens, weights, truncated = tokens[:seq_len], weights[:seq_len], truncated + 1
-        if sum(len(t) for t, _ in row) + len(tokens) > seq_len:
-            rows.append(row)
-            row = []
-        row.append((list(tokens), list(weights)))
-    if row:
-        rows.append(row)
+        seq, n = (list(tokens), list(weights)), len(tokens)
+        if strategy == "next_fit":
+            if not rows or sum(len(t) for t, _ in rows[-1]) + n > seq_len:
+                rows.append([])
+            rows[-1].append(seq)
+            continue
+        room = next((r for r in range(n, seq_len + 1) if by_room[r]), None)
+        if room is None:
+            rows.append([])
+            index, room = len(rows) - 1, seq_len
+        else:
+            index = by_room[room].pop()
+        rows[index].append(seq)
+        by_room[room - n].append(index)
     out = {k: np.zeros((len(rows), seq_len), dt) for k, dt in
            (("tokens", np.int32), ("segment_ids", np.int32), ("positions", np.int32),
             ("weights", np.float32))}

@@ -44,6 +44,43 @@ def test_pack_layout_and_truncation():
     assert int(packed["num_truncated"]) == 1
 
 
+def _unpack(packed):
+    """The sequences of packed rows, read back by segment id (the obvious slow way)."""
+    out = []
+    for r in range(packed["tokens"].shape[0]):
+        seg = packed["segment_ids"][r]
+        for s in range(1, int(seg.max()) + 1):
+            idx = np.flatnonzero(seg == s)
+            np.testing.assert_array_equal(idx, np.arange(idx[0], idx[0] + len(idx)))
+            np.testing.assert_array_equal(packed["positions"][r, idx], np.arange(len(idx)))
+            out.append((packed["tokens"][r, idx].tolist(), packed["weights"][r, idx].tolist()))
+        assert (packed["tokens"][r, seg == 0] == 0).all() and (packed["weights"][r, seg == 0] == 0).all()
+    return out
+
+
+@pytest.mark.parametrize("strategy", sft.PACKING)
+def test_pack_keeps_every_sequence(strategy):
+    """Both strategies store each sequence whole in one row; best_fit needs no more rows than
+    next_fit and, with sequences much shorter than a row, fills nearly every slot."""
+    rng = np.random.default_rng(3)
+    seqs = _sequences(rng, 300, lo=1, hi=40)
+    packed = sft.pack(seqs, seq_len=64, pad_id=0, strategy=strategy)
+    back = _unpack(packed)
+    key = lambda s: (s[0], s[1])  # noqa: E731
+    assert sorted(back, key=key) == sorted(seqs, key=key)
+    if strategy == "next_fit":  # the input order, row after row
+        assert back == seqs
+    rows = {k: sft.pack(seqs, 64, 0, strategy=k)["tokens"].shape[0] for k in sft.PACKING}
+    assert rows["best_fit"] <= rows["next_fit"]
+    tokens = sum(len(t) for t, _ in seqs)
+    if strategy == "best_fit":
+        assert tokens / (rows["best_fit"] * 64) > 0.97
+    with pytest.raises(ValueError, match="strategy"):
+        sft.pack(seqs, 64, 0, strategy="first_fit")
+    with pytest.raises(ValueError, match="packing"):
+        sft.SFTConfig(packing="first_fit")
+
+
 _forward = jax.jit(transformer.Transformer(CFG).apply)
 
 
@@ -57,11 +94,12 @@ def _naive_loss(params, tokens, weights):
     return nll, np.asarray(weights[1:])
 
 
-def test_packed_loss_equals_separate_sequences():
+@pytest.mark.parametrize("strategy", sft.PACKING)
+def test_packed_loss_equals_separate_sequences(strategy):
     rng = np.random.default_rng(0)
     params = transformer.random_params(CFG, seed=1)
     seqs = _sequences(rng, 6)
-    packed = sft.pack(seqs, seq_len=32, pad_id=0)
+    packed = sft.pack(seqs, seq_len=32, pad_id=0, strategy=strategy)
     batch = {k: packed[k] for k in ("tokens", "segment_ids", "positions", "weights")}
     loss, aux = sft.lm_loss(params, batch, transformer.Transformer(CFG))
     nll, w = zip(*(_naive_loss(params, t, wt) for t, wt in seqs))
