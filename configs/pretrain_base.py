@@ -25,7 +25,9 @@ def get_config(arg=None):
     # (pass@1 3% before and after RL); 2-digit operands only made the bare answers from memory
     # right half the time (base pass@1 72%, little left for RL to add).
     c.task_knobs = {"arithmetic": {"min_digits": 1, "max_digits": 2, "ops": "+-"}}
-    c.num_documents = 40000
+    # Best-fit packing fills 97.7% of the row slots (next-fit 77%): 27% more real tokens per
+    # step; 50,000 documents keep the run at about 1.4 epochs.
+    c.num_documents = 50000
     c.instruction_fraction = 0.6
     # Two documents in three give the bare answer: the base often answers from memory.
     c.direct_fraction = 0.65
@@ -36,7 +38,8 @@ def get_config(arg=None):
     # 3,300 steps: at 2,500 the bases worked 2-digit problems out correctly only 22-56% of the
     # time, and RL, which makes the base work problems out, could not rise above that.
     c.sft = dict(steps=3300, batch_size=8, seq_len=256, micro_batches=1, log_every=20,
-                 checkpoint_every=500, keep_checkpoints=2, seed=0, mesh={"fsdp": -1})
+                 checkpoint_every=500, keep_checkpoints=2, seed=0, mesh={"fsdp": -1},
+                 packing="best_fit")
     # total_steps None: the cosine decays over sft.steps (an override of the steps carries it).
     c.optim = dict(learning_rate=3e-3, warmup_steps=30, schedule="cosine", total_steps=None,
                    end_lr_factor=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,

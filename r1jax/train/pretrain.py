@@ -104,7 +104,9 @@ def pretrain_base(cfg: PretrainConfig, base_dir: str | os.PathLike,
                     strategy=cfg.sft.packing)
     (workdir / "corpus_stats.json").write_text(json.dumps({
         "documents": len(docs), "tokens": int(sum(map(len, encoded))),
-        "rows": int(rows["tokens"].shape[0]), "truncated": int(rows["num_truncated"]),
+        "rows": int(rows["tokens"].shape[0]), "packing": cfg.sft.packing,
+        "fill": round(float((rows["segment_ids"] > 0).mean()), 4),
+        "truncated": int(rows["num_truncated"]),
         "vocab_size": tok.vocab_size}, indent=2))
     params = sft.train(model_cfg, cfg.optim, cfg.sft,
                        sft.epoch_batches(rows, cfg.sft.batch_size, cfg.seed), workdir,
