@@ -11,7 +11,8 @@ Multi-host (one process per host, every host running the same command): on a TPU
 R1JAX_PROCESS_ID). The base model must then exist already.
 
 When `config.base_dir` holds no base model and `--pretrain_config` is set (the default), the toy
-base model is trained first (experiments/pretrain_base.py) and cached for later runs.
+base model is trained first (experiments/pretrain_base.py) and cached for later runs. A cached
+base pretrained with other settings is used as is, with a note that names the differences.
 """
 
 import pathlib
@@ -47,6 +48,13 @@ def main(argv):
         print(f"no base model in {config.base_dir}: pretraining it first")
         cfg = pretrain.PretrainConfig.from_config_dict(_PRETRAIN.value)
         pretrain.pretrain_base(cfg, config.base_dir, f"{config.base_dir}.work")
+    elif base.exists(config.base_dir) and jax.process_index() == 0:
+        cfg = pretrain.PretrainConfig.from_config_dict(_PRETRAIN.value)
+        diff = pretrain.config_differences(cfg, config.base_dir)
+        if diff:  # a cached base from other settings (e.g. an older default): say so, keep it
+            print(f"note: the base model in {config.base_dir} was pretrained with other settings "
+                  f"than --pretrain_config ({'; '.join(diff)}); it is used as is. Remove it, or "
+                  "point --config.base_dir elsewhere, to pretrain anew.")
     summary = trainer.train(config, _WORKDIR.value)
     if jax.process_index() != 0:  # process 0 wrote the logs
         return

@@ -112,7 +112,36 @@ def pretrain_base(cfg: PretrainConfig, base_dir: str | os.PathLike,
                        sft.epoch_batches(rows, cfg.sft.batch_size, cfg.seed), workdir,
                        _init_params(model_cfg, cfg.seed), desc="pretrain base")
     return base.save_base(base_dir, model_cfg, params, tok_path,
-                          {"corpus": json.loads((workdir / "corpus_stats.json").read_text())})
+                          {"corpus": json.loads((workdir / "corpus_stats.json").read_text()),
+                           "pretrain_config": _flat(cfg)})
+
+
+def _flat(cfg: PretrainConfig) -> dict:
+    """The config as flat JSON values: {"sft.steps": 3300, "task_knobs": [...], ...}."""
+    out = {}
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            out[prefix[:-1]] = value
+
+    walk("", json.loads(json.dumps(dataclasses.asdict(cfg))))
+    return out
+
+
+def config_differences(cfg: PretrainConfig, base_dir: str | os.PathLike) -> list[str] | None:
+    """Fields where `cfg` differs from the config that pretrained the base in `base_dir`, as
+    "name: recorded -> given" lines; None when the base records no config (not pretrained
+    here, or by an older r1jax)."""
+    info = pathlib.Path(base_dir) / "info.json"
+    recorded = json.loads(info.read_text()).get("pretrain_config") if info.exists() else None
+    if recorded is None:
+        return None
+    given = _flat(cfg)
+    return [f"{k}: {recorded.get(k)!r} -> {given.get(k)!r}"
+            for k in sorted(set(recorded) | set(given)) if recorded.get(k) != given.get(k)]
 
 
 def _init_params(model_cfg: config_lib.ModelConfig, seed: int):

@@ -21,8 +21,9 @@ def test_r1_zero_entry_point_pretrains_then_trains(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     assert (base_dir / "DONE").exists()
-    stats = json.loads((base_dir / "info.json").read_text())["corpus"]
-    assert stats["packing"] == "best_fit" and 0.0 < stats["fill"] <= 1.0
+    info = json.loads((base_dir / "info.json").read_text())
+    assert info["corpus"]["packing"] == "best_fit" and 0.0 < info["corpus"]["fill"] <= 1.0
+    assert info["pretrain_config"]["num_documents"] == 300  # the smoke preset's corpus
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "eval/pass@1" in r]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 4
