@@ -17,8 +17,6 @@ import pathlib
 import tempfile
 import time
 
-from r1jax.data import corpus
-from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.train import pretrain, sft
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -36,11 +34,8 @@ def main():
     documents = args.documents or cfg.num_documents
     seq_len = args.seq_len or cfg.sft.seq_len
     with tempfile.TemporaryDirectory() as tmp:
-        tok = tokenizer_lib.train_sentencepiece(
-            pretrain._documents(cfg, cfg.tokenizer_documents), cfg.vocab_size,
-            pathlib.Path(tmp) / "tokenizer.model",
-            special_pieces=(tokenizer_lib.BOS, tokenizer_lib.EOS) + tokenizer_lib.ROLE_PIECES)
-    docs = pretrain._documents(cfg, documents, corpus.name_pieces(tok.pieces()))
+        tok = pretrain.train_tokenizer(cfg, pathlib.Path(tmp) / "tokenizer.model")
+    docs = pretrain.corpus_documents(cfg, tok, documents)
     encoded = [tok.encode(d, add_bos=True, add_eos=True) for d in docs]
     tokens = sum(map(len, encoded))
     print(f"{documents} documents, {tokens} tokens (mean {tokens / documents:.0f}), "

@@ -81,6 +81,22 @@ def _documents(cfg: PretrainConfig, count: int, pieces: tuple[str, ...] | None =
     return list(itertools.islice(docs, count))
 
 
+def train_tokenizer(cfg: PretrainConfig, path: str | os.PathLike):
+    """The base model's SentencePiece tokenizer, trained on `cfg.tokenizer_documents`
+    syllable-named documents and written to `path`."""
+    return tokenizer_lib.train_sentencepiece(
+        _documents(cfg, cfg.tokenizer_documents), cfg.vocab_size, path,
+        special_pieces=(tokenizer_lib.BOS, tokenizer_lib.EOS) + tokenizer_lib.ROLE_PIECES)
+
+
+def corpus_documents(cfg: PretrainConfig, tok, count: int | None = None) -> list[str]:
+    """The pretraining corpus (`count` documents, default `cfg.num_documents`). With
+    `cfg.piece_names`, its invented tag names are the tokenizer's own pieces
+    (`corpus.tag_name`), so the tokenizer comes first, trained on syllable-named documents."""
+    pieces = corpus.name_pieces(tok.pieces()) if cfg.piece_names else None
+    return _documents(cfg, cfg.num_documents if count is None else count, pieces)
+
+
 def pretrain_base(cfg: PretrainConfig, base_dir: str | os.PathLike,
                   workdir: str | os.PathLike | None = None) -> pathlib.Path:
     """Trains and saves the base model unless `base_dir` already holds one; returns base_dir."""
@@ -89,14 +105,9 @@ def pretrain_base(cfg: PretrainConfig, base_dir: str | os.PathLike,
         return base_dir
     workdir = pathlib.Path(workdir or f"{base_dir}.work")
     workdir.mkdir(parents=True, exist_ok=True)
-    # The tokenizer learns from syllable-named documents; the training corpus then names its
-    # invented tags with the tokenizer's own pieces (`corpus.tag_name`).
     tok_path = workdir / "tokenizer.model"
-    tok = tokenizer_lib.train_sentencepiece(
-        _documents(cfg, cfg.tokenizer_documents), cfg.vocab_size, tok_path,
-        special_pieces=(tokenizer_lib.BOS, tokenizer_lib.EOS) + tokenizer_lib.ROLE_PIECES)
-    pieces = corpus.name_pieces(tok.pieces()) if cfg.piece_names else None
-    docs = _documents(cfg, cfg.num_documents, pieces)
+    tok = train_tokenizer(cfg, tok_path)
+    docs = corpus_documents(cfg, tok)
     vocab = -(-tok.vocab_size // 64) * 64
     model_cfg = cfg.model.replace(vocab_size=vocab)
     encoded = [tok.encode(d, add_bos=True, add_eos=True) for d in docs]

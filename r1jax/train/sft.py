@@ -84,9 +84,10 @@ def pack(examples: Iterable[tuple[Sequence[int], Sequence[int]]], seq_len: int,
     if strategy not in PACKING:
         raise ValueError(f"pack: unknown strategy {strategy!r}, known: {', '.join(PACKING)}")
     rows: list[list[tuple[list[int], list[float]]]] = []
-    # best_fit: by_room[r] holds the indices of the rows with exactly r free slots.
+    # best_fit: by_room[r] holds the indices of the rows with exactly r free slots;
+    # next_fit: last_room is the free slots of the last row.
     by_room: list[list[int]] = [[] for _ in range(seq_len + 1)]
-    truncated = 0
+    last_room, truncated = 0, 0
     for tokens, weights in examples:
         if len(tokens) != len(weights):
             raise ValueError(f"pack: {len(tokens)} tokens but {len(weights)} weights")
@@ -94,9 +95,11 @@ def pack(examples: Iterable[tuple[Sequence[int], Sequence[int]]], seq_len: int,
             tokens, weights, truncated = tokens[:seq_len], weights[:seq_len], truncated + 1
         seq, n = (list(tokens), list(weights)), len(tokens)
         if strategy == "next_fit":
-            if not rows or sum(len(t) for t, _ in rows[-1]) + n > seq_len:
+            if not rows or n > last_room:
                 rows.append([])
+                last_room = seq_len
             rows[-1].append(seq)
+            last_room -= n
             continue
         room = next((r for r in range(n, seq_len + 1) if by_room[r]), None)
         if room is None:

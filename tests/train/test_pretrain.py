@@ -1,23 +1,14 @@
 """The pretraining config a base model records, and how a cached base is compared with it."""
 
-import importlib.util
 import json
-import pathlib
+
+from conftest import config_preset
 
 from r1jax.train import pretrain
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _config(preset):
-    spec = importlib.util.spec_from_file_location("pretrain_base", ROOT / "configs/pretrain_base.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
-
 
 def test_config_differences(tmp_path):
-    cd = _config("smoke")
+    cd = config_preset("pretrain_base", "smoke")
     cfg = pretrain.PretrainConfig.from_config_dict(cd)
     assert pretrain.config_differences(cfg, tmp_path) is None  # no info.json: nothing recorded
     (tmp_path / "info.json").write_text(json.dumps({"corpus": {}}))

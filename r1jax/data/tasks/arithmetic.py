@@ -105,13 +105,12 @@ class Arithmetic(base.Task):
                                  f"{max_digits}) with a positive sum, got {length_weights}")
             self.length_weights = tuple(float(x) for x in w)
         self.ops, self.max_mul_digits = "".join(sorted(set(ops))), max_mul_digits
-        if "*" in self.ops and self.length_weights is not None:
-            capped = self.length_weights[:max(min_digits, max_mul_digits) - min_digits + 1]
-            if sum(capped) <= 0:
-                raise ValueError(f"length_weights {length_weights} give no weight to the lengths "
-                                 f"{min_digits}..{max(min_digits, max_mul_digits)} that the "
-                                 f"second operand of * may have (max_mul_digits="
-                                 f"{max_mul_digits})")
+        top = max(min_digits, max_mul_digits)  # the longest second operand of *
+        if "*" in self.ops and self.length_weights is not None \
+                and sum(self.length_weights[:top - min_digits + 1]) <= 0:
+            raise ValueError(f"length_weights {length_weights} give no weight to the lengths "
+                             f"{min_digits}..{top} that the second operand of * may have "
+                             f"(max_mul_digits={max_mul_digits})")
 
     def knobs(self):
         return dict(super().knobs(), min_digits=self.min_digits, max_digits=self.max_digits,
