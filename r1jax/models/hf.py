@@ -13,8 +13,10 @@ HF tensor names: `layers_{i}/...` -> `model.layers.{i}....`, `.../kernel` [in, o
 `embed_tokens` and `shared_head.head`, are ignored on load and written on save).
 
 Files are untrusted: config.json fields are checked (unsupported architectures, RoPE types and
-options raise a ValueError naming the file and field); every expected tensor must be present
-with its expected shape; unexpected tensors are an error except rotary `inv_freq` buffers, a
+options raise a ValueError naming the file and field; numbers must be finite, `rms_norm_eps`,
+`rope_theta` and the RoPE factor positive, `vocab_size` at most `MAX_VOCAB`); the layer count
+and embedding shape are checked against the tensor headers before the parameter tree is
+described; every expected tensor must be present with its expected shape and finite values; unexpected tensors are an error except rotary `inv_freq` buffers, a
 tied model's `lm_head.weight`, and the MTP copies above. MTP layers are loaded when present; a
 config that announces `num_nextn_predict_layers` without shipping the layers (as transformers'
 own `save_pretrained` does) gives a config with num_nextn_predict_layers = 0.
@@ -28,6 +30,7 @@ change them with `config.replace(...)`. Only the scan_layers=False parameter tre
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -53,6 +56,9 @@ ARCHITECTURES = (DEEPSEEK_V3, QWEN2, LLAMA)
 _MODEL_TYPES = {DEEPSEEK_V3: "deepseek_v3", QWEN2: "qwen2", LLAMA: "llama"}
 _REQUIRED = object()
 _FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
+# The largest released vocabularies are ~260k; far above that is a corrupt or hostile config.
+MAX_VOCAB = 1 << 24
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +89,16 @@ class _Fields:
         if not ok:
             self.fail(key, f"must be {kind.__name__}{' or null' if allow_none else ''}, "
                       f"got {value!r}")
+        if kind is float and not math.isfinite(value):  # json.load accepts NaN and Infinity
+            self.fail(key, f"must be a finite number, got {value!r}")
         return float(value) if kind is float else value
+
+    def positive(self, key: str, kind: type, default: Any = _REQUIRED):
+        """`get` for a number that must be > 0 (a NaN or negative eps/theta gives NaN logits)."""
+        value = self.get(key, kind, default)
+        if value is not None and value <= 0:
+            self.fail(key, f"must be positive, got {value!r}")
+        return value
 
     def expect(self, key: str, allowed: tuple, default: Any = None):
         value = self.values.get(key, default)
@@ -108,12 +123,15 @@ def _common_fields(f: _Fields) -> dict[str, Any]:
                "dequantize to bfloat16 first")
     heads = f.get("num_attention_heads", int)
     hidden = f.get("hidden_size", int)
+    vocab = f.get("vocab_size", int)
+    if not 0 < vocab <= MAX_VOCAB:  # checked before any array of that size is described
+        f.fail("vocab_size", f"= {vocab} is outside [1, {MAX_VOCAB}]")
     return dict(
-        vocab_size=f.get("vocab_size", int), hidden_size=hidden,
+        vocab_size=vocab, hidden_size=hidden,
         num_hidden_layers=f.get("num_hidden_layers", int),
         intermediate_size=f.get("intermediate_size", int), num_attention_heads=heads,
         num_key_value_heads=f.get("num_key_value_heads", int, heads, allow_none=True) or heads,
-        rms_norm_eps=f.get("rms_norm_eps", float, 1e-6),
+        rms_norm_eps=f.positive("rms_norm_eps", float, 1e-6),
         tie_word_embeddings=f.get("tie_word_embeddings", bool, False),
         max_position_embeddings=f.get("max_position_embeddings", int),
         initializer_range=f.get("initializer_range", float, 0.02))
@@ -125,8 +143,9 @@ def _rope_dict(f: _Fields) -> tuple[_Fields, float]:
     key = "rope_scaling" if f.values.get("rope_scaling") else "rope_parameters"
     rope = f.get(key, dict, {}, allow_none=True) or {}
     rope_f = _Fields(rope, f.file, f"{key}.")
-    theta = rope_f.get("rope_theta", float, None) or f.get("rope_theta", float, 10000.0)
-    return rope_f, theta
+    if rope_f.values.get("rope_theta") is not None:
+        return rope_f, rope_f.positive("rope_theta", float)
+    return rope_f, f.positive("rope_theta", float, 10000.0)
 
 
 def _rope_fields(f: _Fields, arch: str) -> dict[str, Any]:
@@ -144,6 +163,8 @@ def _rope_fields(f: _Fields, arch: str) -> dict[str, Any]:
     old = f.get("original_max_position_embeddings", int, None) or rope.get(
         "original_max_position_embeddings", int, max_pos)
     factor = rope.get("factor", float, None, allow_none=True)
+    if factor is not None and factor <= 0:
+        rope.fail("factor", f"must be positive, got {factor!r}")
     out.update(original_max_position_embeddings=old,
                rope_factor=max_pos / old if factor is None else factor)
     if rope_type == "llama3":
@@ -174,7 +195,7 @@ def _deepseek_fields(f: _Fields) -> dict[str, Any]:
         num_experts_per_tok=f.get("num_experts_per_tok", int),
         moe_intermediate_size=f.get("moe_intermediate_size", int),
         n_group=f.get("n_group", int), topk_group=f.get("topk_group", int),
-        routed_scaling_factor=f.get("routed_scaling_factor", float),
+        routed_scaling_factor=f.positive("routed_scaling_factor", float),
         norm_topk_prob=f.get("norm_topk_prob", bool), scoring_func="sigmoid",
         first_k_dense_replace=f.get("first_k_dense_replace", int),
         num_nextn_predict_layers=f.get("num_nextn_predict_layers", int, 0))
@@ -365,12 +386,19 @@ class _Checkpoint:
             raise ValueError(f"{full}: not a readable safetensors file ({e})") from None
 
     def read(self, name: str) -> np.ndarray:
+        """The tensor `name`; ValueError naming file and tensor if unreadable or non-finite."""
         full = os.path.join(self.path, self.files[name])
         try:
             with safe_open(full, framework="np") as f:
-                return f.get_tensor(name)
+                array = f.get_tensor(name)
         except (SafetensorError, OSError, TypeError) as e:
             raise ValueError(f"{full}: cannot read tensor {name!r} ({e})") from None
+        if array.dtype.kind == "f" or array.dtype.name in _FLOAT_DTYPES:
+            bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+            if bad:  # a NaN/inf weight only shows up later as NaN logits, far from its cause
+                raise ValueError(f"{full}: tensor {name!r} has {bad} non-finite value(s) "
+                                 f"(NaN or inf) of {array.size}")
+        return array
 
     def shape(self, name: str) -> tuple[int, ...]:
         full = os.path.join(self.path, self.files[name])
@@ -391,6 +419,28 @@ def _read_json(file: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # load_hf.
+
+
+def _check_sizes(config: config_lib.ModelConfig, ckpt: _Checkpoint, config_file: str) -> None:
+    """Checks the config's sizes against the tensors present, from the file headers only.
+
+    Runs before the abstract parameter tree is built: a hostile `num_hidden_layers: 1000000`
+    would otherwise describe (and wait on) a million layers before any tensor is looked at.
+    """
+    layers = {int(m.group(1)) for m in map(_LAYER.match, ckpt.files) if m}
+    missing = sorted(set(range(config.num_hidden_layers)) - layers)
+    if missing:
+        raise ValueError(
+            f"{config_file}: field 'num_hidden_layers' = {config.num_hidden_layers}, but "
+            f"{ckpt.path} holds tensors for {len(layers)} layer(s) "
+            f"(layer {missing[0]} is absent)")
+    embed = "model.embed_tokens.weight"
+    if embed in ckpt.files:  # else the per-tensor check names it as missing
+        want = (config.vocab_size, config.hidden_size)
+        found = ckpt.shape(embed)
+        if found != want:
+            raise ValueError(f"{config_file}: fields 'vocab_size', 'hidden_size' = {list(want)} "
+                             f"do not match tensor {embed!r} of shape {list(found)}")
 
 
 def _mtp_present(config: config_lib.ModelConfig, names: Iterable[str]) -> bool:
@@ -438,6 +488,7 @@ def load_hf(path: str, dtype: Any = jnp.float32) -> tuple[config_lib.ModelConfig
         raise ValueError(f"{path}: not a directory")
     config = config_from_hf(_read_json(config_file), config_file, dtype)
     ckpt = _Checkpoint(path)
+    _check_sizes(config, ckpt, config_file)
     if config.num_nextn_predict_layers and not _mtp_present(config, ckpt.files):
         config = config.replace(num_nextn_predict_layers=0)  # Announced but not shipped.
     flat = traverse_util.flatten_dict(transformer.abstract_params(config))

@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import shutil
+import time
 
 import jax
 import jax.numpy as jnp
@@ -225,6 +226,48 @@ def test_index_cannot_escape_directory(tmp_path):
     (out / hf.INDEX_FILE).write_text(json.dumps(index))
     with pytest.raises(ValueError, match="elsewhere.safetensors"):
         hf.load_hf(str(out))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weight_is_named(tmp_path, value):
+    path = copy_fixture("llama", tmp_path)
+    name = "model.layers.1.mlp.down_proj.weight"
+
+    def poison(tensors):
+        tensors[name][3, 5] = value
+
+    rewrite_weights(path, poison)
+    with pytest.raises(ValueError, match=rf"model.safetensors: tensor '{name}' has 1 non-finite"):
+        hf.load_hf(str(path))
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c.update(rms_norm_eps=float("nan")), "'rms_norm_eps' must be a finite number"),
+    (lambda c: c.update(rms_norm_eps=0.0), "'rms_norm_eps' must be positive"),
+    (lambda c: c["rope_parameters"].update(rope_theta=-1.0), r"rope_parameters\.'rope_theta' must "
+     "be positive"),
+    (lambda c: c["rope_parameters"].update(rope_theta=float("inf")), "'rope_theta' must be a finite"),
+    (lambda c: c.update(initializer_range=float("nan")), "'initializer_range' must be a finite"),
+    (lambda c: c.update(vocab_size=10**12), r"'vocab_size' = 1000000000000 is outside \[1, "),
+    (lambda c: c.update(vocab_size=95), r"'vocab_size', 'hidden_size' = \[95, 32\] do not match"),
+])
+def test_bad_config_values(tmp_path, edit, match):
+    path = copy_fixture("qwen2", tmp_path)
+    rewrite_config(path, edit)  # json.dump writes NaN / Infinity, which json.load accepts
+    with pytest.raises(ValueError, match=match) as info:
+        hf.load_hf(str(path))
+    assert "config.json" in str(info.value)
+
+
+def test_layer_count_checked_before_building_the_tree(tmp_path):
+    """A million announced layers against three present fails at once, not after describing them."""
+    path = copy_fixture("deepseek_v3", tmp_path)
+    rewrite_config(path, lambda c: c.update(num_hidden_layers=1_000_000))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"config.json: field 'num_hidden_layers' = 1000000, "
+                       r"but .* holds tensors for 3 layer\(s\) \(layer 3 is absent\)"):
+        hf.load_hf(str(path))
+    assert time.perf_counter() - start < 0.5
 
 
 # ------------------------------------------------------------------------------------ transformers
