@@ -45,6 +45,7 @@ from flax import traverse_util
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from r1jax import ownership
 from r1jax.models import config as config_lib
 from r1jax.models import moe, transformer
 
@@ -471,13 +472,43 @@ def _load_leaf(ckpt: _Checkpoint, path, leaf, config, dtype) -> np.ndarray:
     return jnp.asarray(value, jnp.float32 if keep_f32 else dtype)
 
 
+_SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+
+
+def checkpoint_dtype(path: str) -> str:
+    """The dtype the checkpoint's weights are stored in ("bfloat16", "float32", ...), read
+    from the embedding tensor's header (no tensor data is read)."""
+    ckpt = _Checkpoint(path)
+    name = "model.embed_tokens.weight"
+    if name not in ckpt.files:
+        raise ValueError(f"{path}: tensor {name!r} is missing")
+    with safe_open(os.path.join(path, ckpt.files[name]), framework="np") as f:
+        stored = f.get_slice(name).get_dtype()
+    if stored not in _SAFETENSORS_DTYPES:
+        raise ValueError(f"{path}: tensor {name!r} is stored as {stored}; expected one of "
+                         f"{sorted(_SAFETENSORS_DTYPES)}")
+    return _SAFETENSORS_DTYPES[stored]
+
+
+def load_hf_config(path: str, dtype: Any = None) -> config_lib.ModelConfig:
+    """The ModelConfig that `load_hf(path, dtype)` returns, from config.json and the tensor
+    headers only (no weights are read). `dtype` None means the checkpoint's own dtype."""
+    config_file = os.path.join(path, CONFIG_FILE)
+    dtype = checkpoint_dtype(path) if dtype is None else dtype
+    config = config_from_hf(_read_json(config_file), config_file, dtype)
+    if config.num_nextn_predict_layers and not _mtp_present(config, _Checkpoint(path).files):
+        config = config.replace(num_nextn_predict_layers=0)
+    return config
+
+
 def load_hf(path: str, dtype: Any = jnp.float32) -> tuple[config_lib.ModelConfig, dict]:
     """Reads an HF checkpoint directory into (ModelConfig, params).
 
     Args:
       path: a local directory with config.json and model.safetensors (or a sharded index).
       dtype: the dtype of the returned params (and of config.dtype / config.param_dtype);
-        the MoE balancing bias stays float32.
+        None keeps the checkpoint's own (`checkpoint_dtype`: a bfloat16 checkpoint stays
+        bfloat16); the MoE balancing bias stays float32.
     Returns:
       (config, params): params is the scan_layers=False tree of `transformer.Transformer`.
     Raises:
@@ -486,6 +517,8 @@ def load_hf(path: str, dtype: Any = jnp.float32) -> tuple[config_lib.ModelConfig
     config_file = os.path.join(path, CONFIG_FILE)
     if not os.path.isdir(path):
         raise ValueError(f"{path}: not a directory")
+    if dtype is None:
+        dtype = checkpoint_dtype(path)
     config = config_from_hf(_read_json(config_file), config_file, dtype)
     ckpt = _Checkpoint(path)
     _check_sizes(config, ckpt, config_file)
@@ -579,31 +612,42 @@ def _write_json(values: Mapping, file: str):
 
 def save_hf(config: config_lib.ModelConfig, params: Mapping, path: str, *,
             overwrite: bool = False, max_shard_bytes: int = 5 * 2**30,
-            generation_config: Mapping[str, Any] | None = None) -> None:
+            generation_config: Mapping[str, Any] | None = None,
+            config_extra: Mapping[str, Any] | None = None,
+            files: Iterable[str | os.PathLike] = ()) -> None:
     """Writes an HF checkpoint directory that `transformers.AutoModelForCausalLM` loads.
 
     Args:
       config, params: the model (scan_layers=False tree); params keep their dtypes.
-      path: the directory to create. An existing non-empty one is an error unless `overwrite`.
+      path: the directory to create, marked as r1jax's (`r1jax.ownership`). An existing
+        non-empty one is an error unless `overwrite` and it is marked (an earlier save_hf):
+        a directory r1jax did not create is never replaced.
       max_shard_bytes: above this total size, weights are sharded with an index file.
       generation_config: written as generation_config.json when given.
+      config_extra: more config.json fields (e.g. bos_token_id, eos_token_id).
+      files: files copied into the directory as they are (e.g. the tokenizer's).
     The directory is written under a temporary name beside `path` and renamed into place, so an
     interrupted save never leaves a half-written checkpoint at `path`.
     """
     path = os.path.abspath(path)
-    if os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise FileExistsError(f"save_hf: {path} exists and is not empty; pass overwrite=True")
     if os.path.exists(path) and not os.path.isdir(path):
         raise FileExistsError(f"save_hf: {path} exists and is not a directory")
+    if os.path.isdir(path) and os.listdir(path):
+        ownership.check_owned(path, "overwrite the checkpoint directory")
+        if not overwrite:
+            raise FileExistsError(f"save_hf: {path} exists and is not empty; pass overwrite=True")
     tensors = _hf_tensors(config, params)
-    hf_config = config_to_hf(config)
+    hf_config = dict(config_to_hf(config), **dict(config_extra or {}))
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
     try:
+        ownership.mark(tmp, "models.hf.save_hf")
         _write_json(hf_config, os.path.join(tmp, CONFIG_FILE))
         if generation_config is not None:
             _write_json(generation_config, os.path.join(tmp, "generation_config.json"))
+        for file in files:
+            shutil.copyfile(file, os.path.join(tmp, os.path.basename(file)))
         _write_weights(tensors, tmp, max_shard_bytes)
         _replace_dir(tmp, path)
     except BaseException:
@@ -612,7 +656,9 @@ def save_hf(config: config_lib.ModelConfig, params: Mapping, path: str, *,
 
 
 def _replace_dir(src: str, dst: str):
-    """Renames `src` to `dst`; an existing `dst` is moved aside first and removed only after."""
+    """Renames `src` to `dst`; an existing `dst` is moved aside first and removed only after.
+    A `dst` that is neither empty nor marked as r1jax's is refused (NotOwnedError)."""
+    ownership.check_owned(dst, "replace")
     old = None
     if os.path.exists(dst):
         old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=os.path.dirname(dst))
@@ -625,5 +671,5 @@ def _replace_dir(src: str, dst: str):
             os.rename(old, dst)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)  # the marked (or empty) directory moved aside
 

@@ -19,6 +19,7 @@ import pytest
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
+from r1jax import ownership
 from r1jax.models import hf, transformer
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "hf")
@@ -146,16 +147,37 @@ def test_bfloat16(tmp_path):
 
 
 def test_save_never_clobbers(tmp_path):
+    """A directory r1jax did not create is never replaced, even with overwrite=True; one that
+    an earlier save_hf wrote (marked) is replaced only with overwrite=True."""
     config, params = loaded("qwen2")
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(ownership.NotOwnedError, match="keep.txt"):
+            hf.save_hf(config, params, str(out), overwrite=overwrite)
+        assert os.listdir(out) == ["keep.txt"]
+    mine = tmp_path / "mine"
+    hf.save_hf(config, params, str(mine))
+    assert ownership.is_marked(mine)
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        hf.save_hf(config, params, str(out))
-    assert os.listdir(out) == ["keep.txt"]
-    hf.save_hf(config, params, str(out), overwrite=True)
-    assert sorted(os.listdir(tmp_path)) == ["out"]
-    assert hf.load_hf(str(out))[0] == config
+        hf.save_hf(config, params, str(mine))
+    hf.save_hf(config, params, str(mine), overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["mine", "out"]
+    assert hf.load_hf(str(mine))[0] == config
+
+
+def test_checkpoint_dtype_is_kept_when_asked(tmp_path):
+    """dtype=None keeps the stored dtype: a bfloat16 checkpoint loads as bfloat16 params and
+    config, and load_hf_config agrees without reading weights."""
+    config, params = hf.load_hf(fixture("qwen2"), dtype=jnp.bfloat16)
+    hf.save_hf(config, params, str(tmp_path / "bf16"))
+    assert hf.checkpoint_dtype(str(tmp_path / "bf16")) == "bfloat16"
+    config2, params2 = hf.load_hf(str(tmp_path / "bf16"), dtype=None)
+    assert config2.param_dtype == config2.dtype == "bfloat16"
+    assert {leaf.dtype for leaf in jax.tree.leaves(params2)} == {jnp.dtype(jnp.bfloat16)}
+    assert hf.load_hf_config(str(tmp_path / "bf16")) == config2
+    assert hf.checkpoint_dtype(fixture("qwen2")) == "float32"
 
 
 def test_save_rejects_unrepresentable_config():
