@@ -265,7 +265,7 @@ BAD = {
     ],
     "code": [
         (json.dumps({"prompt": "p", "tests": "assert x"}), "field 'tests'"),
-        (json.dumps({"prompt": "p", "tests": [1]}), "list of strings"),
+        (json.dumps({"prompt": "p", "tests": [1]}), "list of non-empty strings"),
         (json.dumps({"prompt": "p", "tests": ["assert 1"], "entry_point": 5}), "entry_point"),
     ],
 }
