@@ -56,7 +56,8 @@ class Tokenizer(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def bos_id(self) -> int: ...
+    def bos_id(self) -> int | None:
+        """The BOS id, or None for tokenizers without one (Qwen2/2.5: `"bos_token": null`)."""
 
     @property
     @abc.abstractmethod
@@ -67,9 +68,10 @@ class Tokenizer(abc.ABC):
     def pad_id(self) -> int: ...
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
-        """Token ids of `text`, optionally framed by BOS and EOS."""
+        """Token ids of `text`, optionally framed by BOS (when the tokenizer has one) and EOS."""
         ids = self._encode(text)
-        return ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
+        bos = [self.bos_id] if add_bos and self.bos_id is not None else []
+        return bos + ids + ([self.eos_id] if add_eos else [])
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`. Stops nowhere (EOS is rendered, not a terminator); PAD is skipped.
@@ -274,6 +276,8 @@ class HFTokenizer(Tokenizer):
 
     BOS/EOS/PAD come from the arguments, else the sibling tokenizer_config.json, else the
     vocabulary's `SPECIAL_PIECES`. Without a PAD token, EOS pads (and decode then keeps EOS).
+    BOS is optional: `"bos_token": null` in tokenizer_config.json (as transformers writes for
+    Qwen2/2.5), or no config and no `BOS` piece, gives `bos_id` None. EOS is required.
     """
 
     def __init__(
@@ -293,14 +297,26 @@ class HFTokenizer(Tokenizer):
         path = pathlib.Path(path)
         file = path / "tokenizer.json" if path.is_dir() else path
         self._tok = tokenizers.Tokenizer.from_file(str(file))
-        config = {}
-        if (file.parent / "tokenizer_config.json").exists():
-            config = json.loads((file.parent / "tokenizer_config.json").read_text())
-        bos = bos_token or _token_content(config.get("bos_token")) or BOS
-        eos = eos_token or _token_content(config.get("eos_token")) or EOS
+        config = _read_config(file.parent / "tokenizer_config.json")
+        self._eos = self._configured(eos_token or _token_content(config.get("eos_token")) or EOS,
+                                     "eos_token", file)
         pad = pad_token or _token_content(config.get("pad_token"))
-        self._bos, self._eos = self.id_of(bos), self.id_of(eos)
-        self._pad = self.id_of(pad) if pad else self._eos
+        self._pad = self._configured(pad, "pad_token", file) if pad else self._eos
+        bos = bos_token or _token_content(config.get("bos_token"))
+        if bos:
+            self._bos = self._configured(bos, "bos_token", file)
+        elif "bos_token" in config:  # explicitly null: the model uses no BOS
+            self._bos = None
+        else:  # no config: our own tokenizers carry the BOS piece; others may have none
+            self._bos = self._tok.token_to_id(BOS)
+
+    def _configured(self, piece: str, field: str, file: pathlib.Path) -> int:
+        """The id of a configured special token; a clear error when the vocabulary lacks it."""
+        pid = self._tok.token_to_id(piece)
+        if pid is None:
+            raise ValueError(f"{file.parent / 'tokenizer_config.json'}: {field} {piece!r} is not "
+                             f"a token of {file}")
+        return pid
 
     def _encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
@@ -319,7 +335,7 @@ class HFTokenizer(Tokenizer):
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     @property
-    def bos_id(self) -> int:
+    def bos_id(self) -> int | None:
         return self._bos
 
     @property
@@ -329,6 +345,19 @@ class HFTokenizer(Tokenizer):
     @property
     def pad_id(self) -> int:
         return self._pad
+
+
+def _read_config(path: pathlib.Path) -> dict:
+    """tokenizer_config.json as a dict ({} when absent); a named error when malformed."""
+    if not path.exists():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: must hold a JSON object")
+    return config
 
 
 def load(path: str | os.PathLike, **kwargs) -> Tokenizer:

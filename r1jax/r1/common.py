@@ -39,8 +39,7 @@ def sft_config(section) -> tuple[sft.SFTConfig, state_lib.OptimConfig]:
 def save_model(directory: pathlib.Path, model_config, params, tokenizer_dir) -> pathlib.Path:
     """Saves a stage's model (kept as is when a killed attempt already finished saving it)."""
     if not base.exists(directory):
-        base.save_base(directory, model_config, params,
-                       pathlib.Path(tokenizer_dir) / "tokenizer.model")
+        base.save_base(directory, model_config, params, base.tokenizer_files(tokenizer_dir))
     return directory
 
 

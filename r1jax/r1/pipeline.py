@@ -158,7 +158,7 @@ def train_reward_model(config, policy_dir, work: pathlib.Path) -> tuple[rm.Score
         params, evaluated = reward.train(
             model_config, state_lib.OptimConfig(**dict(c.optim)), train_cfg, train_data,
             work / "train", init, eval_data=test_data)
-        rm.save(model_dir, model_config, params, pathlib.Path(policy_dir) / "tokenizer.model",
+        rm.save(model_dir, model_config, params, base.tokenizer_files(policy_dir),
                 span=train_cfg.span, max_len=train_cfg.max_len, info=evaluated)
     info = json.loads((model_dir / "info.json").read_text())
     return rm.load(model_dir), {k: v for k, v in info.items() if k.startswith("eval/")}

@@ -4,12 +4,19 @@ This is what `experiments/pretrain_base.py` writes (the toy "V3-Base") and what 
 trainers start from:
 
     <dir>/model_config.json   `ModelConfig` fields
-    <dir>/tokenizer.model     SentencePiece model (or tokenizer.json for HF tokenizers)
+    <dir>/tokenizer.model     SentencePiece model (or tokenizer.json [+ tokenizer_config.json]
+                              for HF tokenizers)
     <dir>/params/             orbax StandardCheckpointer tree (unboxed parameter arrays)
+    <dir>/.r1jax              the ownership marker (`r1jax.ownership`)
     <dir>/DONE                written last: a directory without it is incomplete and ignored
 
-`save_base` writes into `<dir>.tmp-<pid>` and renames it, so an interrupted save never leaves a
-directory that `load_base` would accept.
+`save_base` writes into a fresh temporary directory beside `<dir>` and renames it, so an
+interrupted save never leaves a directory that `load_base` would accept. It never replaces a
+directory that r1jax did not create (`r1jax.ownership`).
+
+`load_model` also reads a local Hugging Face checkpoint directory (config.json + safetensors +
+tokenizer.json or tokenizer.model), keeping its stored dtype; `check_model_dir` says, in
+seconds, why a directory is neither.
 """
 
 from __future__ import annotations
@@ -18,14 +25,25 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
+from collections.abc import Sequence
 
 import jax
 import orbax.checkpoint as ocp
 
+from r1jax import ownership
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.models import config as config_lib
 
 _DONE = "DONE"
+#: Tokenizer files a model directory may hold; the first present of the first two is loaded.
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json")
+_HF_CONFIG, _HF_WEIGHTS = "config.json", ("model.safetensors", "model.safetensors.index.json")
+EXPECTED = ("an r1jax base model directory (model_config.json, params/, tokenizer, DONE; written "
+            "by experiments/pretrain_base.py or a pipeline stage) or a Hugging Face checkpoint "
+            "directory (config.json + model.safetensors or model.safetensors.index.json + "
+            "tokenizer.json or tokenizer.model)")
 
 
 def exists(directory: str | os.PathLike) -> bool:
@@ -33,38 +51,113 @@ def exists(directory: str | os.PathLike) -> bool:
     return (pathlib.Path(directory) / _DONE).exists()
 
 
+def tokenizer_files(directory: str | os.PathLike) -> list[pathlib.Path]:
+    """The tokenizer files present in a model directory (to copy along with the model)."""
+    directory = pathlib.Path(directory)
+    files = [directory / name for name in TOKENIZER_FILES if (directory / name).is_file()]
+    if not any(f.name in TOKENIZER_FILES[:2] for f in files):
+        raise FileNotFoundError(f"{directory}: no tokenizer.model or tokenizer.json")
+    return files
+
+
 def save_base(directory: str | os.PathLike, model_config: config_lib.ModelConfig, params,
-              tokenizer_file: str | os.PathLike, extra: dict | None = None) -> pathlib.Path:
-    """Writes a complete base-model directory atomically; refuses to replace a complete one."""
+              tokenizer_file: str | os.PathLike | Sequence[str | os.PathLike],
+              extra: dict | None = None) -> pathlib.Path:
+    """Writes a complete base-model directory atomically.
+
+    Args:
+      directory: where; it must not hold a complete base, and an existing incomplete one is
+        replaced only when r1jax created it (marked) or it is empty.
+      model_config, params: the model (params unboxed; fetched to the host).
+      tokenizer_file: one tokenizer file, or several (e.g. `tokenizer_files(hf_dir)`).
+      extra: JSON-able info, written as info.json.
+    Returns:
+      The absolute directory.
+    """
     directory = pathlib.Path(directory).absolute()
     if exists(directory):
         raise FileExistsError(f"{directory} already holds a base model; remove it to replace it")
-    tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "model_config.json").write_text(json.dumps(model_config.to_dict(), indent=2))
-    shutil.copyfile(tokenizer_file, tmp / pathlib.Path(tokenizer_file).name)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(tmp / "params", jax.device_get(params))
-    (tmp / "info.json").write_text(json.dumps(extra or {}, indent=2))
-    (tmp / _DONE).write_text("ok\n")
-    if directory.exists():  # An incomplete earlier attempt: nothing in it is trustworthy.
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    ownership.check_owned(directory, "replace the incomplete base model in")
+    files = [tokenizer_file] if isinstance(tokenizer_file, (str, os.PathLike)) \
+        else list(tokenizer_file)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        ownership.mark(tmp, "train.base.save_base")
+        (tmp / "model_config.json").write_text(json.dumps(model_config.to_dict(), indent=2))
+        for file in files:
+            shutil.copyfile(file, tmp / pathlib.Path(file).name)
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / "params", jax.device_get(params))
+        (tmp / "info.json").write_text(json.dumps(extra or {}, indent=2))
+        (tmp / _DONE).write_text("ok\n")
+        ownership.remove(directory)  # an incomplete earlier attempt (marked) or an empty dir
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the temporary directory made above
+        raise
     return directory
 
 
+def is_hf_checkpoint(directory: str | os.PathLike) -> bool:
+    """True for a directory with config.json, safetensors weights and a tokenizer."""
+    return not _hf_missing(pathlib.Path(directory))
+
+
+def _hf_missing(directory: pathlib.Path) -> list[str]:
+    """The parts of an HF checkpoint directory that `directory` lacks."""
+    missing = [] if (directory / _HF_CONFIG).is_file() else [_HF_CONFIG]
+    if not any((directory / w).is_file() for w in _HF_WEIGHTS):
+        missing.append(" or ".join(_HF_WEIGHTS))
+    if not any((directory / t).is_file() for t in TOKENIZER_FILES[:2]):
+        missing.append("tokenizer.json or tokenizer.model")
+    return missing
+
+
+def check_model_dir(directory: str | os.PathLike, field: str = "base_dir") -> pathlib.Path:
+    """Returns `directory` (absolute) if it holds a base model or an HF checkpoint; else raises
+    FileNotFoundError saying what was expected and what was found. Reads no weights."""
+    path = pathlib.Path(directory).absolute()
+    if exists(path) or is_hf_checkpoint(path):
+        return path
+    found = ownership.describe(path)
+    if path.is_dir() and (path / _HF_CONFIG).is_file():
+        found += f" (an incomplete HF checkpoint: no {', no '.join(_hf_missing(path))})"
+    elif path.is_dir() and (path / "model_config.json").is_file():
+        found += f" (an incomplete r1jax base model: no {_DONE}; its save was interrupted)"
+    raise FileNotFoundError(f"{field}={directory}: expected {EXPECTED}; found {found}")
+
+
 def load_config(directory: str | os.PathLike) -> config_lib.ModelConfig:
-    path = pathlib.Path(directory) / "model_config.json"
+    """The ModelConfig of a base directory, or of an HF checkpoint (its stored dtype)."""
+    directory = pathlib.Path(directory)
+    path = directory / "model_config.json"
+    if not path.exists() and is_hf_checkpoint(directory):
+        from r1jax.models import hf  # safetensors is only needed for HF directories
+
+        return hf.load_hf_config(str(directory.absolute()))
     return config_lib.ModelConfig.from_dict(json.loads(path.read_text()))
 
 
-def load_tokenizer(directory: str | os.PathLike) -> tokenizer_lib.Tokenizer:
+def load_tokenizer(directory: str | os.PathLike,
+                   model_config: config_lib.ModelConfig | None = None) -> tokenizer_lib.Tokenizer:
+    """The tokenizer of a model directory, checked against the model's vocabulary (the
+    directory's own config unless `model_config` is given)."""
     directory = pathlib.Path(directory)
-    for name in ("tokenizer.model", "tokenizer.json"):
-        if (directory / name).exists():
-            return tokenizer_lib.load(str(directory / name))
-    raise FileNotFoundError(f"{directory}: no tokenizer.model or tokenizer.json")
+    path = next(f for f in tokenizer_files(directory) if f.name in TOKENIZER_FILES[:2])
+    tok = tokenizer_lib.load(str(path))
+    check_vocab(tok, model_config or load_config(directory), path)
+    return tok
+
+
+def check_vocab(tok: tokenizer_lib.Tokenizer, model_config: config_lib.ModelConfig,
+                where: str | os.PathLike) -> None:
+    """A tokenizer with ids beyond the embedding table would index out of range (NaN losses on
+    accelerators): refuse it at load time."""
+    if tok.vocab_size > model_config.vocab_size:
+        raise ValueError(f"{where}: the tokenizer has {tok.vocab_size} tokens but the model's "
+                         f"vocabulary (vocab_size) has only {model_config.vocab_size} rows; "
+                         "use the tokenizer the model was trained with")
 
 
 def load_base(directory: str | os.PathLike, abstract_params=None):
@@ -80,26 +173,23 @@ def load_base(directory: str | os.PathLike, abstract_params=None):
     directory = pathlib.Path(directory).absolute()
     if not exists(directory):
         raise FileNotFoundError(f"{directory}: not a complete base-model directory (no {_DONE})")
+    model_config = load_config(directory)
+    tok = load_tokenizer(directory, model_config)
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(directory / "params", abstract_params)
-    return load_config(directory), params, load_tokenizer(directory)
-
-
-def is_hf_checkpoint(directory: str | os.PathLike) -> bool:
-    directory = pathlib.Path(directory)
-    return (directory / "config.json").exists() and (directory / "tokenizer.json").exists()
+    return model_config, params, tok
 
 
 def load_model(directory: str | os.PathLike):
     """(ModelConfig, params, Tokenizer) from a base directory (`save_base`) or a local HF
-    checkpoint directory (config.json + safetensors + tokenizer.json, read by `models.hf`)."""
-    directory = pathlib.Path(directory)
+    checkpoint directory (read by `models.hf` in its stored dtype: bfloat16 stays bfloat16).
+    Anything else raises FileNotFoundError (`check_model_dir`)."""
+    directory = check_model_dir(directory)
     if exists(directory):
         return load_base(directory)
-    if is_hf_checkpoint(directory):
-        from r1jax.models import hf  # safetensors is only needed for HF directories
+    from r1jax.models import hf  # safetensors is only needed for HF directories
 
-        model_config, params = hf.load_hf(directory)
-        return model_config, params, tokenizer_lib.load(str(directory / "tokenizer.json"))
-    raise FileNotFoundError(f"{directory}: neither a base-model directory (no {_DONE}) nor an "
-                            "HF checkpoint (config.json + tokenizer.json)")
+    model_config = hf.load_hf_config(str(directory))
+    tok = load_tokenizer(directory, model_config)  # checked before the weights are read
+    _, params = hf.load_hf(str(directory), dtype=model_config.param_dtype)
+    return model_config, params, tok

@@ -161,5 +161,44 @@ def test_hf_without_pad_token_pads_with_eos(hf_dir):
     tok = tokenizer_lib.HFTokenizer(hf_dir, pad_token=tokenizer_lib.EOS)
     assert tok.pad_id == tok.eos_id
     assert tok.decode(tok.encode("a", add_eos=True)) == "a" + tokenizer_lib.EOS
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="bos_token '<missing>' is not a token"):
         tokenizer_lib.HFTokenizer(hf_dir, bos_token="<missing>")
+
+
+def bpe_without_bos(texts, path, config):
+    """A Qwen2-style byte-level BPE: EOS `<|endoftext|>`, no BOS piece, `config` as
+    tokenizer_config.json (None: no config file)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts[:200], trainer)
+    path.mkdir()
+    tok.save(str(path / "tokenizer.json"))
+    if config is not None:
+        (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_hf_null_bos_token_loads_without_bos(texts, tmp_path):
+    """transformers writes `"bos_token": null` for Qwen2/2.5: BOS is optional."""
+    path = bpe_without_bos(texts, tmp_path / "qwen", {"bos_token": None,
+                                                      "eos_token": "<|endoftext|>"})
+    tok = tokenizer_lib.load(path)
+    assert tok.bos_id is None and tok.eos_id == tok.id_of("<|endoftext|>") == tok.pad_id
+    assert tok.encode("1 + 2", add_bos=True) == tok.encode("1 + 2")
+    assert tok.encode("1", add_bos=True, add_eos=True)[-1] == tok.eos_id
+
+
+def test_hf_missing_eos_is_named(texts, tmp_path):
+    path = bpe_without_bos(texts, tmp_path / "bad", {"bos_token": None, "eos_token": "</s>"})
+    with pytest.raises(ValueError, match="tokenizer_config.json: eos_token '</s>'"):
+        tokenizer_lib.load(path)
+    path = bpe_without_bos(texts, tmp_path / "noconfig", None)
+    with pytest.raises(ValueError, match="eos_token"):  # no EOS piece, no config to name one
+        tokenizer_lib.load(path)
