@@ -142,3 +142,158 @@ def test_a_process_killed_mid_save_resumes_from_the_previous_step(tmp_path):
         np.testing.assert_array_equal(state["w"], np.ones(4))
         ckpt.save(2, {"w": jnp.zeros((4,))}, {"pos": 2})
     assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification: nothing non-finite is saved; a corrupted step falls back to the previous one
+# ---------------------------------------------------------------------------------------------
+
+
+def _adam_state(step):
+    """A state whose Adam moment is random (incompressible: stored byte for byte on disk)."""
+    rng = np.random.default_rng(step)
+    return {"step": jnp.int32(step), "params": {"w": jnp.asarray(rng.standard_normal((64, 16)),
+                                                                 jnp.float32)},
+            "opt_state": {"mu": jnp.asarray(rng.standard_normal((64, 16)), jnp.float32)},
+            "rng": jax.random.key(step)}
+
+
+def _data_files(step_dir):
+    """orbax's array data files of a step, largest first (there the Adam moment dominates)."""
+    return sorted((p for p in (step_dir / "state").rglob("*") if p.is_file()
+                   and p.parent.name == "d" and "ocdbt" in p.parent.parent.name),
+                  key=lambda p: -p.stat().st_size)
+
+
+def _flip_adam_moment(step_dir):
+    """Flips 64 bytes in the middle of the data file that holds the Adam moment (stored
+    compressed, so the bytes cannot be told apart; any of them is the moment's)."""
+    path = _data_files(step_dir)[0]
+    data = bytearray(path.read_bytes())
+    at = len(data) // 2
+    data[at:at + 64] = bytes(b ^ 0xFF for b in data[at:at + 64])
+    path.write_bytes(bytes(data))
+
+
+def _swap_state_for_other_valid_arrays(step_dir):
+    """The state item replaced by another step's: readable arrays with the wrong values."""
+    shutil.rmtree(step_dir / "state")
+    shutil.copytree(step_dir.parent / "1" / "state", step_dir / "state")
+
+
+def _truncate_data_file(step_dir):
+    biggest = _data_files(step_dir)[0]
+    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+
+
+def _empty_step_dir(step_dir):
+    shutil.rmtree(step_dir)
+    step_dir.mkdir()
+
+
+CORRUPTIONS = {
+    "flipped_bytes_in_adam_moment": _flip_adam_moment,
+    "truncated_data_file": _truncate_data_file,
+    "garbage_array_metadata": lambda d: (d / "state" / "_METADATA").write_bytes(b"\x00{garbage"),
+    "garbage_meta": lambda d: (d / "meta" / "metadata").write_text("{not json"),
+    "missing_meta": lambda d: (d / "meta" / "metadata").unlink(),
+    "missing_manifest": lambda d: (d / "state" / "manifest.ocdbt").unlink(),
+    "missing_checksums": lambda d: shutil.rmtree(d / "checksums"),
+    "empty_step_dir": _empty_step_dir,
+    "state_swapped_for_other_valid_arrays": _swap_state_for_other_valid_arrays,
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_a_corrupted_latest_step_falls_back_to_the_previous_one(tmp_path, corruption):
+    with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, _adam_state(step), {"step": step})
+    CORRUPTIONS[corruption](tmp_path / "2")
+    abstract = checkpoint.abstract_tree(_adam_state(0))
+    with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
+        with pytest.warns(UserWarning, match="step 2"):
+            state, meta = ckpt.restore_latest(abstract, set_aside=True)
+        assert meta == {"step": 1} and ckpt.restored_step == 1
+        _assert_state_equal(state, _adam_state(1))
+        [(skipped, reason)] = ckpt.skipped
+        assert skipped == 2 and reason, reason
+        # The bad step is kept aside, never deleted, and the run can write step 2 again.
+        assert (tmp_path / "2.rejected-0").is_dir() and ckpt.all_steps() == [1]
+        ckpt.save(2, _adam_state(2), {"step": 2})
+    with checkpoint.Checkpointer(tmp_path) as ckpt:
+        _assert_state_equal(ckpt.restore_latest(abstract)[0], _adam_state(2))
+        assert ckpt.skipped == []
+
+
+# orbax does not need these files to read the arrays back; the checksums then prove that the
+# values are the saved ones, so the step restores (rather than being skipped for a file it
+# does not use).
+NOT_NEEDED = {
+    "missing_array_metadata": lambda d: (d / "state" / "_METADATA").unlink(),
+    "missing_step_metadata": lambda d: (d / "_CHECKPOINT_METADATA").unlink(),
+    "garbage_step_metadata": lambda d: (d / "_CHECKPOINT_METADATA").write_text("[[["),
+    "missing_sharding_file": lambda d: (d / "state" / "_sharding").unlink(),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(NOT_NEEDED))
+def test_damage_to_files_orbax_does_not_read_restores_verified_values(tmp_path, damage):
+    with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, _adam_state(step), {"step": step})
+    NOT_NEEDED[damage](tmp_path / "2")
+    with checkpoint.Checkpointer(tmp_path) as ckpt:
+        state, meta = ckpt.restore_latest(checkpoint.abstract_tree(_adam_state(0)))
+        assert meta == {"step": 2} and ckpt.skipped == []
+        _assert_state_equal(state, _adam_state(2))
+
+
+def test_readable_arrays_with_wrong_values_are_named_by_their_checksums(tmp_path):
+    with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, _adam_state(step), {})
+    _swap_state_for_other_valid_arrays(tmp_path / "2")
+    with checkpoint.Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(checkpoint.CorruptCheckpointError,
+                           match=r"step 2 .*checksum mismatch in 4 array\(s\): "
+                                 r"\['opt_state'\]\['mu'\], \['params'\]\['w'\], \['rng'\]"):
+            ckpt.restore(2, checkpoint.abstract_tree(_adam_state(0)))
+
+
+def test_when_no_step_verifies_the_error_lists_each_and_nothing_moves(tmp_path):
+    with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
+        for step in (1, 2):
+            ckpt.save(step, _adam_state(step), {})
+    _truncate_data_file(tmp_path / "1")
+    _empty_step_dir(tmp_path / "2")
+    with checkpoint.Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(checkpoint.CheckpointError, match=r"step 2: unreadable.*step 1: "
+                                                             r"unreadable"), \
+                pytest.warns(UserWarning):
+            ckpt.restore_latest(checkpoint.abstract_tree(_adam_state(0)), set_aside=True)
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+
+
+def test_a_non_finite_state_is_never_saved(tmp_path):
+    with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(1, _adam_state(1), {})
+        bad = _adam_state(2)
+        bad["opt_state"]["mu"] = bad["opt_state"]["mu"].at[5, 3].set(jnp.inf)
+        with pytest.raises(checkpoint.NonFiniteStateError,
+                           match=r"step 2 .*\['opt_state'\]\['mu'\].*newest: 1"):
+            ckpt.save(2, bad, {})
+        assert ckpt.all_steps() == [1]
+
+
+def test_checksums_do_not_depend_on_sharding_and_see_one_changed_element():
+    mesh = _mesh((8,), ("data",))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((64, 8)), jnp.float32)
+    tree = {"x": x, "key": jax.random.key(3), "b": jnp.ones((5,), jnp.bfloat16)}
+    sharded = dict(tree, x=jax.device_put(x, NamedSharding(mesh, PartitionSpec("data"))))
+    assert checkpoint.fingerprint(tree) == checkpoint.fingerprint(sharded)
+    for i in (0, 77, 511):  # one element, one ulp
+        bumped = dict(tree, x=x.reshape(-1).at[i].set(np.nextafter(x.reshape(-1)[i], np.inf))
+                      .reshape(x.shape))
+        assert checkpoint.fingerprint(bumped)["['x']"]["checksum"] != \
+            checkpoint.fingerprint(tree)["['x']"]["checksum"]
