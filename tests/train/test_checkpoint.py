@@ -158,6 +158,12 @@ def _adam_state(step):
             "rng": jax.random.key(step)}
 
 
+def _save_steps(directory, steps):
+    with checkpoint.Checkpointer(directory, async_save=False) as ckpt:
+        for step in steps:
+            ckpt.save(step, _adam_state(step), {"step": step})
+
+
 def _data_files(step_dir):
     """orbax's array data files of a step, largest first (there the Adam moment dominates)."""
     return sorted((p for p in (step_dir / "state").rglob("*") if p.is_file()
@@ -206,9 +212,7 @@ CORRUPTIONS = {
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
 def test_a_corrupted_latest_step_falls_back_to_the_previous_one(tmp_path, corruption):
-    with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
-        for step in (1, 2):
-            ckpt.save(step, _adam_state(step), {"step": step})
+    _save_steps(tmp_path, (1, 2))
     CORRUPTIONS[corruption](tmp_path / "2")
     abstract = checkpoint.abstract_tree(_adam_state(0))
     with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
@@ -221,7 +225,7 @@ def test_a_corrupted_latest_step_falls_back_to_the_previous_one(tmp_path, corrup
         # The bad step is kept aside, never deleted, and the run can write step 2 again.
         assert (tmp_path / "2.rejected-0").is_dir() and ckpt.all_steps() == [1]
         ckpt.save(2, _adam_state(2), {"step": 2})
-    with checkpoint.Checkpointer(tmp_path) as ckpt:
+    with checkpoint.Checkpointer(tmp_path) as ckpt:  # the rewritten step 2 verifies
         _assert_state_equal(ckpt.restore_latest(abstract)[0], _adam_state(2))
         assert ckpt.skipped == []
 
@@ -239,9 +243,7 @@ NOT_NEEDED = {
 
 @pytest.mark.parametrize("damage", sorted(NOT_NEEDED))
 def test_damage_to_files_orbax_does_not_read_restores_verified_values(tmp_path, damage):
-    with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
-        for step in (1, 2):
-            ckpt.save(step, _adam_state(step), {"step": step})
+    _save_steps(tmp_path, (1, 2))
     NOT_NEEDED[damage](tmp_path / "2")
     with checkpoint.Checkpointer(tmp_path) as ckpt:
         state, meta = ckpt.restore_latest(checkpoint.abstract_tree(_adam_state(0)))
@@ -250,9 +252,7 @@ def test_damage_to_files_orbax_does_not_read_restores_verified_values(tmp_path, 
 
 
 def test_readable_arrays_with_wrong_values_are_named_by_their_checksums(tmp_path):
-    with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
-        for step in (1, 2):
-            ckpt.save(step, _adam_state(step), {})
+    _save_steps(tmp_path, (1, 2))
     _swap_state_for_other_valid_arrays(tmp_path / "2")
     with checkpoint.Checkpointer(tmp_path) as ckpt:
         with pytest.raises(checkpoint.CorruptCheckpointError,
@@ -262,9 +262,7 @@ def test_readable_arrays_with_wrong_values_are_named_by_their_checksums(tmp_path
 
 
 def test_when_no_step_verifies_the_error_lists_each_and_nothing_moves(tmp_path):
-    with checkpoint.Checkpointer(tmp_path, async_save=False) as ckpt:
-        for step in (1, 2):
-            ckpt.save(step, _adam_state(step), {})
+    _save_steps(tmp_path, (1, 2))
     _truncate_data_file(tmp_path / "1")
     _empty_step_dir(tmp_path / "2")
     with checkpoint.Checkpointer(tmp_path) as ckpt:
