@@ -89,6 +89,7 @@ def _optim(lr: float, steps: int):
 def tiny() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.base_dir = "runs/base_r1_tiny/base"
+    c.toy_base_dir = c.base_dir  # the toy base is pretrained here (only here) when missing
     c.pretrain = _pretrain("tiny")
     c.seed = 0
     # Held-out evaluation after every stage (the table): mixed-language word problems.
@@ -140,6 +141,7 @@ def _distill(preset: str) -> ml_collections.ConfigDict:
     SFT on the stage-3 data vs GRPO (R1-Zero style) for the same estimated FLOPs."""
     c = ml_collections.ConfigDict()
     c.base_dir = "runs/base_r1_tiny/student"
+    c.toy_base_dir = c.base_dir
     c.pretrain = _pretrain(preset)
     c.pretrain.model_preset = "qwen2_5_0_5b"
     c.pretrain.model = {"hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 256,
@@ -165,6 +167,7 @@ def smoke() -> ml_collections.ConfigDict:
     """Seconds per stage: 2-step SFTs and RMs, 1-step GRPO, 2 prompts, 12 new tokens."""
     c = tiny()
     c.base_dir = "runs/base_r1_smoke/base"
+    c.toy_base_dir = c.base_dir
     c.pretrain = _pretrain("smoke")
     c.eval.update(num_prompts=2, num_samples=2, max_new_tokens=12)
     c.cold_start = dict(num_examples=16, sft=_sft(2, 4, 256, 1e-3, 2), optim=_optim(1e-3, 2))
@@ -187,6 +190,7 @@ def smoke() -> ml_collections.ConfigDict:
     c.reward_model.optim = dict(_optim(1e-3, 2), weight_decay=0.01)
     c.distill = _distill("smoke")
     c.distill.base_dir = "runs/base_r1_smoke/student"
+    c.distill.toy_base_dir = c.distill.base_dir
     return c
 
 

@@ -68,6 +68,7 @@ def tiny() -> ml_collections.ConfigDict:
     format credit (format_lenient) beside the paper's strict format and accuracy rewards.
     """
     c = _base()
+    c.toy_base_dir = c.base_dir  # the toy base is pretrained here when missing
     c.total_steps = 60  # 80 did not lift a weak base further (96879b8 seed 1: +18.8 vs +23.5)
     c.optim.update(learning_rate=2e-4, warmup_steps=5, schedule="cosine", end_lr_factor=0.1)
     c.grpo.update(group_size=8, prompts_per_step=8, num_minibatches=2, beta=0.001,
@@ -85,6 +86,7 @@ def smoke() -> ml_collections.ConfigDict:
     """Seconds per step: 4 steps, G=4, 2 prompts, 12 new tokens, arithmetic with an inline
     (no worker pool) numeric reward."""
     c = _base()
+    c.toy_base_dir = c.base_dir
     c.total_steps = 4
     c.mesh = {"data": 1}
     c.optim.update(learning_rate=1e-3, warmup_steps=1)

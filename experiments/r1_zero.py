@@ -8,11 +8,15 @@
 Multi-host (one process per host, every host running the same command): on a TPU pod add
 `--distributed` (JAX finds the coordinator); elsewhere also pass --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I (or set R1JAX_COORDINATOR, R1JAX_NUM_PROCESSES,
-R1JAX_PROCESS_ID). The base model must then exist already.
+R1JAX_PROCESS_ID). The base model (an r1jax base or an HF checkpoint) must then exist.
 
-When `config.base_dir` holds no base model and `--pretrain_config` is set (the default), the toy
-base model is trained first (experiments/pretrain_base.py) and cached for later runs. A cached
-base pretrained with other settings is used as is, with a note that names the differences.
+`config.base_dir` is an r1jax base directory or a local Hugging Face checkpoint directory
+(config.json + safetensors + tokenizer.json), used read-only. Only the toy presets (tiny,
+smoke) pretrain: when `base_dir` is their own `toy_base_dir` and holds no model, the toy base
+is trained first with `--pretrain_config` and cached for later runs (a cached base pretrained
+with other settings is used as is, with a note that names the differences). Any other missing
+or unreadable `base_dir` is an error within seconds. The run directory `--workdir` is created
+and marked as r1jax's; an existing directory that r1jax did not create is refused.
 """
 
 import pathlib
@@ -21,7 +25,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from r1jax import distributed
+from r1jax import distributed, ownership
 from r1jax.evals import report
 from r1jax.rl import trainer
 from r1jax.train import base, pretrain
@@ -39,23 +43,22 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     config = _CONFIG.value
-    if _DISTRIBUTED.value and distributed.initialize(
-            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=True) \
-            and not base.exists(config.base_dir):
-        raise app.UsageError(f"--distributed: no base model in {config.base_dir}; pretrain "
-                             "it first in a single-process run")
-    if not base.exists(config.base_dir) and not base.is_hf_checkpoint(config.base_dir):
-        print(f"no base model in {config.base_dir}: pretraining it first")
-        cfg = pretrain.PretrainConfig.from_config_dict(_PRETRAIN.value)
-        pretrain.pretrain_base(cfg, config.base_dir, f"{config.base_dir}.work")
-    elif base.exists(config.base_dir) and jax.process_index() == 0:
+    multi = _DISTRIBUTED.value and distributed.initialize(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, auto=True)
+    workdir = _WORKDIR.value
+    ownership.check_owned(workdir, "write a GRPO run into")  # before any pretraining
+    config.base_dir = str(pretrain.ensure_base(  # absolute: the run's config.json records it
+        config.base_dir, config.get("toy_base_dir"),  # None in configs without a toy base
+        lambda: pretrain.PretrainConfig.from_config_dict(_PRETRAIN.value),
+        allow_pretrain=not multi))
+    if base.exists(config.base_dir) and jax.process_index() == 0:
         cfg = pretrain.PretrainConfig.from_config_dict(_PRETRAIN.value)
         diff = pretrain.config_differences(cfg, config.base_dir)
         if diff:  # a cached base from other settings (e.g. an older default): say so, keep it
             print(f"note: the base model in {config.base_dir} was pretrained with other settings "
                   f"than --pretrain_config ({'; '.join(diff)}); it is used as is. Remove it, or "
                   "point --config.base_dir elsewhere, to pretrain anew.")
-    summary = trainer.train(config, _WORKDIR.value)
+    summary = trainer.train(config, str(ownership.claim(workdir, "rl.trainer run")))
     if jax.process_index() != 0:  # process 0 wrote the logs
         return
     metrics_path = pathlib.Path(_WORKDIR.value) / "metrics.jsonl"

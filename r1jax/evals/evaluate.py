@@ -140,6 +140,7 @@ def load_run(workdir: str | os.PathLike, step_: int | None = None) -> Model:
     mesh exactly as the trainer held it."""
     workdir = os.path.abspath(workdir)
     config = run_config(workdir)
+    # An r1jax base or an HF checkpoint (its stored dtype, as the trainer loaded it).
     model_config = base.load_config(config.base_dir)
     if config.model_overrides:
         model_config = model_config.replace(**dict(config.model_overrides))
@@ -151,17 +152,20 @@ def load_run(workdir: str | os.PathLike, step_: int | None = None) -> Model:
     abstract = checkpoint.abstract_tree(shapes, step.state_shardings(step_config, mesh))
     abstract = {"params": abstract["params"], "rng": abstract["rng"]}
     state, restored_step = _restore_state(os.path.join(workdir, "checkpoints"), abstract, step_)
-    return Model(model_config, state["params"], base.load_tokenizer(config.base_dir),
+    return Model(model_config, state["params"], base.load_tokenizer(config.base_dir, model_config),
                  templates.get(config.data.template), config.rewards, mesh,
                  source=f"{workdir}@{restored_step}", run=config, step=restored_step,
                  seed_key=np.asarray(jax.device_get(state["rng"])))
 
 
 def load_hf_dir(path: str | os.PathLike, template: str = "r1_zero") -> Model:
-    """A local HF checkpoint (config.json + safetensors + tokenizer.json) on one device."""
+    """A local HF checkpoint (config.json + safetensors + tokenizer.json) on one device, in its
+    stored dtype."""
     path = os.path.abspath(path)
-    model_config, params = hf.load_hf(path)
-    return Model(model_config, params, tokenizer_lib.HFTokenizer(path), templates.get(template),
+    model_config = hf.load_hf_config(path)
+    tok = base.load_tokenizer(path, model_config)  # checked before the weights are read
+    _, params = hf.load_hf(path, dtype=model_config.param_dtype)
+    return Model(model_config, params, tok, templates.get(template),
                  DEFAULT_REWARDS, mesh=None, source=path)
 
 
@@ -204,8 +208,14 @@ def jsonl_examples(path: str | os.PathLike, fmt: str, num: int | None = None,
 
 
 def run_examples(config: rl_config.ExperimentConfig) -> list[dict[str, Any]]:
-    """The run's held-out evaluation prompts (what the trainer's `eval/` metrics used)."""
+    """The run's held-out evaluation prompts (what the trainer's `eval/` metrics used): its
+    test JSONL (else its train JSONL's test split) when it trained on user data."""
     d = config.data
+    if d.train_jsonl is not None:
+        path = d.test_jsonl or d.train_jsonl
+        examples = tasks.jsonl.load(path, d.jsonl_format, on_error=d.jsonl_on_error,
+                                    split="test").examples
+        return examples[:config.eval.num_prompts]
     return generated_examples(d.task, dict(d.task_knobs), "test", d.seed, config.eval.num_prompts)
 
 

@@ -50,7 +50,7 @@ def sft_stage(stage_dir: pathlib.Path, start_dir, records, section, *,
     model_dir = stage_dir / "model"
     if base.exists(model_dir):
         return model_dir
-    model_config, params, tok = base.load_base(start_dir)
+    model_config, params, tok = base.load_model(start_dir)
     cfg, optim = sft_config(section)
     rows = sft.pack(data.sft_examples(records, tok), cfg.seq_len, tok.pad_id, strategy=cfg.packing)
     if rows["tokens"].shape[0] < cfg.batch_size:  # a tiny dataset: repeat it to fill a batch
@@ -89,7 +89,7 @@ def eval_examples(eval_cfg) -> list[dict]:
 def evaluate_model(model_dir, eval_cfg, seed: int = 0) -> dict[str, float]:
     """Held-out pass@1 (k samples at the paper's temperature 0.6 / top-p 0.95), strict format
     rate, language consistency (of the question's language) and mean response length."""
-    model_config, params, tok = base.load_base(model_dir)
+    model_config, params, tok = base.load_model(model_dir)
     model = evaluate.Model(model_config, params, tok, templates.get(TEMPLATE), EVAL_REWARDS,
                            mesh=None, source=str(model_dir))
     settings = evaluate.Settings(num_samples=eval_cfg["num_samples"],

@@ -60,7 +60,7 @@ def _mean_prompt_len(tok, records) -> int:
 
 def _student_base(config, m, stage_dir):
     d = config.distill
-    base_dir = pipeline.ensure_base(d.base_dir, d.pretrain)
+    base_dir = pipeline.ensure_base(d.base_dir, d.get("toy_base_dir"), d.pretrain)
     return {}, {"eval": common.evaluate_model(base_dir, config.eval, config.seed),
                 "base_dir": str(pathlib.Path(base_dir).absolute())}
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from r1jax import ownership
 from r1jax.train import metrics
 
 NAME = "manifest.json"
@@ -99,6 +100,7 @@ def run_stages(stages: Sequence[tuple[str, StageFn]], manifest: Manifest,
     """Runs (or resumes, or skips) each stage in order, recording into `manifest` (which the
     stage functions may read for earlier stages' outputs); see the module docstring."""
     names = [name for name, _ in stages]
+    ownership.claim(manifest.workdir, "r1 pipeline run")  # never someone else's directory
     if start is not None and start not in names:
         raise ValueError(f"--stage={start!r}: unknown stage; stages are {names}")
     rerun_from = names.index(start) if start is not None else len(names)

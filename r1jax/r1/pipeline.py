@@ -47,12 +47,14 @@ TITLES = {"base": "base model", "cold_start": "cold start SFT", "reasoning_rl": 
           "r1_zero": "R1-Zero (same base, same steps)"}
 
 
-def ensure_base(base_dir, pretrain_section) -> pathlib.Path:
-    """The base model directory, pretrained first when it holds none (cached, resumable)."""
-    if base.exists(base_dir):
-        return pathlib.Path(base_dir)
-    cfg = pretrain.PretrainConfig.from_config_dict(pretrain_section)
-    return pretrain.pretrain_base(cfg, base_dir, f"{base_dir}.work")
+def ensure_base(base_dir, toy_base_dir, pretrain_section) -> pathlib.Path:
+    """The absolute base model directory (an r1jax base or an HF checkpoint, used as is); the
+    toy base is pretrained first (cached, resumable) only when `base_dir` is the preset's
+    `toy_base_dir` and holds none; anything else is an error within seconds
+    (`pretrain.ensure_base`)."""
+    return pretrain.ensure_base(
+        base_dir, toy_base_dir,
+        lambda: pretrain.PretrainConfig.from_config_dict(pretrain_section))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,7 +63,7 @@ def ensure_base(base_dir, pretrain_section) -> pathlib.Path:
 
 
 def _base(config, m: manifest_lib.Manifest, stage_dir: pathlib.Path):
-    base_dir = ensure_base(config.base_dir, config.pretrain)
+    base_dir = ensure_base(config.base_dir, config.get("toy_base_dir"), config.pretrain)
     return {}, {"eval": common.evaluate_model(base_dir, config.eval, config.seed),
                 "base_dir": str(pathlib.Path(base_dir).absolute())}
 

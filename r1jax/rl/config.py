@@ -204,7 +204,10 @@ class EvalConfig:
 class ExperimentConfig:
     """The whole GRPO run.
 
-    base_dir: the base model (`r1jax.train.base.load_base`); seed: every random stream derives
+    base_dir: the base model (`r1jax.train.base.load_model`: an r1jax base or an HF
+    checkpoint directory); toy_base_dir: the toy presets' own base location: only when
+    base_dir is this directory (and holds no model yet) do the entry points pretrain the toy
+    base into it (None: base_dir must already hold a model); seed: every random stream derives
     from it; total_steps: GRPO steps; mesh: ((axis, size), ...) over data/fsdp/expert/tensor
     (-1 takes the remaining devices); model_overrides: ModelConfig fields replaced after
     loading (e.g. remat_policy, dtype); rewards: the weighted reward sum (R1-Zero: accuracy +
@@ -217,6 +220,7 @@ class ExperimentConfig:
 
     base_dir: str
     total_steps: int
+    toy_base_dir: str | None = None
     seed: int = 0
     optim: state_lib.OptimConfig = state_lib.OptimConfig(learning_rate=3e-6)
     grpo: GRPOConfig = GRPOConfig()

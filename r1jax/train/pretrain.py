@@ -15,12 +15,14 @@ import itertools
 import json
 import os
 import pathlib
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from r1jax import ownership
 from r1jax.data import corpus
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.models import config as config_lib
@@ -100,11 +102,12 @@ def corpus_documents(cfg: PretrainConfig, tok, count: int | None = None) -> list
 def pretrain_base(cfg: PretrainConfig, base_dir: str | os.PathLike,
                   workdir: str | os.PathLike | None = None) -> pathlib.Path:
     """Trains and saves the base model unless `base_dir` already holds one; returns base_dir."""
-    base_dir = pathlib.Path(base_dir)
+    base_dir = pathlib.Path(base_dir).absolute()
     if base.exists(base_dir):
         return base_dir
-    workdir = pathlib.Path(workdir or f"{base_dir}.work")
-    workdir.mkdir(parents=True, exist_ok=True)
+    # Both checked before hours of training: r1jax writes only into directories it marked.
+    ownership.check_owned(base_dir, "pretrain a base model into")
+    workdir = ownership.claim(workdir or f"{base_dir}.work", "train.pretrain work")
     tok_path = workdir / "tokenizer.model"
     tok = train_tokenizer(cfg, tok_path)
     docs = corpus_documents(cfg, tok)
@@ -125,6 +128,40 @@ def pretrain_base(cfg: PretrainConfig, base_dir: str | os.PathLike,
     return base.save_base(base_dir, model_cfg, params, tok_path,
                           {"corpus": json.loads((workdir / "corpus_stats.json").read_text()),
                            "pretrain_config": _flat(cfg)})
+
+
+def ensure_base(base_dir: str | os.PathLike, toy_base_dir: str | os.PathLike | None,
+                pretrain_config: Callable[[], PretrainConfig], *,
+                allow_pretrain: bool = True) -> pathlib.Path:
+    """The absolute base directory, pretraining the toy base first only where that is asked for.
+
+    Args:
+      base_dir: the run's base model: an r1jax base or an HF checkpoint directory.
+      toy_base_dir: the preset's own toy base location (None for presets with a real base).
+        Only when `base_dir` is this location and holds no model is the toy base pretrained
+        (resumably, with `<base_dir>.work`), so that a mistyped or missing path can never
+        start a long pretraining or write into someone's directory.
+      pretrain_config: builds the PretrainConfig (only called when pretraining).
+      allow_pretrain: False where pretraining cannot run (a multi-process run).
+    Returns:
+      The absolute base directory.
+    Raises:
+      FileNotFoundError: within seconds, naming what was expected and what was found.
+    """
+    path = pathlib.Path(base_dir).absolute()
+    if base.exists(path) or base.is_hf_checkpoint(path):
+        return path
+    is_toy = toy_base_dir is not None and path == pathlib.Path(toy_base_dir).absolute()
+    if not is_toy or not allow_pretrain:
+        try:
+            base.check_model_dir(path)
+        except FileNotFoundError as e:
+            why = ("a multi-process run does not pretrain; pretrain the toy base first in a "
+                   "single-process run" if is_toy else "only a toy preset pretrains its toy "
+                   f"base, and only into its own location (toy_base_dir={toy_base_dir})")
+            raise FileNotFoundError(f"{e}. Not pretraining: {why}") from None
+    print(f"no base model in {path}: pretraining the toy base first")
+    return pretrain_base(pretrain_config(), path, f"{path}.work")
 
 
 def _flat(cfg: PretrainConfig) -> dict:

@@ -24,7 +24,8 @@ def test_distill_entry_point_compares_sft_and_rl_students(tmp_path):
                          "--xla_cpu_use_fusion_emitters=false")
     out = subprocess.run(
         [sys.executable, "experiments/distill.py", "--config=configs/r1.py:smoke",
-         f"--config.distill.base_dir={tmp_path / 'student'}", f"--workdir={tmp_path / 'run'}",
+         f"--config.distill.base_dir={tmp_path / 'student'}",
+         f"--config.distill.toy_base_dir={tmp_path / 'student'}", f"--workdir={tmp_path / 'run'}",
          f"--data={data}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     manifest = json.loads((tmp_path / "run" / "distill" / "manifest.json").read_text())

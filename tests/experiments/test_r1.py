@@ -31,7 +31,8 @@ def _env(tmp_path):
 
 def _command(tmp_path):
     return [sys.executable, "experiments/r1.py", "--config=configs/r1.py:smoke",
-            f"--config.base_dir={tmp_path / 'base'}", f"--workdir={tmp_path / 'run'}",
+            f"--config.base_dir={tmp_path / 'base'}", f"--config.toy_base_dir={tmp_path / 'base'}",
+            f"--workdir={tmp_path / 'run'}",
             f"--config.sft.sft.steps={SFT_STEPS}", "--config.sft.sft.checkpoint_every=1"]
 
 

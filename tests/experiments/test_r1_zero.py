@@ -16,6 +16,7 @@ def test_r1_zero_entry_point_pretrains_then_trains(tmp_path):
     out = subprocess.run(
         [sys.executable, "experiments/r1_zero.py", "--config=configs/r1_zero.py:smoke",
          "--pretrain_config=configs/pretrain_base.py:smoke", f"--config.base_dir={base_dir}",
+         f"--config.toy_base_dir={base_dir}",  # a toy base location: pretraining allowed
          # The smoke tokenizer (300 documents) splits the template finely: prompts > 256 tokens.
          "--config.data.max_prompt_len=512", f"--workdir={workdir}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
