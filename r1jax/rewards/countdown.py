@@ -2,7 +2,7 @@
 
 A rule-based accuracy reward in the sense of DeepSeek-R1 Sec. 2.2.2, for the Countdown task used
 by small R1-Zero reproductions (TinyZero). The equation is read from the last `<answer>` block
-(left side of any `=`), parsed with `ast` and evaluated by a whitelist walker over exact
+outside the reasoning (`rewards.answer`; left side of any `=`), parsed with `ast` and evaluated by a whitelist walker over exact
 `Fraction`s, never `eval`:
 
 - allowed: non-negative integer literals, binary + - * /, unary minus, parentheses;
@@ -21,7 +21,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from r1jax.data import templates
+from r1jax.rewards import answer as answer_lib
 
 MAX_CHARS = 512
 MAX_DEPTH = 64
@@ -35,16 +35,18 @@ class _Reject(Exception):
     """The expression breaks a rule."""
 
 
-def accuracy(completion: str, numbers: Sequence[int], target: float) -> float:
+def accuracy(completion: str, numbers: Sequence[int], target: float, *,
+             answer_in_think: bool = False) -> float:
     """Returns 1.0 if the completion's `<answer>` equation is a correct Countdown solution, else 0.
 
     Args:
-      completion: model output; the equation is the last `<answer>` block (left of `=`).
+      completion: model output; the equation is the last `<answer>` block (left of `=`) outside
+        the reasoning (anywhere if `answer_in_think`, see `rewards.answer`).
       numbers: the numbers to use, each exactly once.
       target: the value to reach.
     """
     try:
-        expr = equation(completion)
+        expr = equation(completion, answer_in_think=answer_in_think)
         if expr is None:
             return 0.0
         value, used = evaluate(expr)
@@ -57,9 +59,9 @@ def accuracy(completion: str, numbers: Sequence[int], target: float) -> float:
         return 0.0
 
 
-def equation(completion: str) -> str | None:
+def equation(completion: str, *, answer_in_think: bool = False) -> str | None:
     """Returns the candidate equation (left of `=`) from the answer block, or None."""
-    answer = templates.extract_answer(completion)
+    answer = answer_lib.final_answer(completion, answer_in_think=answer_in_think)
     if answer is None:
         return None
     expr = answer.split("=", 1)[0]

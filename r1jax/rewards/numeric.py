@@ -1,7 +1,7 @@
 """Numeric accuracy for arithmetic and word problems (GSM8K-style): exact value comparison.
 
 A rule-based accuracy reward (DeepSeek-R1 Sec. 2.2.2) for tasks whose answer is one number. The
-prediction is the completion's final answer (`templates.extract_answer`); both sides are parsed
+prediction is the completion's final answer (`answer.final_answer`); both sides are parsed
 to exact `Fraction`s, so "1,234", "1234.0", "$1234", "\\frac{2468}{2}" and "2468/2" all equal
 1234. Anything that is not a plain number scores 0: use `rewards.math` for expressions.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from r1jax.data import templates
+from r1jax.rewards import answer as answer_lib
 
 MAX_CHARS = 64
 _NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d{1,3})?")
@@ -38,9 +38,11 @@ def parse_number(text: str) -> Fraction | None:
         return None
 
 
-def accuracy(completion: str, answer) -> float:
-    """Returns 1.0 if the completion's final answer equals `answer` exactly as a number, else 0."""
-    predicted = templates.extract_answer(completion)
+def accuracy(completion: str, answer, *, answer_in_think: bool = False) -> float:
+    """Returns 1.0 if the completion's final answer equals `answer` exactly as a number, else 0.
+
+    The answer is read outside the reasoning unless `answer_in_think` (see `rewards.answer`)."""
+    predicted = answer_lib.final_answer(completion, answer_in_think=answer_in_think)
     if predicted is None:
         return 0.0
     gold = parse_number(str(answer))

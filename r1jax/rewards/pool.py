@@ -8,7 +8,9 @@ scores a batch over long-lived worker processes and guarantees an answer for eve
   the item scores the failure value and the worker carries on;
 - hard limit: a worker silent for `timeout_s + grace_s` (stuck in C code) or dead (segfault,
   `os._exit`, OOM kill) is SIGKILLed and replaced. Its unreported items are re-run one per
-  message, so the culprit is identified and scores the failure value; the others are unharmed.
+  message, so the culprit is identified and scores the failure value; the others are unharmed;
+- batch budget (`budget_s`): when the whole batch runs past it, the items not yet scored score
+  the failure value and are counted (`over_budget`); busy workers are replaced.
 
 Items travel in chunks and results come back in batches at least every `FLUSH_S` (amortising
 IPC), so the timeout stays per item. Workers start with "forkserver": forking a parent that runs JAX threads is unsafe.
@@ -121,6 +123,7 @@ class WorkerPool:
         self._ctx = mp.get_context(start_method)
         self._workers: list[_Worker] = [self._spawn() for _ in range(self.num_workers)]
         self.restarts = 0
+        self.over_budget = 0  # items of the last `map` left unscored when its budget ran out
 
     def _spawn(self) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe()
@@ -148,6 +151,7 @@ class WorkerPool:
         timeout_s: float,
         failure: float = 0.0,
         chunk_size: int | None = None,
+        budget_s: float | None = None,
     ) -> np.ndarray:
         """Returns float32 [N]: fn(**kwargs_list[i]), or `failure` on error, NaN or timeout.
 
@@ -157,7 +161,11 @@ class WorkerPool:
           timeout_s: soft wall-clock limit per item.
           failure: the score of an item that fails, times out or kills its worker.
           chunk_size: items sent per message; default spreads the batch ~4 chunks per worker.
+          budget_s: wall-clock limit for the whole batch (None: none). Items not scored by then
+            score `failure`, their workers are replaced, and `self.over_budget` counts them.
         """
+        self.over_budget = 0
+        deadline = math.inf if budget_s is None else time.monotonic() + budget_s
         n = len(kwargs_list)
         out = np.full([n], np.nan, np.float64)
         if chunk_size is None:
@@ -168,11 +176,15 @@ class WorkerPool:
         )
         hard_s = timeout_s + self.grace_s + FLUSH_S
         while queue or any(w.pending for w in self._workers):
+            if time.monotonic() >= deadline:
+                self.over_budget = self._abandon(queue)
+                break
             for worker in list(self._workers):
                 if queue and not worker.pending:
                     self._send(worker, fn, timeout_s, queue.popleft(), hard_s)
             busy = {w.conn: w for w in self._workers if w.pending}
-            wait_s = max(0.0, min(w.deadline for w in busy.values()) - time.monotonic())
+            wake = min([deadline, *(w.deadline for w in busy.values())])
+            wait_s = max(0.0, wake - time.monotonic())
             for conn in connection.wait(list(busy), timeout=wait_s):
                 self._receive(busy[conn], out, queue, failure, hard_s)
             now = time.monotonic()
@@ -180,6 +192,17 @@ class WorkerPool:
                 self._recover(worker, out, queue, failure)
         out[~np.isfinite(out)] = failure
         return out.astype(np.float32)
+
+    def _abandon(self, queue) -> int:
+        """The batch budget ran out: drops the queued items and replaces every busy worker (its
+        late results must not reach the next batch). Returns how many items were unscored."""
+        count = sum(map(len, queue))
+        queue.clear()
+        for worker in [w for w in self._workers if w.pending]:
+            count += len(worker.pending)
+            worker.pending.clear()
+            self._replace(worker)
+        return count
 
     def _send(self, worker, fn, timeout_s, chunk, hard_s) -> None:
         if not worker.process.is_alive():  # died while idle: don't blame the next item

@@ -18,14 +18,25 @@ weighted sums here. Rewards that need `correct` (cosine length scaling) get it f
 component when the caller doesn't pass it (accuracy >= 1).
 
 Untrusted scoring (symbolic math, countdown, code) runs in a `WorkerPool` with a per-item
-timeout; cheap text and length rewards run inline. No reward raises on any completion text; a
-failure scores 0 clipped into the reward's range.
+timeout; cheap text and length rewards run inline, their inputs capped so each item is bounded.
+No reward raises on any completion text; a failure scores 0 clipped into the reward's range.
+
+Every reward also has a per-batch time budget, the option `batch_timeout_s` (default
+`BATCH_TIMEOUT_S`; None turns it off): items not scored when it runs out score the failure value
+and are counted in `Rewards.over_budget` and the metric `reward/over_budget`. Inline rewards
+check it between items (one item may overrun it by its own bounded cost).
+
+Accuracy rewards (accuracy, math, numeric, countdown) read the answer outside the reasoning;
+the option `answer_in_think=True` reads the whole completion (see `rewards.answer`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import logging
 import math as _math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -35,6 +46,8 @@ from r1jax.rewards import code, countdown, format, language, length, math, numer
 from r1jax.rewards import pool as pool_lib
 
 _TIMEOUT_MARGIN_S = 1.0
+BATCH_TIMEOUT_S = 300.0  # far above a healthy batch; bounds one made of hanging items
+_REGISTRY_OPTIONS = ("batch_timeout_s",)  # consumed here, never passed to the scorer
 _ACCURACY_NAMES = ("accuracy", "countdown", "math", "numeric", "code")
 
 
@@ -54,6 +67,7 @@ class RewardFn:
       timeout_s: per-item soft timeout in the pool.
       options: fixed keyword options, e.g. (("max_length", 1024),); `timeout_s` (math, code,
         accuracy) is the scorer's own limit, and the pool's sits 1 s above it.
+      batch_timeout_s: wall-clock budget for one batch (option `batch_timeout_s`; None: none).
     """
 
     name: str
@@ -66,11 +80,22 @@ class RewardFn:
     pooled: bool = False
     timeout_s: float = 10.0
     options: tuple[tuple[str, Any], ...] = ()
+    batch_timeout_s: float | None = BATCH_TIMEOUT_S
 
     def with_options(self, **options) -> RewardFn:
-        """Returns a copy with `options` merged in (the cosine range follows its options)."""
+        """Returns a copy with `options` merged in (the cosine range follows its options).
+
+        Raises ValueError naming the reward and option for an option its scorer does not take
+        (a typo would otherwise make every item fail and score 0 without a word)."""
+        options = dict(options)
+        budget = options.pop("batch_timeout_s", self.batch_timeout_s)
+        if budget is not None and not (isinstance(budget, int | float) and 0 < budget < _math.inf):
+            raise ValueError(f"reward {self.name!r}: option 'batch_timeout_s' must be a positive "
+                             f"number or None, got {budget!r}")
+        _check_options(self, options)
         merged = {**dict(self.options), **options}
-        fn = dataclasses.replace(self, options=tuple(sorted(merged.items())))
+        fn = dataclasses.replace(self, options=tuple(sorted(merged.items())),
+                                 batch_timeout_s=budget)
         if self.name == "cosine":
             low, high = length.cosine_range(**merged)
             fn = dataclasses.replace(fn, low=low, high=high)
@@ -82,19 +107,37 @@ class RewardFn:
         self, completions: Sequence[str], *, pool: pool_lib.WorkerPool | None = None, **task_fields
     ) -> np.ndarray:
         """Returns float32 [N] rewards in [low, high] for N completions."""
+        return self.score_batch(completions, pool=pool, **task_fields)[0]
+
+    def score_batch(
+        self, completions: Sequence[str], *, pool: pool_lib.WorkerPool | None = None, **task_fields
+    ) -> tuple[np.ndarray, int]:
+        """Returns (float32 [N] rewards in [low, high], items left unscored by the budget)."""
         columns = _columns(self, len(completions), task_fields)
         options = dict(self.options)
         failure = min(max(0.0, self.low), self.high)
+        over_budget = 0
         if self.batch is not None:
             values = np.asarray(self.batch(**columns, **options), np.float64)
         elif self.pooled:
-            values = _pooled(self, completions, columns, options, pool, failure)
+            values, over_budget = _pooled(self, completions, columns, options, pool, failure)
         else:
-            values = np.array(
-                [_safe(self.score, c, row, options) for c, row in _rows(completions, columns)]
-            )
+            values, over_budget = _inline(self, completions, columns, options, failure)
         values = np.where(np.isfinite(values), values, failure)
-        return np.clip(values, self.low, self.high).astype(np.float32)
+        return np.clip(values, self.low, self.high).astype(np.float32), over_budget
+
+
+def _check_options(fn: RewardFn, options: Mapping[str, Any]) -> None:
+    scorer = fn.batch if fn.batch is not None else fn.score
+    params = inspect.signature(scorer).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    known = [p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    known = [k for k in known if k not in fn.fields + fn.optional + ("completion",)]
+    for name in options:
+        if name not in known:
+            raise ValueError(f"reward {fn.name!r} has no option {name!r}; its options are "
+                             f"{sorted(known + list(_REGISTRY_OPTIONS))}")
 
 
 def _columns(fn: RewardFn, n: int, task_fields: Mapping[str, Sequence]) -> dict[str, Sequence]:
@@ -122,22 +165,40 @@ def _safe(score, completion, row, options) -> float:
         return _math.nan
 
 
-def _pooled(fn, completions, columns, options, workers, failure) -> np.ndarray:
+def _inline(fn, completions, columns, options, failure) -> tuple[np.ndarray, int]:
+    """Scores in this process, item by item, until the batch budget runs out."""
+    values = np.full([len(completions)], failure, np.float64)
+    deadline = _math.inf if fn.batch_timeout_s is None else time.monotonic() + fn.batch_timeout_s
+    for i, (completion, row) in enumerate(_rows(completions, columns)):
+        if time.monotonic() >= deadline:
+            return values, len(completions) - i
+        values[i] = _safe(fn.score, completion, row, options)
+    return values, 0
+
+
+def _pooled(fn, completions, columns, options, workers, failure) -> tuple[np.ndarray, int]:
     kwargs = [{"completion": c, **row, **options} for c, row in _rows(completions, columns)]
-    if workers is not None:
-        return workers.map(fn.score, kwargs, timeout_s=fn.timeout_s, failure=failure)
-    with pool_lib.WorkerPool() as temporary:
-        return temporary.map(fn.score, kwargs, timeout_s=fn.timeout_s, failure=failure)
+    if workers is None:
+        with pool_lib.WorkerPool() as temporary:
+            return _pooled(fn, completions, columns, options, temporary, failure)
+    values = workers.map(fn.score, kwargs, timeout_s=fn.timeout_s, failure=failure,
+                         budget_s=fn.batch_timeout_s)
+    return values, workers.over_budget
 
 
-def accuracy(completion, numbers=None, target=None, answer=None, tests=None, timeout_s=5.0):
-    """Per-item accuracy chosen by the task fields present: code tests, countdown, else math."""
+def accuracy(completion, numbers=None, target=None, answer=None, tests=None, timeout_s=5.0,
+             answer_in_think=False):
+    """Per-item accuracy chosen by the task fields present: code tests, countdown, else math.
+
+    `answer_in_think` applies to countdown and math (see `rewards.answer`); code tests run the
+    code the code reward extracts."""
     if tests is not None:
         return code.reward(completion, tests, timeout_s=timeout_s)
     if numbers is not None and target is not None:
-        return countdown.accuracy(completion, numbers, target)
+        return countdown.accuracy(completion, numbers, target, answer_in_think=answer_in_think)
     if answer is not None:
-        return math.accuracy(completion, answer, timeout_s=timeout_s)
+        return math.accuracy(completion, answer, timeout_s=timeout_s,
+                             answer_in_think=answer_in_think)
     return 0.0
 
 
@@ -227,8 +288,8 @@ class Spec:
             get(name)
             if not _math.isfinite(weight):
                 raise ValueError(f"reward weight {name!r} must be finite, got {weight}")
-        for name, _ in self.options:
-            get(name)
+        for name, options in self.options:
+            get(name, **dict(options))  # unknown rewards and options fail here, not mid-run
         weighted = {name for name, _ in self.weights}
         for task, routed in self.routes:
             unknown = sorted(set(routed) - weighted)
@@ -266,13 +327,17 @@ class Rewards:
     total: np.ndarray
     components: dict[str, np.ndarray]
     sandbox: str | None = None
+    over_budget: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def metrics(self) -> dict[str, float | str]:
-        """Means for logging: reward/total, reward/<name>, and reward/sandbox if code ran."""
+        """Means for logging: reward/total, reward/<name>, reward/sandbox if code ran, and
+        reward/over_budget (items scored as failures because a batch budget ran out) if any."""
         out: dict[str, float | str] = {"reward/total": float(np.mean(self.total))}
         out.update({f"reward/{k}": float(np.mean(v)) for k, v in self.components.items()})
         if self.sandbox is not None:
             out["reward/sandbox"] = self.sandbox
+        if any(self.over_budget.values()):
+            out["reward/over_budget"] = float(sum(self.over_budget.values()))
         return out
 
 
@@ -298,6 +363,7 @@ def combine(
         with pool_lib.WorkerPool() as temporary:
             return combine(spec, completions, pool=temporary, **task_fields)
     components: dict[str, np.ndarray] = {}
+    over_budget: dict[str, int] = {}
     for name, _ in sorted(spec.weights, key=lambda kv: "correct" in spec.reward(kv[0]).fields):
         fn = spec.reward(name)
         fields = dict(task_fields)
@@ -305,17 +371,29 @@ def combine(
             fields["correct"] = _correct(spec, components, completions, pool, task_fields)
         rows = spec.rows_for(name, task_fields.get("task"), len(completions))
         if rows is None:
-            components[name] = fn(completions, pool=pool, **fields)
+            components[name], over_budget[name] = _score(fn, completions, pool, fields)
         else:  # routed: score only this reward's rows, 0 elsewhere
-            components[name] = np.zeros([len(completions)], np.float32)
+            components[name], over_budget[name] = np.zeros([len(completions)], np.float32), 0
             if len(rows):
-                components[name][rows] = fn([completions[i] for i in rows], pool=pool,
-                                            **{k: [v[i] for i in rows] for k, v in fields.items()})
+                components[name][rows], over_budget[name] = _score(
+                    fn, [completions[i] for i in rows], pool,
+                    {k: [v[i] for i in rows] for k, v in fields.items()})
+        if over_budget[name]:
+            logging.warning("reward %r: batch budget of %ss ran out; %d of %d items scored as "
+                            "failures", name, fn.batch_timeout_s, over_budget[name],
+                            len(completions))
     total = np.zeros([len(completions)], np.float32)
     for name, weight in spec.weights:
         total += np.float32(weight) * components[name]
     uses_code = any(n in ("code", "accuracy") for n, _ in spec.weights)
-    return Rewards(total, components, code.sandbox_kind() if uses_code else None)
+    return Rewards(total, components, code.sandbox_kind() if uses_code else None, over_budget)
+
+
+def _score(fn, completions, pool, fields) -> tuple[np.ndarray, int]:
+    """(rewards [N], items over budget) of a built-in or registered reward."""
+    if isinstance(fn, RewardFn):
+        return fn.score_batch(completions, pool=pool, **fields)
+    return fn(completions, pool=pool, **fields), 0  # e.g. reward_model.Scorer: no budget
 
 
 def _correct(spec, components, completions, workers, task_fields) -> np.ndarray:
