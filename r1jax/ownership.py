@@ -20,6 +20,7 @@ import json
 import os
 import pathlib
 import shutil
+import tempfile
 
 MARKER = ".r1jax"
 
@@ -57,6 +58,31 @@ def mark(directory: str | os.PathLike, created_by: str) -> None:
               "created": datetime.datetime.now(datetime.UTC).isoformat(),
               "note": "created by r1jax, which may write into and delete this directory"}
     (pathlib.Path(directory) / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def temp_dir(parent: str | os.PathLike, name: str, created_by: str) -> pathlib.Path:
+    """A fresh, marked temporary directory `.<name>.tmp-*` in `parent` (created), with the
+    permissions of an ordinary new directory (mkdtemp's are owner-only), to be filled and
+    renamed to its final name."""
+    os.makedirs(parent, exist_ok=True)
+    path = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent))
+    path.chmod(0o777 & ~_umask())
+    mark(path, created_by)
+    return path
+
+
+def ordinary_permissions(directory: str | os.PathLike) -> None:
+    """Gives the files directly in `directory` the permissions of ordinary new files
+    (safetensors writes owner-only files), so an export is readable like any checkpoint."""
+    for path in pathlib.Path(directory).iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def check_owned(directory: str | os.PathLike, action: str) -> None:

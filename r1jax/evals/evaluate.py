@@ -249,7 +249,9 @@ def select_examples(model: Model, *, task: str | None = None, knobs: dict | None
     if task is None and run is not None:
         config = run if num_prompts is None else dataclasses.replace(
             run, eval=dataclasses.replace(run.eval, num_prompts=num_prompts))
-        return run_examples(config), f"{run.data.task}-heldout"
+        d = run.data
+        name = pathlib.Path(d.test_jsonl or d.train_jsonl).stem if d.train_jsonl else d.task
+        return run_examples(config), f"{name}-heldout"
     if task is None:
         raise ValueError("an HF checkpoint needs prompts: pass a task or a JSONL file")
     same_task = run is not None and run.data.task == task

@@ -638,17 +638,16 @@ def save_hf(config: config_lib.ModelConfig, params: Mapping, path: str, *,
             raise FileExistsError(f"save_hf: {path} exists and is not empty; pass overwrite=True")
     tensors = _hf_tensors(config, params)
     hf_config = dict(config_to_hf(config), **dict(config_extra or {}))
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    tmp = str(ownership.temp_dir(os.path.dirname(path), os.path.basename(path),
+                                 "models.hf.save_hf"))
     try:
-        ownership.mark(tmp, "models.hf.save_hf")
         _write_json(hf_config, os.path.join(tmp, CONFIG_FILE))
         if generation_config is not None:
             _write_json(generation_config, os.path.join(tmp, "generation_config.json"))
         for file in files:
             shutil.copyfile(file, os.path.join(tmp, os.path.basename(file)))
         _write_weights(tensors, tmp, max_shard_bytes)
+        ownership.ordinary_permissions(tmp)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,7 +25,6 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from collections.abc import Sequence
 
 import jax
@@ -80,10 +79,8 @@ def save_base(directory: str | os.PathLike, model_config: config_lib.ModelConfig
     ownership.check_owned(directory, "replace the incomplete base model in")
     files = [tokenizer_file] if isinstance(tokenizer_file, (str, os.PathLike)) \
         else list(tokenizer_file)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    tmp = ownership.temp_dir(directory.parent, directory.name, "train.base.save_base")
     try:
-        ownership.mark(tmp, "train.base.save_base")
         (tmp / "model_config.json").write_text(json.dumps(model_config.to_dict(), indent=2))
         for file in files:
             shutil.copyfile(file, tmp / pathlib.Path(file).name)

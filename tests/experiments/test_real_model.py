@@ -1,0 +1,106 @@
+"""The real-model path end to end, without torch: a user's HF directory (r1jax's `save_hf` + a
+`tokenizers` BPE with "bos_token": null) and GSM8K-format JSONL, through the real entry points
+from the command line only, with relative paths: R1-Zero (smoke-sized), evaluation of the run,
+export, and the export's logits equal to the trained params' logits."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import hf_dirs
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax import ownership
+from r1jax.evals import evaluate, export
+from r1jax.models import hf, transformer
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Cheap compiles (LLVM at -O0, the pre-fusion-emitter CPU codegen), one CPU device.
+ENV = dict(os.environ, JAX_PLATFORMS="cpu",
+           XLA_FLAGS="--xla_force_host_platform_device_count=1 "
+                     "--xla_backend_optimization_level=0 "
+                     "--xla_llvm_disable_expensive_passes=true "
+                     "--xla_cpu_use_fusion_emitters=false")
+
+
+def _run(cwd, script, *flags):
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / script), *flags], cwd=cwd,
+                         env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out.stdout
+
+
+def _logits(config, params, tokens):
+    return np.asarray(transformer.Transformer(config).apply({"params": params}, tokens))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """R1-Zero for 2 steps from the HF directory on GSM8K JSONL, every path relative."""
+    root = tmp_path_factory.mktemp("real")
+    hf_dirs.build_hf_dir(root / "hf")
+    hf_dirs.write_jsonl(root / "train.jsonl", hf_dirs.gsm8k_records(8))
+    hf_dirs.write_jsonl(root / "test.jsonl", hf_dirs.gsm8k_records(4, offset=100))
+    before = hf_dirs.tree_hash(root / "hf")
+    stdout = _run(root, "r1_zero.py", f"--config={ROOT}/configs/r1_zero.py:smoke",
+                  "--config.base_dir=hf", "--config.data.train_jsonl=train.jsonl",
+                  "--config.data.test_jsonl=test.jsonl", "--config.data.jsonl_format=gsm8k",
+                  "--config.total_steps=2", "--workdir=run")
+    assert "| final | 2 |" in stdout
+    assert hf_dirs.tree_hash(root / "hf") == before  # the user's checkpoint is read-only
+    return root
+
+
+def test_r1_zero_from_an_hf_directory_on_gsm8k_jsonl(trained):
+    run = trained / "run"
+    assert ownership.is_marked(run)
+    config = json.loads((run / "config.json").read_text())
+    assert config["base_dir"] == str(trained / "hf")  # resolved before it was recorded
+    assert config["data"]["train_jsonl"] == "train.jsonl"
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert samples and all("apples" in s["prompt"] for s in samples)  # the user's questions
+
+
+def test_eval_of_a_run_started_from_an_hf_checkpoint(trained):
+    stdout = _run(trained, "eval.py", "--checkpoint=run")
+    result = json.loads((trained / "run" / "eval" / "test-heldout-step2.json").read_text())
+    assert result["num_prompts"] == 2 and 0.0 <= result["metrics"]["pass@1"] <= 1.0
+    assert "wrote run/eval/test-heldout-step2.json" in stdout
+
+
+def test_export_reloads_with_the_trained_logits(trained):
+    _run(trained, "export.py", "--checkpoint=run", "--output=export")
+    out = trained / "export"
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".r1jax", "config.json", "generation_config.json", "model.safetensors",
+        "tokenizer.json", "tokenizer_config.json"]
+    hf_config = json.loads((out / "config.json").read_text())
+    assert hf_config["eos_token_id"] == 0 and hf_config["bos_token_id"] is None
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 0
+    model = evaluate.load_run(trained / "run")
+    config, params = hf.load_hf(str(out), dtype=None)
+    assert config.param_dtype == "float32" and config.vocab_size == model.config.vocab_size
+    tokens = jnp.asarray([model.tokenizer.encode("Tom has 3 apples and buys 5 more.")])
+    trained_params = jax.device_get(model.params)
+    _, base_params = hf.load_hf(str(trained / "hf"), dtype=None)
+    changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), params,
+                                           base_params))
+    assert any(changed)  # the export holds the trained policy, not the base
+    np.testing.assert_array_equal(_logits(config, params, tokens),
+                                  _logits(model.config, trained_params, tokens))
+    # --dtype=bfloat16: the weights are the trained ones rounded once, and stay bfloat16.
+    bf16 = export.export_run(trained / "run", trained / "export_bf16", dtype="bfloat16")
+    assert hf.checkpoint_dtype(str(bf16)) == "bfloat16"
+    config16, params16 = hf.load_hf(str(bf16), dtype=None)
+    assert config16.param_dtype == "bfloat16"
+    expected = export.cast_params(trained_params, "bfloat16")
+    jax.tree.map(np.testing.assert_array_equal, params16, expected)
+    with pytest.raises(FileExistsError, match="overwrite=True"):  # an export is not replaced
+        export.export_run(trained / "run", bf16)
+    with pytest.raises(ownership.NotOwnedError):  # nor is the user's directory, ever
+        export.export_run(trained / "run", trained / "hf", overwrite=True)
