@@ -22,6 +22,13 @@ import importlib.util
 import pathlib
 
 import ml_collections
+from ml_collections import config_dict
+
+from r1jax import config_utils
+from r1jax.train import reward, sft, state
+
+#: Every mesh axis declared (size 1 is the same as leaving it out), so any can be set.
+_MESH = {"data": 1, "fsdp": -1, "expert": 1, "tensor": 1}
 
 
 def _load(name: str, preset: str) -> ml_collections.ConfigDict:
@@ -51,7 +58,8 @@ def _grpo(preset: str, *, task: str = "word_problems", knobs=None, rewards=None,
     c = _r1_zero(preset)
     c.data.update(task=task, max_prompt_len=512, bucket=64)
     c.data.task_knobs = dict(knobs or _WORD_PROBLEMS)  # update() would merge the old knobs
-    c.rewards = dict(rewards or _REASONING_REWARDS)
+    # declare: the reward model is registered by the pipeline, after the config is built.
+    config_utils.assign(c.rewards, dict(rewards or _REASONING_REWARDS), declare=True)
     c.reward_routes = {}
     if steps is not None:
         c.total_steps = steps
@@ -75,15 +83,20 @@ def _pretrain(preset: str) -> ml_collections.ConfigDict:
 
 
 def _sft(steps: int, batch_size: int, seq_len: int, lr: float, every: int):
-    return dict(steps=steps, batch_size=batch_size, seq_len=seq_len, micro_batches=1,
-                log_every=max(1, every // 5), checkpoint_every=every, keep_checkpoints=2,
-                seed=0, mesh={"fsdp": -1})
+    """Every `SFTConfig` field (lr is the optimizer's, see `_optim`)."""
+    del lr
+    return config_utils.from_dataclass(
+        sft.SFTConfig, steps=steps, batch_size=batch_size, seq_len=seq_len, micro_batches=1,
+        log_every=max(1, every // 5), checkpoint_every=every, keep_checkpoints=2, seed=0,
+        mesh=dict(_MESH))
 
 
-def _optim(lr: float, steps: int):
-    return dict(learning_rate=lr, warmup_steps=min(10, steps // 10), schedule="cosine",
-                total_steps=steps, end_lr_factor=0.1, b1=0.9, b2=0.95, eps=1e-8,
-                weight_decay=0.0, grad_clip_norm=1.0)
+def _optim(lr: float, steps: int, **changes):
+    """Every `OptimConfig` field: a cosine from `lr` over `steps`."""
+    values = dict(learning_rate=lr, warmup_steps=min(10, steps // 10), schedule="cosine",
+                  total_steps=steps, end_lr_factor=0.1, b1=0.9, b2=0.95, eps=1e-8,
+                  weight_decay=0.0, grad_clip_norm=1.0)
+    return config_utils.from_dataclass(state.OptimConfig, **dict(values, **changes))
 
 
 def tiny() -> ml_collections.ConfigDict:
@@ -106,7 +119,8 @@ def tiny() -> ml_collections.ConfigDict:
     c.reasoning_rl.eval.update(every=30, num_prompts=32, max_new_tokens=160)
     # 3. Rejection sampling from the stage-2 model, mixed with non-reasoning data (Sec. 2.3.3).
     c.rejection = dict(num_prompts=512, num_non_reasoning=300, num_samples=4, batch_size=32,
-                       max_new_tokens=160, temperature=1.0, top_p=None, max_prompt_len=512,
+                       max_new_tokens=160, temperature=1.0,
+                       top_p=config_dict.placeholder(float), max_prompt_len=512,
                        min_language=1.0, max_per_prompt=2, seed=0)
     # 4. SFT of the *base* model on the stage-3 data.
     c.sft = dict(sft=_sft(400, 8, 384, 1e-3, 100), optim=_optim(1e-3, 400))
@@ -116,10 +130,12 @@ def tiny() -> ml_collections.ConfigDict:
     # MoE trunk from scratch plateaued at 86.4% with its wrong-answer pairs at chance. max_len
     # 96: no preference pair is cut with the policy's tokenizer (64 cut 18% of the rows).
     c.reward_model = dict(init="policy", model={}, num_train=20000, num_test=500,
-                          train=dict(steps=1000, batch_size=32, max_len=96, span="summary",
-                                     eval_every=250, log_every=25, checkpoint_every=250,
-                                     keep_checkpoints=2, seed=0, mesh={"fsdp": -1}),
-                          optim=dict(_optim(1e-3, 1000), warmup_steps=50, weight_decay=0.01))
+                          train=config_utils.from_dataclass(
+                              reward.RMConfig, steps=1000, batch_size=32, max_len=96,
+                              span="summary", eval_every=250, log_every=25,
+                              checkpoint_every=250, keep_checkpoints=2, seed=0,
+                              mesh=dict(_MESH)),
+                          optim=_optim(1e-3, 1000, warmup_steps=50, weight_decay=0.01))
     c.all_scenario = _grpo("tiny", task="mixture",
                            knobs=dict(_WORD_PROBLEMS, general_fraction=0.5),
                            rewards=dict(_REASONING_REWARDS, reward_model=1.0), steps=30)
@@ -144,10 +160,10 @@ def _distill(preset: str) -> ml_collections.ConfigDict:
     c.toy_base_dir = c.base_dir
     c.pretrain = _pretrain(preset)
     c.pretrain.model_preset = "qwen2_5_0_5b"
-    c.pretrain.model = {"hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 256,
-                        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
-                        "max_position_embeddings": 1024, "dtype": "float32",
-                        "param_dtype": "float32"}
+    config_utils.assign(c.pretrain.model, {
+        "hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 256,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
+        "max_position_embeddings": 1024, "dtype": "float32", "param_dtype": "float32"})
     c.sft = dict(sft=_sft(300, 8, 384, 1e-3, 100), optim=_optim(1e-3, 300))
     c.rl = _grpo(preset, rewards={"numeric": 1.0, "format_strict": 0.5, "format_lenient": 0.5})
     c.rl.total_steps = 0  # 0: as many steps as the SFT's estimated FLOPs buy
@@ -158,7 +174,8 @@ def _distill(preset: str) -> ml_collections.ConfigDict:
                                 num_key_value_heads=1, head_dim=16)
         # 2 x 128 tokens per step: the SFT's estimated FLOPs buy the RL student 2 steps (not 9).
         c.sft = dict(sft=_sft(2, 2, 128, 1e-3, 2), optim=_optim(1e-3, 2))
-        c.rl.update(mesh={"data": 1}, plots=False)
+        c.rl.mesh.update(data=1)  # merged into the GRPO section's {fsdp: -1}
+        c.rl.plots = False
         c.rl.eval.update(greedy=False)  # one sampler fewer to compile
     return c
 
@@ -187,7 +204,7 @@ def smoke() -> ml_collections.ConfigDict:
     c.reward_model.update(num_train=16, num_test=8)
     c.reward_model.train.update(steps=2, batch_size=4, max_len=32, eval_every=2, log_every=1,
                                 checkpoint_every=2)
-    c.reward_model.optim = dict(_optim(1e-3, 2), weight_decay=0.01)
+    c.reward_model.optim = _optim(1e-3, 2, weight_decay=0.01)
     c.distill = _distill("smoke")
     c.distill.base_dir = "runs/base_r1_smoke/student"
     c.distill.toy_base_dir = c.distill.base_dir

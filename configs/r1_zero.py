@@ -13,44 +13,23 @@ Presets:
          `base_dir` at a small random model).
 
 The paper's R1-Zero settings are the defaults of `r1jax.rl.config` (lr 3e-6, beta 0.001,
-epsilon 10, G 16, 32 questions per step, temperature 1, reference refreshed every 400 steps);
-a preset lists every field it uses so that the command line can override any of them.
+epsilon 10, G 16, 32 questions per step, temperature 1, reference refreshed every 400 steps).
+Every preset declares every field (`rl_config.config_dict`), so any of them can be set on the
+command line: `--config.sampling.top_p=0.95`, `--config.data.train_jsonl=train.jsonl`,
+`--config.rewards.math=1.0` (adds a reward), `--config.model_overrides.remat_policy=full`.
 """
 
 import ml_collections
 
+from r1jax import config_utils
+from r1jax.rl import config as rl_config
+
 
 def _base() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.base_dir = "runs/base_tiny/base"
-    c.total_steps = 200
-    c.seed = 0
-    c.mesh = {"fsdp": -1}
-    c.model_overrides = {}
-    c.optim = dict(learning_rate=3e-6, warmup_steps=0, schedule="constant", total_steps=None,
-                   end_lr_factor=0.0, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
-                   grad_clip_norm=1.0)
-    c.grpo = dict(group_size=16, prompts_per_step=32, num_iterations=1, num_minibatches=1,
-                  num_micro_batches=1, beta=0.001, kl_estimator="k3", clip_eps_low=10.0,
-                  clip_eps_high=10.0, aggregation="seq_mean", advantage_scale="group",
-                  ref_update_every=400, dynamic_sampling=False, max_extra_draws=4,
-                  max_consecutive_nonfinite=5, bias_update_speed=None)
-    c.sampling = dict(max_new_tokens=1024, temperature=1.0, top_k=None, top_p=None)
-    c.data = dict(task="countdown", task_knobs={}, template="r1_zero", seed=0,
-                  max_prompt_len=256, bucket=32)
-    c.eval = dict(every=50, num_prompts=64, num_samples=4, temperature=0.6, top_p=0.95,
-                  greedy=True, max_new_tokens=None, num_logged_samples=4)
-    c.rewards = {"countdown": 1.0, "format_strict": 1.0}
-    c.reward_options = {}
-    c.reward_workers = 2
-    c.checkpoint_every = 50
-    c.keep_checkpoints = 3
-    c.async_checkpoints = True
-    c.peak_flops = None
-    c.progress_bar = True
-    c.tensorboard = True
-    c.plots = True
-    return c
+    # rl_config.config_dict declares every ExperimentConfig field at its default (the paper's
+    # R1-Zero values), so the command line can set any of them; the presets change a few.
+    return rl_config.config_dict(base_dir="runs/base_tiny/base", total_steps=200,
+                                 rewards={"countdown": 1.0, "format_strict": 1.0})
 
 
 def tiny() -> ml_collections.ConfigDict:
@@ -77,7 +56,7 @@ def tiny() -> ml_collections.ConfigDict:
     c.sampling.update(max_new_tokens=112)
     c.data.update(task="arithmetic", task_knobs={"min_digits": 2, "max_digits": 2, "ops": "+-"})
     c.eval.update(every=20, num_prompts=64, num_samples=4)
-    c.rewards = {"numeric": 1.0, "format_strict": 0.5, "format_lenient": 0.5}
+    config_utils.assign(c.rewards, {"numeric": 1.0, "format_strict": 0.5, "format_lenient": 0.5})
     c.checkpoint_every = 20
     return c
 
@@ -88,7 +67,7 @@ def smoke() -> ml_collections.ConfigDict:
     c = _base()
     c.toy_base_dir = c.base_dir
     c.total_steps = 4
-    c.mesh = {"data": 1}
+    c.mesh.update(data=1, fsdp=1)  # one device
     c.optim.update(learning_rate=1e-3, warmup_steps=1)
     c.grpo.update(group_size=4, prompts_per_step=2, num_minibatches=2, num_micro_batches=2,
                   beta=0.04, clip_eps_low=0.2, clip_eps_high=0.28, ref_update_every=3,
@@ -98,7 +77,7 @@ def smoke() -> ml_collections.ConfigDict:
                   max_prompt_len=256, bucket=64)
     c.eval.update(every=2, num_prompts=2, num_samples=4, max_new_tokens=12,
                   num_logged_samples=2)
-    c.rewards = {"numeric": 1.0, "format_strict": 0.5, "format_lenient": 0.5}
+    config_utils.assign(c.rewards, {"numeric": 1.0, "format_strict": 0.5, "format_lenient": 0.5})
     c.checkpoint_every = 2
     c.keep_checkpoints = 2
     c.progress_bar = False
@@ -111,7 +90,6 @@ def qwen2_5_3b_countdown() -> ml_collections.ConfigDict:
     c = _base()
     c.base_dir = "checkpoints/Qwen2.5-3B"
     c.total_steps = 300
-    c.mesh = {"fsdp": -1}
     c.optim.update(learning_rate=1e-6, warmup_steps=10)
     c.grpo.update(group_size=8, prompts_per_step=32, num_minibatches=4, num_micro_batches=4,
                   beta=0.001, clip_eps_low=0.2, clip_eps_high=0.2, ref_update_every=0)
@@ -119,7 +97,7 @@ def qwen2_5_3b_countdown() -> ml_collections.ConfigDict:
     c.data.update(task="countdown", task_knobs={"min_numbers": 3, "max_numbers": 4},
                   max_prompt_len=256)
     c.eval.update(every=25, num_prompts=256, num_samples=4)
-    c.rewards = {"countdown": 1.0, "format_strict": 0.1}
+    config_utils.assign(c.rewards, {"countdown": 1.0, "format_strict": 0.1})
     c.checkpoint_every = 25
     return c
 
@@ -133,14 +111,14 @@ def deepseek_v3_671b() -> ml_collections.ConfigDict:
     c = _base()
     c.base_dir = "checkpoints/DeepSeek-V3-Base"
     c.total_steps = 8000
-    c.mesh = {"data": 1, "fsdp": -1, "expert": 64, "tensor": 1}
+    c.mesh.update(data=1, fsdp=-1, expert=64, tensor=1)
     c.grpo.update(num_minibatches=16, num_micro_batches=8)
     c.sampling.update(max_new_tokens=32768)
     c.data.update(task="countdown", train_jsonl="data/math_train.jsonl",
                   test_jsonl="data/math500.jsonl", jsonl_format="math", max_prompt_len=2048,
                   bucket=128)
     c.eval.update(every=100, num_prompts=500, num_samples=16)
-    c.rewards = {"math": 1.0, "format_strict": 1.0}
+    config_utils.assign(c.rewards, {"math": 1.0, "format_strict": 1.0})
     c.checkpoint_every = 50
     return c
 

@@ -10,12 +10,12 @@ Stages (student_base, distill_sft, distill_rl) resume like the R1 pipeline's; th
 `<workdir>/distill/manifest.json`.
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
+from r1jax import config_utils
 from r1jax.r1 import distill
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/r1.py:tiny")
+_CONFIG = config_utils.define_config_file("config", "configs/r1.py:tiny")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/r1_tiny", "The R1 run directory.")
 _DATA = flags.DEFINE_string("data", None, "SFT JSONL (default: the run's stage-3 data).")
 _STAGE = flags.DEFINE_enum("stage", None, list(distill.STAGES), "Rerun from this stage.")
@@ -30,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_utils.run(main)  # a misspelled --config key: one line, exit 2

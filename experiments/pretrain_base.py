@@ -3,12 +3,12 @@
   python experiments/pretrain_base.py --workdir=runs/base_tiny
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
+from r1jax import config_utils
 from r1jax.train import pretrain
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/pretrain_base.py:tiny")
+_CONFIG = config_utils.define_config_file("config", "configs/pretrain_base.py:tiny")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/base_tiny", "Where the base model is written.")
 
 
@@ -21,4 +21,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_utils.run(main)  # a misspelled --config key: one line, exit 2

@@ -11,12 +11,12 @@ are moved to `<stage>.replaced-<k>`); after a kill, rerun without it to resume. 
 of the run is `<workdir>/manifest.json`.
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
+from r1jax import config_utils
 from r1jax.r1 import pipeline
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/r1.py:tiny")
+_CONFIG = config_utils.define_config_file("config", "configs/r1.py:tiny")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/r1_tiny", "Run directory.")
 _STAGE = flags.DEFINE_enum("stage", None, list(pipeline.STAGES),
                            "Rerun from this stage (earlier stages must be complete).")
@@ -34,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_utils.run(main)  # a misspelled --config key: one line, exit 2

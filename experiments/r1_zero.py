@@ -22,16 +22,15 @@ and marked as r1jax's; an existing directory that r1jax did not create is refuse
 import pathlib
 
 import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
-from r1jax import distributed, ownership
+from r1jax import config_utils, distributed, ownership
 from r1jax.evals import report
 from r1jax.rl import trainer
 from r1jax.train import base, pretrain
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/r1_zero.py:tiny")
-_PRETRAIN = config_flags.DEFINE_config_file("pretrain_config", "configs/pretrain_base.py:tiny")
+_CONFIG = config_utils.define_config_file("config", "configs/r1_zero.py:tiny")
+_PRETRAIN = config_utils.define_config_file("pretrain_config", "configs/pretrain_base.py:tiny")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/r1_zero_tiny", "Run directory.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-process run.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Process 0's HOST:PORT.")
@@ -67,4 +66,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    config_utils.run(main)  # a misspelled --config key: one line, exit 2

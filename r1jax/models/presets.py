@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import ml_collections
 
+from r1jax import config_utils
 from r1jax.models import config as config_lib
 
 
 def _preset(**overrides) -> ml_collections.ConfigDict:
+    """Every ModelConfig field, typed (so a None field such as `q_lora_rank` stays
+    overridable on the command line), with `overrides` applied and validated."""
     values = config_lib.ModelConfig().to_dict()
     values.update(overrides)
     config_lib.ModelConfig(**values)  # Validate eagerly: a bad preset fails at import.
-    return ml_collections.ConfigDict(values)
+    return config_utils.from_dataclass(config_lib.ModelConfig, **values)
 
 
 def tiny():

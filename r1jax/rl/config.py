@@ -19,8 +19,12 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from r1jax import sharding
+import ml_collections
+from ml_collections import config_dict as config_dict_lib
+
+from r1jax import config_utils, sharding
 from r1jax.data import tasks, templates
+from r1jax.models import config as model_config_lib
 from r1jax.rewards import registry
 from r1jax.rl import grpo
 from r1jax.train import state as state_lib
@@ -138,7 +142,8 @@ class DataConfig:
     `train_jsonl` set, prompts come from user files instead (evaluation reads `test_jsonl`,
     or the training file when none is given: then there is no held-out set), in
     `jsonl_format` "gsm8k" | "math" | "code" (`r1jax.data.tasks.jsonl`); malformed lines are an
-    error naming file and line unless `jsonl_on_error` is "skip".
+    error naming file and line unless `jsonl_on_error` is "skip". A prompt longer than
+    `max_prompt_len` is an error, or with `overlong` "truncate" keeps its last tokens.
     """
 
     task: str = "countdown"
@@ -151,8 +156,11 @@ class DataConfig:
     test_jsonl: str | None = None
     jsonl_format: str = "math"
     jsonl_on_error: str = "raise"
+    overlong: str = "error"
 
     def __post_init__(self):
+        if self.overlong not in ("error", "truncate"):
+            _fail("data", "overlong", self.overlong, "must be 'error' or 'truncate'")
         if self.jsonl_format not in ("gsm8k", "math", "code"):
             _fail("data", "jsonl_format", self.jsonl_format, "must be 'gsm8k', 'math' or 'code'")
         if self.jsonl_on_error not in ("raise", "skip"):
@@ -266,14 +274,47 @@ class ExperimentConfig:
 
 _SECTIONS = {"grpo": GRPOConfig, "sampling": SamplingConfig, "data": DataConfig,
              "eval": EvalConfig, "optim": state_lib.OptimConfig}
-_PAIRS = ("mesh", "model_overrides")
+
+
+def config_dict(**values) -> ml_collections.ConfigDict:
+    """The ConfigDict of a GRPO run with every field of `ExperimentConfig` declared, so that
+    every one is settable on the command line (`configs/r1_zero.py` presets start here).
+
+    Fields whose default is None are typed placeholders (`--config.sampling.top_k=40`);
+    `mesh` lists every mesh axis (size 1 unless set: the same mesh as leaving it out);
+    `model_overrides` every `ModelConfig` field, unset; `rewards` every registered reward,
+    unset (`--config.rewards.math=1.0` adds one; `config_utils.assign` replaces the set);
+    `reward_options` {name: {option: value}} and `reward_routes` {task: [name, ...]} (see
+    `registry.Spec`) start empty.
+
+    Args:
+      values: top-level fields to set (sections as dicts of their fields).
+    Returns:
+      A ConfigDict for `from_config_dict`.
+    """
+    mesh = dict.fromkeys(sharding.MESH_AXES, 1)
+    mesh.update(values.pop("mesh", {"fsdp": -1}))
+    rewards = dict(values.pop("rewards", {"countdown": 1.0, "format_strict": 1.0}))
+    overrides = dict(values.pop("model_overrides", {}))
+    c = config_utils.from_dataclass(ExperimentConfig, **values)
+    c.mesh = mesh
+    c.model_overrides = config_utils.unset_fields(model_config_lib.ModelConfig)
+    config_utils.assign(c.model_overrides, overrides)
+    # Rewards registered later (the R1 pipeline's reward model) are declared by naming them.
+    c.rewards = {name: config_dict_lib.placeholder(float)
+                 for name in sorted(set(registry.names()) | set(rewards))}
+    config_utils.assign(c.rewards, rewards)
+    c.reward_options = {}
+    c.reward_routes = {}
+    return c
 
 
 def _section(cls, values: Mapping[str, Any], name: str, **extra):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{name}: unknown field(s) {unknown}; known: {sorted(known)}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in known:
+            raise ValueError(f"{name}: unknown field {key!r}; "
+                             f"{config_utils.closest_hint(key, known)}")
     return cls(**{**values, **extra})
 
 
@@ -281,10 +322,12 @@ def from_config_dict(config) -> ExperimentConfig:
     """Validates a ConfigDict (or plain nested dict) and freezes it into an ExperimentConfig.
 
     The sections are `grpo`, `sampling`, `data`, `eval`, `optim` (an `OptimConfig`) and
-    `rewards` ({name: weight}, with optional `reward_options` {name: {option: value}} and
-    `reward_routes` {task: [name, ...]}, see `registry.Spec.routes`); `mesh`
-    and `model_overrides` are {name: value} dicts. optim.total_steps defaults to the run's
-    number of optimizer updates (total_steps * mu * num_minibatches), which a cosine needs.
+    `rewards` ({name: weight}; entries left None are not used), with optional
+    `reward_options` {name: {option: value}} and `reward_routes` {task: [name, ...]}, see
+    `registry.Spec.routes`; `mesh` and `model_overrides` are {name: value} dicts (entries left
+    None are dropped: `config_dict` declares every possible one). optim.total_steps defaults to
+    the run's number of optimizer updates (total_steps * mu * num_minibatches), which a
+    cosine needs.
     """
     values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     sections = {}
@@ -297,9 +340,10 @@ def from_config_dict(config) -> ExperimentConfig:
     rewards = values.pop("rewards", None)
     reward_options = values.pop("reward_options", None)
     reward_routes = values.pop("reward_routes", None)
-    for name in _PAIRS:
-        if name in values:
-            values[name] = tuple(dict(values[name]).items())
+    if "mesh" in values:
+        values["mesh"] = config_utils.mesh_pairs(values["mesh"])
+    if "model_overrides" in values:
+        values["model_overrides"] = tuple(config_utils.set_entries(values["model_overrides"]).items())
     grpo_cfg = _section(GRPOConfig, sections.get("grpo", {}), "grpo")
     optim = sections.get("optim", {})
     if optim.get("total_steps") is None and "total_steps" in values:
@@ -310,5 +354,6 @@ def from_config_dict(config) -> ExperimentConfig:
     built["grpo"] = grpo_cfg
     built["optim"] = _section(state_lib.OptimConfig, optim, "optim")
     if rewards is not None:
-        built["rewards"] = registry.Spec.from_dict(dict(rewards), reward_options, reward_routes)
+        built["rewards"] = registry.Spec.from_dict(config_utils.set_entries(rewards),
+                                                   reward_options, reward_routes)
     return _section(ExperimentConfig, values, "config", **built)

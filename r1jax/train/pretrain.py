@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from r1jax import ownership
+from r1jax import config_utils, ownership
 from r1jax.data import corpus
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.models import config as config_lib
@@ -57,7 +57,8 @@ class PretrainConfig:
         """A config dict -> PretrainConfig; `optim.total_steps` unset or None means the
         run's `sft.steps` (the length a cosine schedule decays over)."""
         d = cd.to_dict()
-        model = dict(presets.get(d.pop("model_preset")).to_dict(), **d.pop("model", {}))
+        model = dict(presets.get(d.pop("model_preset")).to_dict(),
+                     **config_utils.set_entries(d.pop("model", {})))
         knobs = tuple((k, tuple(sorted(v.items()))) for k, v in d.pop("task_knobs", {}).items())
         train = sft.SFTConfig(**_with_tuples(d.pop("sft")))
         optim = d.pop("optim")
@@ -73,7 +74,7 @@ class PretrainConfig:
 
 def _with_tuples(d: dict) -> dict:
     if "mesh" in d and isinstance(d["mesh"], dict):
-        d = dict(d, mesh=tuple(d["mesh"].items()))
+        d = dict(d, mesh=config_utils.mesh_pairs(d["mesh"]))
     return d
 
 

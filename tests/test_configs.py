@@ -1,0 +1,268 @@
+"""Every field of every stage config is present in every preset and settable through the real
+absl flag parser; unknown keys are one-line errors; config differences are named."""
+
+import dataclasses
+import pathlib
+import subprocess
+import sys
+import typing
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from r1jax import config_utils, sharding
+from r1jax.models import config as model_config_lib
+from r1jax.models import presets
+from r1jax.rewards import registry
+from r1jax.rl import config as rl_config
+from r1jax.train import pretrain, reward, sft
+from r1jax.train import state as state_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PRESETS = {
+    "r1_zero": ("tiny", "smoke", "qwen2_5_3b_countdown", "deepseek_v3_671b"),
+    "r1": ("tiny", "smoke"),
+    "pretrain_base": ("tiny", "smoke"),
+    "model": tuple(sorted(presets.PRESETS)),
+}
+_PRETRAIN_OWN = ("model", "sft", "optim")  # PretrainConfig fields given as sections
+
+
+def parse(name: str, preset: str, *overrides: str):
+    """The config of configs/<name>.py:<preset> after the real absl parser applied
+    `overrides` (each "path=value")."""
+    source = f"{ROOT / 'configs' / name}.py:{preset}"
+    argv = ["prog", f"--config={source}", *(f"--config.{o}" for o in overrides)]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", source, flag_values=values, sys_argv=argv)
+    values(argv)
+    return values.config
+
+
+# ---------------------------------------------------------------------------------------------
+# The field paths every preset must declare, with their scalar types
+# ---------------------------------------------------------------------------------------------
+
+
+def _dataclass_paths(cls, prefix: str, skip=()) -> dict[str, type | None]:
+    """{dotted path: scalar type or None (present, not a scalar)} of every field of `cls`."""
+    hints = typing.get_type_hints(cls)
+    paths: dict[str, type | None] = {}
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        path, hint = f"{prefix}{field.name}", hints[field.name]
+        if dataclasses.is_dataclass(hint) and hint is not registry.Spec:
+            paths.update(_dataclass_paths(hint, f"{path}."))
+        else:
+            paths[path] = config_utils.scalar_type(hint)
+    return paths
+
+
+def _model_paths(prefix: str) -> dict[str, type | None]:
+    return _dataclass_paths(model_config_lib.ModelConfig, prefix)
+
+
+def _mesh_paths(prefix: str) -> dict[str, type | None]:
+    return {f"{prefix}{axis}": int for axis in sharding.MESH_AXES}
+
+
+def _grpo_paths(prefix: str) -> dict[str, type | None]:
+    paths = _dataclass_paths(rl_config.ExperimentConfig, prefix)
+    paths.update(_model_paths(f"{prefix}model_overrides."))
+    paths.update(_mesh_paths(f"{prefix}mesh."))
+    paths.update({f"{prefix}rewards.{name}": float for name in registry.names()})
+    paths.update({f"{prefix}reward_options": None, f"{prefix}reward_routes": None})
+    return paths
+
+
+def _sft_paths(prefix: str) -> dict[str, type | None]:
+    paths = _dataclass_paths(sft.SFTConfig, f"{prefix}sft.")
+    paths.update(_mesh_paths(f"{prefix}sft.mesh."))
+    paths.update(_dataclass_paths(state_lib.OptimConfig, f"{prefix}optim."))
+    return paths
+
+
+def _pretrain_paths(prefix: str) -> dict[str, type | None]:
+    paths = _dataclass_paths(pretrain.PretrainConfig, prefix, skip=_PRETRAIN_OWN)
+    paths.update(_sft_paths(prefix))
+    paths.update(_model_paths(f"{prefix}model."))
+    paths[f"{prefix}model_preset"] = str
+    return paths
+
+
+def _r1_paths() -> dict[str, type | None]:
+    paths = {}
+    for section in ("reasoning_rl", "all_scenario", "r1_zero", "distill.rl"):
+        paths.update(_grpo_paths(f"{section}."))
+    for section in ("cold_start.", "sft.", "distill.sft."):
+        paths.update(_sft_paths(section))
+    paths.update(_pretrain_paths("pretrain."))
+    paths.update(_pretrain_paths("distill.pretrain."))
+    paths.update(_dataclass_paths(reward.RMConfig, "reward_model.train."))
+    paths.update(_mesh_paths("reward_model.train.mesh."))
+    paths.update(_dataclass_paths(state_lib.OptimConfig, "reward_model.optim."))
+    paths.update({"rejection.top_p": float, "rejection.temperature": float,
+                  "eval.top_p": float, "eval.max_new_tokens": int})
+    return paths
+
+
+def expected_paths(name: str) -> dict[str, type | None]:
+    return {"r1_zero": lambda: _grpo_paths(""), "r1": _r1_paths,
+            "pretrain_base": lambda: _pretrain_paths(""),
+            "model": lambda: _model_paths("")}[name]()
+
+
+def _get(config, path: str):
+    for key in path.split("."):
+        config = config[key]
+    return config
+
+
+def _new_value(kind: type, current):
+    """A value of type `kind` that differs from `current`."""
+    if kind is bool:
+        return not current
+    if kind is int:
+        return (current or 0) + 7
+    if kind is float:
+        return (current or 0.0) + 0.25
+    return f"{current}_x"
+
+
+CASES = [(name, preset) for name, names in PRESETS.items() for preset in names]
+
+
+@pytest.mark.parametrize("name,preset", CASES)
+def test_every_field_is_present_and_overridable(name, preset):
+    """Each dataclass field of each stage is a key of the preset, and every scalar one (None
+    defaults included) takes a new value from the command line through absl."""
+    paths = expected_paths(name)
+    config = parse(name, preset)
+    missing = []
+    for path in paths:
+        try:
+            _get(config, path)
+        except (KeyError, AttributeError):
+            missing.append(path)
+    assert not missing, f"configs/{name}.py:{preset} lacks {missing}"
+    scalars = {p: k for p, k in paths.items() if k is not None}
+    wanted = {p: _new_value(k, _get(config, p)) for p, k in scalars.items()}
+    parsed = parse(name, preset, *(f"{p}={v}" for p, v in wanted.items()))
+    wrong = {p: (_get(parsed, p), v) for p, v in wanted.items() if _get(parsed, p) != v}
+    assert not wrong, wrong
+    assert len(wanted) > 40  # the walk found the fields
+
+
+def test_r1_zero_user_overrides_reach_the_experiment_config(tmp_path):
+    """The issue's own examples, from the command line to the frozen ExperimentConfig."""
+    config = parse("r1_zero", "qwen2_5_3b_countdown",
+                   f"base_dir={tmp_path}", f"data.train_jsonl={tmp_path}/train.jsonl",
+                   f"data.test_jsonl={tmp_path}/test.jsonl", "data.jsonl_format=gsm8k",
+                   "data.jsonl_on_error=skip", "data.overlong=truncate", "rewards.numeric=1.0",
+                   "rewards.countdown=0.0", "model_overrides.moe_dispatch=expert_parallel",
+                   "model_overrides.q_lora_rank=32", "sampling.top_p=0.9", "sampling.top_k=40",
+                   "grpo.bias_update_speed=0.01", "mesh.expert=2", "eval.max_new_tokens=64")
+    cfg = rl_config.from_config_dict(config)
+    assert (cfg.data.train_jsonl, cfg.data.test_jsonl) == (f"{tmp_path}/train.jsonl",
+                                                          f"{tmp_path}/test.jsonl")
+    assert (cfg.data.jsonl_format, cfg.data.jsonl_on_error, cfg.data.overlong) == (
+        "gsm8k", "skip", "truncate")
+    assert dict(cfg.rewards.weights) == {"countdown": 0.0, "format_strict": 0.1, "numeric": 1.0}
+    assert dict(cfg.model_overrides) == {"moe_dispatch": "expert_parallel", "q_lora_rank": 32}
+    assert (cfg.sampling.top_p, cfg.sampling.top_k) == (0.9, 40)
+    assert cfg.grpo.bias_update_speed == 0.01
+    assert dict(cfg.mesh) == {"fsdp": -1, "expert": 2}
+    assert cfg.eval.max_new_tokens == 64
+
+
+def test_declared_but_unset_entries_change_nothing():
+    """The declared-everything presets freeze to the values they set: no model override, only
+    the named rewards, the mesh as given."""
+    cfg = rl_config.from_config_dict(parse("r1_zero", "tiny"))
+    assert cfg.model_overrides == ()
+    assert dict(cfg.rewards.weights) == {"numeric": 1.0, "format_strict": 0.5,
+                                         "format_lenient": 0.5}
+    assert cfg.mesh == (("fsdp", -1),)
+    smoke = rl_config.from_config_dict(parse("r1_zero", "smoke"))
+    assert dict(smoke.mesh) == {"data": 1, "fsdp": 1, "expert": 1, "tensor": 1}
+    base = pretrain.PretrainConfig.from_config_dict(parse("pretrain_base", "tiny"))
+    expected = model_config_lib.ModelConfig.from_dict(presets.get("tiny")).replace(
+        num_hidden_layers=3, tie_word_embeddings=True)
+    assert base.model == expected
+    assert base.sft.mesh == (("fsdp", -1),)
+
+
+def test_mesh_pairs():
+    assert config_utils.mesh_pairs({"data": 1, "fsdp": -1, "expert": 1}) == (("fsdp", -1),)
+    assert config_utils.mesh_pairs({"data": 1, "fsdp": 1}) == (("data", 1), ("fsdp", 1))
+    assert config_utils.mesh_pairs({"data": 2, "fsdp": -1, "tensor": None}) == (
+        ("data", 2), ("fsdp", -1))
+
+
+def test_assign_replaces_the_set_and_keeps_the_keys():
+    c = rl_config.config_dict(base_dir="b", total_steps=1)
+    config_utils.assign(c.rewards, {"math": 2.0})
+    assert set(c.rewards.keys()) >= set(registry.names())
+    assert config_utils.set_entries(c.rewards) == {"math": 2.0}
+    with pytest.raises(ValueError, match="unknown config key 'mathh': did you mean math"):
+        config_utils.assign(c.rewards, {"mathh": 1.0})
+    config_utils.assign(c.rewards, {"learned": 1.0}, declare=True)
+    assert config_utils.set_entries(c.rewards) == {"learned": 1.0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Unknown keys
+# ---------------------------------------------------------------------------------------------
+
+
+def _override_error(*overrides: str) -> str | None:
+    source = f"{ROOT / 'configs' / 'r1_zero'}.py:tiny"
+    argv = ["prog", f"--config={source}", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", source, flag_values=values, sys_argv=argv)
+    with pytest.raises((KeyError, AttributeError)):
+        values(argv)
+    return config_utils.check_overrides(argv, values)
+
+
+def test_misspelled_key_names_the_closest_keys():
+    message = _override_error("--config.data.trian_jsonl=x.jsonl")
+    assert message == ("unknown config key '--config.data.trian_jsonl': did you mean "
+                       "train_jsonl, test_jsonl?")
+    message = _override_error("--config.sampling.top_p=0.9", "--config.grpoo.beta=0.1")
+    assert message.startswith("unknown config key '--config.grpoo': did you mean grpo")
+    assert "\n" not in message
+
+
+def test_section_converter_names_the_closest_field():
+    values = rl_config.config_dict(base_dir="b", total_steps=1).to_dict()
+    values["grpo"]["betta"] = 0.1
+    with pytest.raises(ValueError, match=r"grpo: unknown field 'betta'; did you mean beta\?"):
+        rl_config.from_config_dict(values)
+
+
+def test_entry_point_prints_one_line_for_an_unknown_key():
+    """The real entry point: exit status 2, one line on stderr, no traceback, in seconds."""
+    result = subprocess.run(
+        [sys.executable, "experiments/r1_zero.py", "--config.data.trian_jsonl=x.jsonl",
+         "--workdir=/nonexistent/never-created"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["error: unknown config key '--config.data.trian_jsonl': did you mean "
+                     "train_jsonl, test_jsonl?"], result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Differences
+# ---------------------------------------------------------------------------------------------
+
+
+def test_differences_name_changed_added_and_removed_keys():
+    old = {"grpo": {"beta": 0.001, "group_size": 8}, "seed": 0, "gone": 1}
+    new = {"grpo": {"beta": 0.01, "group_size": 8}, "seed": 0, "added": {"x": 2}}
+    assert config_utils.differences(old, new) == [
+        "added.x: '<absent>' -> 2", "gone: 1 -> '<absent>'", "grpo.beta: 0.001 -> 0.01"]
+    assert config_utils.differences(old, old) == []
