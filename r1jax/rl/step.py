@@ -13,9 +13,10 @@ the sampled batch in minibatches):
      accumulated over micro-batches (`state.accumulate_gradients`);
   3. the AdamW update (`state.apply_gradients`), then the auxiliary-loss-free balancing bias
      update from the expert loads of this forward (DeepSeek-V3 Sec. 2.1.2, gamma);
-  4. numerical guard: if the loss or the gradient norm is not finite the new params and
-     optimizer state are discarded inside the step (state unchanged but for the `skipped`
-     counter), so one bad batch never poisons the run.
+  4. numerical guard (`state.guard_update`): if the loss, the gradient norm, the new params or
+     the new optimizer state hold a NaN or an infinity (one fused check), the update is
+     discarded inside the step (state unchanged but for the `skipped` counter), so one bad
+     batch never poisons the run and a non-finite state never reaches a checkpoint.
 
 The train state is a dict, donated to the step:
   {"step": updates so far, "params", "opt_state", "rng": uint32 [2] seed key,
@@ -155,16 +156,11 @@ def make_train_step(config: StepConfig):
         if config.model.is_moe and config.gamma > 0:
             updated["params"] = moe.update_all_biases(updated["params"], aux["loads"],
                                                       config.gamma)
-        finite = jnp.isfinite(loss) & jnp.isfinite(opt_metrics["grad_norm"])
-        # Select, don't branch: both sides exist anyway, and a select keeps the donated buffers.
-        new_state = dict(state, **{
-            key: jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated[key],
-                              state[key])
-            for key in ("step", "params", "opt_state")})
-        new_state["skipped"] = state["skipped"] + (~finite).astype(jnp.int32)
+        new_state, skipped = state_lib.guard_update(state, updated, loss,
+                                                    opt_metrics["grad_norm"])
         metrics = dict(aux["metrics"], loss=loss, grad_norm=opt_metrics["grad_norm"],
                        learning_rate=schedule(state["step"]),
-                       nonfinite=(~finite).astype(jnp.int32))
+                       nonfinite=skipped)
         return new_state, metrics
 
     return train_step

@@ -2,9 +2,10 @@
 
 `<workdir>/metrics.jsonl` holds one JSON object per logged step, `{"step": s, "reward": ...}`,
 appended and flushed line by line, so a crash loses at most the line being written. The file is
-never truncated on open. On resume the trainer calls `truncate_after(resumed_step)`, which drops
-the lines logged after the checkpoint it resumed from (they will be logged again) by writing a
-new file and `os.replace`-ing it, so the log is never half rewritten. A partial last line left
+never truncated on open. On resume the trainer calls `truncate_after(resumed_step)` (-1 when it
+starts from scratch), which drops the lines logged after the checkpoint it resumed from (they
+will be logged again) by writing a new file and `os.replace`-ing it, so the log is never half
+rewritten. A partial last line left
 by a crash is dropped when a writer opens the file. TensorBoard event files go to
 `<workdir>/tensorboard/` (tensorboardX); after `truncate_after` the next event file purges the
 later steps too.
@@ -87,6 +88,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
+def truncate_jsonl(path: str | os.PathLike, step: int) -> None:
+    """Drops the records of a JSONL log with "step" > `step` (`step` = -1 drops all), by an
+    atomic rewrite; a missing file is left missing."""
+    if os.path.exists(path):
+        kept = [r for r in read_jsonl(path) if r["step"] <= step]
+        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
 class MetricsWriter:
     """Appends per-step scalar dicts to `<workdir>/metrics.jsonl` and to TensorBoard.
 
@@ -124,14 +133,13 @@ class MetricsWriter:
                     tb.add_scalar(key, value, global_step=record["step"])
 
     def truncate_after(self, step: int) -> None:
-        """Drops logged records with step > `step` (call on resume from checkpoint `step`)."""
+        """Drops logged records with step > `step` (call on resume from checkpoint `step`, or
+        with -1 when there is no checkpoint: a run restarted from scratch logs anew)."""
         if not self._active:
             return
-        if os.path.exists(self.path):
-            kept = [r for r in read_jsonl(self.path) if r["step"] <= step]
-            atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        truncate_jsonl(self.path, step)
         self._close_tensorboard()
-        self._purge_step = step + 1
+        self._purge_step = max(step + 1, 0)
 
     def flush(self) -> None:
         if self._tb is not None:

@@ -1,8 +1,8 @@
 """Reward-model training on preference pairs: Bradley-Terry loss, sharded like the policy.
 
 The model, loss and scorer live in `r1jax.rewards.reward_model`; this is the trainer, laid out
-like `sft.train` (mesh, state, step, checkpoint, loop) and resuming the same way from its latest
-checkpoint. A batch holds B pairs as 2B rows, row 2i the chosen response y_w and row 2i + 1 the
+like `sft.train` (mesh, state, step, checkpoint, loop) and resuming, guarding non-finite
+updates and handling SIGTERM the same way (`r1jax.train.resume`). A batch holds B pairs as 2B rows, row 2i the chosen response y_w and row 2i + 1 the
 rejected y_l of pair i (adjacent, so batch sharding keeps a pair on one device); both rows go
 through one forward. With a MoE trunk the loss adds the sequence-wise balance loss (alpha) and
 the aux-loss-free bias moves after each step, as in SFT.
@@ -22,12 +22,12 @@ import jax
 import numpy as np
 import tqdm
 
-from r1jax import sharding
+from r1jax import preemption, sharding
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.models import config as config_lib
 from r1jax.models import moe
 from r1jax.rewards import reward_model as rm
-from r1jax.train import checkpoint, metrics, partition
+from r1jax.train import checkpoint, guard, partition, resume
 from r1jax.train import state as state_lib
 
 
@@ -35,7 +35,9 @@ from r1jax.train import state as state_lib
 class RMConfig:
     """steps: optimizer steps; batch_size: pairs per step (2 x rows); max_len: tokens per row;
     span: which part of a response is judged (`rm.SPANS`); eval_every: steps between held-out
-    evaluations (and at the end); mesh: {axis: size} (-1 = the rest)."""
+    evaluations (and at the end); mesh: {axis: size} (-1 = the rest);
+    max_consecutive_nonfinite, nonfinite_window, max_nonfinite_fraction: when skipped
+    (non-finite) updates stop the run (`guard.NonFiniteGuard`)."""
 
     steps: int = 500
     batch_size: int = 32
@@ -47,8 +49,13 @@ class RMConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     mesh: tuple[tuple[str, int], ...] = (("fsdp", -1),)
+    max_consecutive_nonfinite: int = 5
+    nonfinite_window: int = 20
+    max_nonfinite_fraction: float = 0.25
 
     def __post_init__(self):
+        guard.check_settings("RMConfig", self.max_consecutive_nonfinite, self.nonfinite_window,
+                             self.max_nonfinite_fraction)
         counts = ("steps", "batch_size", "eval_every", "log_every", "checkpoint_every",
                   "keep_checkpoints")
         checks = {name: (getattr(self, name) >= 1, "must be >= 1") for name in counts}
@@ -111,11 +118,12 @@ def _train_step(state, batch, *, model: rm.RewardModel, optimizer):
         return loss + moe.total_aux_loss(inter), (dict(m, bt_loss=loss), inter)
 
     (loss, (m, inter)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    new_state, info = state_lib.apply_gradients(state, grads, optimizer)
+    updated, info = state_lib.apply_gradients(state, grads, optimizer)
     if model.config.is_moe:
-        new_state["params"] = moe.update_all_biases(new_state["params"], inter,
-                                                    model.config.bias_update_speed)
-    return new_state, dict(m, loss=loss, grad_norm=info["grad_norm"])
+        updated["params"] = moe.update_all_biases(updated["params"], inter,
+                                                  model.config.bias_update_speed)
+    new_state, skipped = state_lib.guard_update(state, updated, loss, info["grad_norm"])
+    return new_state, dict(m, loss=loss, grad_norm=info["grad_norm"], nonfinite=skipped)
 
 
 # -------------------------------------------------------------------------------------- train
@@ -164,18 +172,22 @@ def _train(model_config, optim_config, config, train_data, workdir, init_params,
     # ---- checkpoint
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    max_to_keep=config.keep_checkpoints)
-    restored = ckpt.restore_latest(checkpoint.abstract_tree(abstract_state, state_sh))
-    state = (jax.jit(create, out_shardings=state_sh)(init_params) if restored is None
-             else restored[0])
-    start = int(state["step"])
-    writer = metrics.MetricsWriter(workdir)
-    writer.truncate_after(start)
+    nonfinite = guard.NonFiniteGuard(config.max_consecutive_nonfinite, config.nonfinite_window,
+                                     config.max_nonfinite_fraction)
+    state, start, writer = resume.resume(
+        ckpt, checkpoint.abstract_tree(abstract_state, state_sh), workdir, nonfinite)
+    if state is None:
+        state = jax.jit(create, out_shardings=state_sh)(init_params)
     # ---- loop
     evaluated: dict[str, float] = {}
-    with tqdm.tqdm(total=config.steps, initial=start, desc=desc, dynamic_ncols=True) as bar:
+    with preemption.handling() as preempt, ckpt, writer, \
+            tqdm.tqdm(total=config.steps, initial=start, desc=desc, dynamic_ncols=True) as bar:
         for step in range(start, config.steps):
+            resume.stop_if_preempted(preempt, ckpt, state, step, nonfinite, workdir)
             state, m = step_fn(state, batch_fn(step))
             done = step + 1
+            nonfinite.record([int(m["nonfinite"])])
+            nonfinite.check(desc, done, ckpt, f"last loss={float(m['loss'])}")
             if done % config.log_every == 0 or done == config.steps:
                 m = {k: float(v) for k, v in jax.device_get(m).items()}
                 writer.write(done, m)
@@ -184,11 +196,8 @@ def _train(model_config, optim_config, config, train_data, workdir, init_params,
                 evaluated = evaluate(state["params"])
                 writer.write(done, evaluated)
             if done % config.checkpoint_every == 0 or done == config.steps:
-                ckpt.save(done, state, {"step": done}, force=True)
+                resume.save(ckpt, state, done, nonfinite)
             bar.update(1)
     if eval_data is not None and not evaluated:  # resumed after the last step
         evaluated = evaluate(state["params"])
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
     return jax.device_get(state["params"]), evaluated

@@ -11,8 +11,12 @@ when the model has them. After each step the aux-loss-free balancing bias is mov
 b_i += gamma * sign(mean load - load_i) with the loads of that step's forward.
 
 `train(...)` reads top to bottom: mesh, state, step, checkpoint, loop. A run resumes from its
-latest checkpoint; `batch_fn(step)` must be a pure function of the step so that a resumed run
-sees exactly the batches an uninterrupted one would.
+newest checkpoint that verifies (`checkpoint.Checkpointer.restore_latest`); `batch_fn(step)`
+must be a pure function of the step so that a resumed run sees exactly the batches an
+uninterrupted one would. An update with any non-finite value is rejected inside the step
+(`state.guard_update`) and counted; `guard.NonFiniteGuard` stops the run when they keep
+coming. On SIGTERM the run checkpoints its last completed step and raises
+`preemption.Preempted`.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from r1jax import sharding
+from r1jax import preemption, sharding
 from r1jax.models import config as config_lib
 from r1jax.models import moe, transformer
-from r1jax.train import checkpoint, metrics, partition
+from r1jax.train import checkpoint, guard, partition, resume
 from r1jax.train import state as state_lib
 
 
@@ -39,7 +43,9 @@ from r1jax.train import state as state_lib
 class SFTConfig:
     """steps: optimizer steps; batch_size x seq_len tokens per step (packed rows);
     micro_batches: gradient accumulation; mesh: {axis: size} (-1 = the rest);
-    packing: how sequences fill the rows (`pack`'s `strategy`: "next_fit" or "best_fit")."""
+    packing: how sequences fill the rows (`pack`'s `strategy`: "next_fit" or "best_fit");
+    max_consecutive_nonfinite, nonfinite_window, max_nonfinite_fraction: when skipped
+    (non-finite) updates stop the run (`guard.NonFiniteGuard`)."""
 
     steps: int = 100
     batch_size: int = 16
@@ -51,8 +57,13 @@ class SFTConfig:
     seed: int = 0
     mesh: tuple[tuple[str, int], ...] = (("fsdp", -1),)
     packing: str = "next_fit"
+    max_consecutive_nonfinite: int = 5
+    nonfinite_window: int = 20
+    max_nonfinite_fraction: float = 0.25
 
     def __post_init__(self):
+        guard.check_settings("SFTConfig", self.max_consecutive_nonfinite, self.nonfinite_window,
+                             self.max_nonfinite_fraction)
         if self.packing not in PACKING:
             raise ValueError(f"SFTConfig.packing: {self.packing!r}, known: {', '.join(PACKING)}")
         for field in ("steps", "batch_size", "seq_len", "micro_batches", "log_every",
@@ -175,12 +186,14 @@ def _train_step(state, batch, *, model, optimizer, micro_batches: int):
 
     loss, aux, grads = state_lib.accumulate_gradients(
         loss_fn, state["params"], batch, micro_batches)
-    new_state, info = state_lib.apply_gradients(state, grads, optimizer)
+    updated, info = state_lib.apply_gradients(state, grads, optimizer)
     if aux["loads"]:
         gamma = model.config.bias_update_speed
-        new_state["params"] = moe.update_all_biases(
-            new_state["params"], _as_intermediates(aux["loads"]), gamma)
-    return new_state, {"loss": loss, "ce": aux["ce"], "grad_norm": info["grad_norm"]}
+        updated["params"] = moe.update_all_biases(
+            updated["params"], _as_intermediates(aux["loads"]), gamma)
+    new_state, skipped = state_lib.guard_update(state, updated, loss, info["grad_norm"])
+    return new_state, {"loss": loss, "ce": aux["ce"], "grad_norm": info["grad_norm"],
+                       "nonfinite": skipped}
 
 
 def _as_intermediates(loads: dict[str, jax.Array]) -> dict:
@@ -232,21 +245,23 @@ def _train(model_config, optim_config, config, batch_fn, workdir, init_params, m
     # ---- checkpoint
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    max_to_keep=config.keep_checkpoints)
-    restored = ckpt.restore_latest(checkpoint.abstract_tree(abstract_state, state_sh))
-    if restored is None:
+    nonfinite = guard.NonFiniteGuard(config.max_consecutive_nonfinite, config.nonfinite_window,
+                                     config.max_nonfinite_fraction)
+    state, start, writer = resume.resume(ckpt, checkpoint.abstract_tree(abstract_state, state_sh),
+                                  workdir, nonfinite)
+    if state is None:
         state = jax.jit(lambda p: state_lib.create_train_state(
             p, optim_config, jax.random.key(config.seed)), out_shardings=state_sh)(init_params)
-    else:
-        state = restored[0]
-    start = int(state["step"])
-    writer = metrics.MetricsWriter(workdir)
-    writer.truncate_after(start)
     # ---- loop
     t0, tokens = time.perf_counter(), 0
-    with tqdm.tqdm(total=config.steps, initial=start, desc=desc, dynamic_ncols=True) as bar:
+    with preemption.handling() as preempt, ckpt, writer, \
+            tqdm.tqdm(total=config.steps, initial=start, desc=desc, dynamic_ncols=True) as bar:
         for step in range(start, config.steps):
+            resume.stop_if_preempted(preempt, ckpt, state, step, nonfinite, workdir)
             batch = batch_fn(step)
             state, m = step_fn(state, batch)
+            nonfinite.record([int(m["nonfinite"])])
+            nonfinite.check(desc, step + 1, ckpt, f"last loss={float(m['loss'])}")
             tokens += int((batch["segment_ids"] > 0).sum())
             if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
                 m = {k: float(v) for k, v in jax.device_get(m).items()}
@@ -256,9 +271,6 @@ def _train(model_config, optim_config, config, batch_fn, workdir, init_params, m
                 bar.set_postfix(loss=f"{m['ce']:.3f}")
                 t0, tokens = time.perf_counter(), 0
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                ckpt.save(step + 1, state, {"step": step + 1}, force=True)
+                resume.save(ckpt, state, step + 1, nonfinite)
             bar.update(1)
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
     return jax.device_get(state["params"])

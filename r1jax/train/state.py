@@ -59,6 +59,15 @@ class OptimConfig:
         def bad(field, why):
             raise ValueError(f"OptimConfig.{field}={getattr(self, field)!r}: {why}")
 
+        def finite(field):
+            value = getattr(self, field)
+            return isinstance(value, int | float) and math.isfinite(value)
+
+        for field in ("learning_rate", "end_lr_factor", "b1", "b2", "eps", "weight_decay"):
+            if not finite(field):
+                bad(field, "must be a finite number")
+        if self.grad_clip_norm is not None and not finite("grad_clip_norm"):
+            bad("grad_clip_norm", "must be a finite number or None (no clipping)")
         if not self.learning_rate > 0:
             bad("learning_rate", "must be > 0")
         if self.warmup_steps < 0:
@@ -166,6 +175,32 @@ def create_train_state(params, optim_config: OptimConfig, rng: jax.Array) -> Tra
         "opt_state": make_optimizer(optim_config).init(params),
         "rng": rng,
     }
+
+
+def all_finite(*trees) -> jax.Array:
+    """bool []: every floating-point element of `trees` is finite (one fused reduction)."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees)
+             if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
+def guard_update(state: TrainState, updated: TrainState, loss: jax.Array,
+                 grad_norm: jax.Array) -> tuple[TrainState, jax.Array]:
+    """Keeps `updated` only when it is wholly finite, else `state`; returns (kept, skipped).
+
+    The check covers the loss, the gradient norm, the new params and the new optimizer state
+    in one fused reduction: a finite loss does not make a finite update (an infinite learning
+    rate or an overflowing Adam moment turns finite gradients into NaN parameters). The choice
+    is a select, not a branch, so the donated buffers stay in place. `skipped` is int32 [] (1
+    when the update was rejected); a state with a "skipped" counter gets it added.
+    """
+    ok = all_finite(loss, grad_norm, updated["params"], updated["opt_state"])
+    kept = {key: jax.tree.map(lambda new, old: jnp.where(ok, new, old), updated[key], state[key])
+            if key in ("step", "params", "opt_state") else updated[key] for key in updated}
+    skipped = (~ok).astype(jnp.int32)
+    if "skipped" in state:
+        kept["skipped"] = state["skipped"] + skipped
+    return kept, skipped
 
 
 def apply_gradients(
