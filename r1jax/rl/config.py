@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,11 +28,21 @@ from r1jax.data import tasks, templates
 from r1jax.models import config as model_config_lib
 from r1jax.rewards import registry
 from r1jax.rl import grpo
+from r1jax.train import guard
 from r1jax.train import state as state_lib
 
 
 def _fail(section: str, field: str, value: Any, why: str):
     raise ValueError(f"{section}.{field}={value!r}: {why}")
+
+
+def _finite(section: str, obj, *fields: str) -> None:
+    """Every named field is a finite number (None allowed: optional fields check that apart)."""
+    for field in fields:
+        value = getattr(obj, field)
+        if value is not None and not (isinstance(value, int | float)
+                                      and math.isfinite(value)):
+            _fail(section, field, value, "must be a finite number")
 
 
 def _at_least(section: str, obj, minimum: int, *fields: str) -> None:
@@ -60,7 +71,9 @@ class GRPOConfig:
       the base model as reference for the whole run.
     dynamic_sampling: DAPO (arXiv:2503.14476, Sec. 3.2): drop groups whose rewards are all equal
       and draw more prompts until the batch is full, at most `max_extra_draws` extra batches.
-    max_consecutive_nonfinite: a run stops after this many skipped (non-finite) steps in a row.
+    max_consecutive_nonfinite: a run stops after this many skipped (non-finite) updates in a row;
+      nonfinite_window, max_nonfinite_fraction: it also stops when more than that fraction of the
+      last `nonfinite_window` updates were skipped (1.0 turns this rate rule off).
     bias_update_speed: gamma of the MoE balancing-bias rule (DeepSeek-V3 Sec. 2.1.2); None
       takes the model config's `bias_update_speed`.
     """
@@ -80,12 +93,21 @@ class GRPOConfig:
     dynamic_sampling: bool = False
     max_extra_draws: int = 4
     max_consecutive_nonfinite: int = 5
+    nonfinite_window: int = 20
+    max_nonfinite_fraction: float = 0.25
     bias_update_speed: float | None = None
 
     def __post_init__(self):
         s = "grpo"
-        _at_least(s, self, 1, "group_size", "prompts_per_step", "num_iterations",
-                  "num_minibatches", "num_micro_batches", "max_consecutive_nonfinite")
+        _at_least(s, self, 1, "prompts_per_step", "num_iterations", "num_minibatches",
+                  "num_micro_batches")
+        if not isinstance(self.group_size, int) or self.group_size < 2:
+            _fail(s, "group_size", self.group_size,
+                  "must be an int >= 2: advantages are relative to the group's mean (eq. 3), "
+                  "so a group of one completion always has advantage 0 and nothing is learned")
+        guard.check_settings(s, self.max_consecutive_nonfinite, self.nonfinite_window,
+                             self.max_nonfinite_fraction)
+        _finite(s, self, "beta", "clip_eps_low", "clip_eps_high", "bias_update_speed")
         _at_least(s, self, 0, "ref_update_every", "max_extra_draws")
         rows = self.group_size * self.prompts_per_step
         if rows % self.num_minibatches:
@@ -125,6 +147,7 @@ class SamplingConfig:
 
     def __post_init__(self):
         _at_least("sampling", self, 1, "max_new_tokens")
+        _finite("sampling", self, "temperature", "top_p")
         if not self.temperature > 0:
             _fail("sampling", "temperature", self.temperature,
                   "must be > 0 (the policy's log-probs are taken at this temperature)")
@@ -200,6 +223,7 @@ class EvalConfig:
     def __post_init__(self):
         _at_least("eval", self, 0, "every", "num_logged_samples")
         _at_least("eval", self, 1, "num_prompts", "num_samples")
+        _finite("eval", self, "temperature", "top_p")
         if not self.temperature > 0:
             _fail("eval", "temperature", self.temperature, "must be > 0 (greedy is separate)")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -256,6 +280,7 @@ class ExperimentConfig:
         unknown = sorted({axis for axis, _ in self.mesh} - set(sharding.MESH_AXES))
         if unknown:
             _fail(s, "mesh", dict(self.mesh), f"unknown axes {unknown}; use {sharding.MESH_AXES}")
+        _finite(s, self, "peak_flops")
         if self.peak_flops is not None and not self.peak_flops > 0:
             _fail(s, "peak_flops", self.peak_flops, "must be > 0 or None")
 
