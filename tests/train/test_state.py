@@ -49,6 +49,12 @@ def _loss(params, x):
         ("eps", 0.0),
         ("weight_decay", -0.1),
         ("grad_clip_norm", 0.0),
+        ("learning_rate", float("inf")),
+        ("learning_rate", float("nan")),
+        ("weight_decay", float("inf")),
+        ("weight_decay", float("nan")),
+        ("eps", float("inf")),
+        ("grad_clip_norm", float("inf")),
     ],
 )
 def test_config_validation_names_the_field(field, value):
@@ -197,3 +203,34 @@ def test_config_is_frozen_and_hashable():
     hash(cfg)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.learning_rate = 1.0
+
+
+def test_guard_update_rejects_non_finite_params_or_moments_from_finite_gradients():
+    """A finite loss and gradient can still give a non-finite update (here an overflowing
+    learning rate): the guard keeps the old state and reports the skip."""
+    params = {"w": jnp.ones((4, 3)), "b": jnp.zeros((3,))}
+    grads = {"w": jnp.full((4, 3), 0.5), "b": jnp.full((3,), 0.5)}
+    for lr, want_skipped in ((1e-2, 0), (3e38, 1)):
+        cfg = state_lib.OptimConfig(learning_rate=lr, weight_decay=0.5, warmup_steps=0)
+        optimizer = state_lib.make_optimizer(cfg)
+        state = dict(state_lib.create_train_state(params, cfg, jax.random.key(0)),
+                     skipped=jnp.int32(0))
+
+        def step(state, optimizer=optimizer):
+            updated, info = state_lib.apply_gradients(state, grads, optimizer)
+            return state_lib.guard_update(state, updated, jnp.float32(1.0), info["grad_norm"])
+
+        new, skipped = jax.jit(step)(state)
+        assert int(skipped) == want_skipped == int(new["skipped"])
+        assert bool(state_lib.all_finite(new["params"], new["opt_state"]))
+        if want_skipped:
+            for key in ("step", "params", "opt_state"):
+                jax.tree.map(np.testing.assert_array_equal, new[key], state[key])
+        else:
+            assert int(new["step"]) == 1 and float(new["params"]["w"][0, 0]) < 1.0
+    # A non-finite Adam moment alone (finite params) is also rejected.
+    poisoned = dict(state, opt_state=jax.tree.map(
+        lambda x: x * jnp.nan if jnp.issubdtype(x.dtype, jnp.floating) else x,
+        state["opt_state"]))
+    _, skipped = state_lib.guard_update(state, poisoned, jnp.float32(1.0), jnp.float32(1.0))
+    assert int(skipped) == 1
