@@ -435,6 +435,11 @@ def _check_sizes(config: config_lib.ModelConfig, ckpt: _Checkpoint, config_file:
             f"{config_file}: field 'num_hidden_layers' = {config.num_hidden_layers}, but "
             f"{ckpt.path} holds tensors for {len(layers)} layer(s) "
             f"(layer {missing[0]} is absent)")
+    last = config.num_hidden_layers + config.num_nextn_predict_layers - 1  # MTP layers follow
+    if layers and max(layers) > last:
+        raise ValueError(
+            f"{config_file}: fields 'num_hidden_layers' + 'num_nextn_predict_layers' = "
+            f"{last + 1}, but {ckpt.path} holds tensors for layer {max(layers)}")
     embed = "model.embed_tokens.weight"
     if embed in ckpt.files:  # else the per-tensor check names it as missing
         want = (config.vocab_size, config.hidden_size)

@@ -290,6 +290,10 @@ def test_layer_count_checked_before_building_the_tree(tmp_path):
                        r"but .* holds tensors for 3 layer\(s\) \(layer 3 is absent\)"):
         hf.load_hf(str(path))
     assert time.perf_counter() - start < 0.5
+    rewrite_config(path, lambda c: c.update(num_hidden_layers=1, first_k_dense_replace=1))
+    with pytest.raises(ValueError, match=r"'num_hidden_layers' \+ 'num_nextn_predict_layers' = "
+                       r"2, but .* holds tensors for layer 2"):
+        hf.load_hf(str(path))
 
 
 # ------------------------------------------------------------------------------------ transformers
