@@ -161,6 +161,7 @@ def ensure_base(base_dir: str | os.PathLike, toy_base_dir: str | os.PathLike | N
                    "single-process run" if is_toy else "only a toy preset pretrains its toy "
                    f"base, and only into its own location (toy_base_dir={toy_base_dir})")
             raise FileNotFoundError(f"{e}. Not pretraining: {why}") from None
+    ownership.check_owned(path, "pretrain a base model into")  # before reading any config
     print(f"no base model in {path}: pretraining the toy base first")
     return pretrain_base(pretrain_config(), path, f"{path}.work")
 

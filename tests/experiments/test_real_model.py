@@ -56,6 +56,7 @@ def trained(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_r1_zero_from_an_hf_directory_on_gsm8k_jsonl(trained):
     run = trained / "run"
     assert ownership.is_marked(run)
@@ -66,6 +67,7 @@ def test_r1_zero_from_an_hf_directory_on_gsm8k_jsonl(trained):
     assert samples and all("apples" in s["prompt"] for s in samples)  # the user's questions
 
 
+@pytest.mark.slow
 def test_eval_of_a_run_started_from_an_hf_checkpoint(trained):
     stdout = _run(trained, "eval.py", "--checkpoint=run")
     result = json.loads((trained / "run" / "eval" / "test-heldout-step2.json").read_text())
@@ -73,6 +75,7 @@ def test_eval_of_a_run_started_from_an_hf_checkpoint(trained):
     assert "wrote run/eval/test-heldout-step2.json" in stdout
 
 
+@pytest.mark.slow
 def test_export_reloads_with_the_trained_logits(trained):
     _run(trained, "export.py", "--checkpoint=run", "--output=export")
     out = trained / "export"
