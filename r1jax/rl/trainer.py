@@ -13,22 +13,27 @@ Determinism and resumption: step s samples with fold_in(seed key, s); the prompt
 pipeline's index-based loader, its position checkpointed; rewards are pure functions of text.
 A checkpoint at step s holds the state after s steps (params with the MoE biases, optimizer
 state, reference params, seed key, update count) and, as JSON meta, the loader position. A run
-killed at any point (SIGKILL) restarts from the newest complete checkpoint, drops the metric
-and sample records logged after it, and continues exactly (on CPU the records after resume are
-those of an uninterrupted run, except timings, under `perf/`). SIGTERM (preemption) abandons
-the step in progress and checkpoints the last completed step before returning.
+killed at any point (SIGKILL) restarts from the newest checkpoint that verifies (a corrupted
+one is skipped, named, and set aside: `checkpoint.Checkpointer.restore_latest`), drops the
+metric and sample records logged after it (all of them when there is no checkpoint yet), and
+continues exactly (on CPU the records after resume are those of an uninterrupted run, except
+timings, under `perf/`). SIGTERM (preemption, `r1jax.preemption`) abandons the step in
+progress, checkpoints the last completed step and returns with `preempted` set.
+
+Non-finite updates are rejected inside the jitted step and counted; `guard.NonFiniteGuard`
+stops the run (`NonFiniteError`) after `grpo.max_consecutive_nonfinite` of them in a row or
+when more than `grpo.max_nonfinite_fraction` of the last `grpo.nonfinite_window` were skipped.
+No checkpoint ever holds a non-finite value (`checkpoint.Checkpointer.save` refuses one).
 
 Workdir: config.json, checkpoints/, metrics.jsonl, tensorboard/, samples.jsonl, plots/*.png.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import threading
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -36,13 +41,13 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from r1jax import distributed, sharding
+from r1jax import config_utils, distributed, preemption, sharding
 from r1jax.data import pipeline, tasks, templates
 from r1jax.data.tasks import jsonl
 from r1jax.models import summary
 from r1jax.rl import config as rl_config
 from r1jax.rl import grpo, rollout, step
-from r1jax.train import base, checkpoint, metrics
+from r1jax.train import base, checkpoint, guard, metrics
 
 SAMPLES_NAME = "samples.jsonl"
 PLOTS = {"reward": ("reward/total", "eval/reward"),
@@ -51,8 +56,7 @@ PLOTS = {"reward": ("reward/total", "eval/reward"),
 _EVAL_SALT, _TRAIN_SALT = 1, 0
 
 
-class NonFiniteError(RuntimeError):
-    """Too many consecutive updates had a non-finite loss or gradient."""
+NonFiniteError = guard.NonFiniteError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,33 +106,14 @@ def forward_flops(model_config, rows: int, length: int) -> float:
 
 def _truncate_jsonl(path: str, step: int) -> None:
     """Drops records with step > `step` (atomically), as `MetricsWriter.truncate_after`."""
-    if jax.process_index() != 0 or not os.path.exists(path):
-        return
-    kept = [r for r in metrics.read_jsonl(path) if r["step"] <= step]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
-    os.replace(tmp, path)
+    if jax.process_index() == 0:
+        metrics.truncate_jsonl(path, step)
 
 
 def _append_jsonl(path: str, records: list[dict]) -> None:
     if jax.process_index() == 0 and records:
         with open(path, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
-
-
-@contextlib.contextmanager
-def _preemption_flag():
-    """Yields an Event set by SIGTERM (main thread only); the old handler is restored."""
-    flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: flag.set())
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class _Preempted(Exception):
@@ -215,8 +200,9 @@ class _Run:
                 updates.append(out)
         return state, jax.device_get(updates)
 
-    def run_step(self, state, s: int) -> tuple[Any, dict[str, Any]]:
-        """GRPO step s (0-based): returns the state after s + 1 steps and its metrics."""
+    def run_step(self, state, s: int) -> tuple[Any, dict[str, Any], list[int]]:
+        """GRPO step s (0-based): returns the state after s + 1 steps, its metrics and whether
+        each of its updates was skipped (1) or applied (0)."""
         start = time.perf_counter()
         ro, timings = self.collect(state["params"], s)
         self.check_preempted()
@@ -231,14 +217,13 @@ class _Run:
         out.update({k: v for k, v in timings.items() if k.startswith("dynamic/")})
         out.update(self.update_metrics(updates))
         out.update(self.perf_metrics(ro, timings, train_s, time.perf_counter() - start))
-        return state, out
+        return state, out, [int(u["nonfinite"]) for u in updates]
 
     def update_metrics(self, updates: list[dict]) -> dict[str, Any]:
         """Means over the step's updates; `nonfinite` is the number of skipped updates."""
         out = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]
                if k != "nonfinite"}
         out["nonfinite"] = int(sum(int(u["nonfinite"]) for u in updates))
-        out["nonfinite_last_run"] = _trailing(updates)
         return out
 
     def perf_metrics(self, ro, timings, train_s: float, step_s: float) -> dict[str, float]:
@@ -275,16 +260,6 @@ def _stream_key(key, *indices: int) -> jax.Array:
     return key
 
 
-def _trailing(updates: list[dict]) -> int:
-    """Skipped updates at the end of the step (continues a run of non-finite updates)."""
-    count = 0
-    for u in reversed(updates):
-        if not int(u["nonfinite"]):
-            break
-        count += 1
-    return count
-
-
 # ---------------------------------------------------------------------------------------------
 # train(config, workdir)
 # ---------------------------------------------------------------------------------------------
@@ -311,17 +286,39 @@ def _loaders(config: rl_config.ExperimentConfig, tok, template):
     task = tasks.get(d.task, **dict(d.task_knobs))
     prompts = pipeline.PromptConfig(batch_size=_per_host(config.grpo.prompts_per_step,
                                                          "grpo.prompts_per_step"),
-                                    max_prompt_len=d.max_prompt_len, bucket=d.bucket, seed=d.seed)
+                                    max_prompt_len=d.max_prompt_len, bucket=d.bucket, seed=d.seed,
+                                    overlong=d.overlong)
     train_source = _source(d, task, "train")
     loader = pipeline.prompt_loader(train_source, tok, template.format_prompt, prompts)
-    eval_prompts = pipeline.PromptConfig(batch_size=_per_host(config.eval.num_prompts,
+    eval_source = _source(d, task, "test")
+    eval_prompts = pipeline.PromptConfig(batch_size=_per_host(_eval_count(config, eval_source),
                                                               "eval.num_prompts"),
                                          max_prompt_len=d.max_prompt_len, bucket=d.bucket,
-                                         seed=d.seed)
-    eval_source = _source(d, task, "test")
+                                         seed=d.seed, overlong=d.overlong)
     eval_batch = distributed.gather_prompts(pipeline.prompt_loader(
         eval_source, tok, template.format_prompt, eval_prompts).batch(0), tok.pad_id)
     return loader, eval_batch
+
+
+def _eval_count(config: rl_config.ExperimentConfig, source) -> int:
+    """eval.num_prompts, clamped with a note to the held-out prompts there are (rounded down
+    to a multiple of the processes): a smaller test set is never repeated to fill the batch."""
+    wanted, available = config.eval.num_prompts, len(source)
+    if available >= wanted:
+        return wanted
+    count = available - available % jax.process_count()
+    if count < 1:
+        raise ValueError(f"the test set has {available} prompts, fewer than the "
+                         f"{jax.process_count()} processes that share the evaluation")
+    _say(f"note: eval.num_prompts={wanted} but the test set has {available} prompts: "
+         f"evaluating {count} (each once)")
+    return count
+
+
+def _say(message: str) -> None:
+    """One line on process 0 (what a long, otherwise silent phase is doing)."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
 
 
 def _source(d: rl_config.DataConfig, task, split: str):
@@ -338,28 +335,42 @@ def _source(d: rl_config.DataConfig, task, split: str):
 def _write_config(config: rl_config.ExperimentConfig, workdir: str) -> None:
     if jax.process_index() == 0:
         path = os.path.join(workdir, "config.json")
+        config_utils.report_changes(path, json.loads(config.to_json()), "GRPO run")
         with open(f"{path}.tmp", "w") as f:
             f.write(config.to_json())
         os.replace(f"{path}.tmp", path)
 
 
-def _restore(ckpt: checkpoint.Checkpointer, state, loader, writer, workdir):
-    """Resumes from the newest checkpoint: state, loader position, log truncation."""
-    restored = ckpt.restore_latest(checkpoint.abstract_tree(state))
+def _nonfinite_guard(config: rl_config.ExperimentConfig) -> guard.NonFiniteGuard:
+    g = config.grpo
+    return guard.NonFiniteGuard(g.max_consecutive_nonfinite, g.nonfinite_window,
+                                g.max_nonfinite_fraction)
+
+
+def _restore(ckpt: checkpoint.Checkpointer, state, loader, writer, workdir, nonfinite):
+    """Resumes from the newest checkpoint that verifies: state, loader position, the
+    non-finite counts; truncates the logs to its step (to nothing without a checkpoint, so a
+    run killed before its first checkpoint restarts its logs cleanly)."""
+    restored = ckpt.restore_latest(checkpoint.abstract_tree(state), set_aside=True)
+    for s, reason in ckpt.skipped:
+        warnings.warn(f"resume: skipped checkpoint step {s} in {ckpt.directory} ({reason}); "
+                      f"resuming from step {ckpt.restored_step or 0}", stacklevel=2)
+    step_ = -1 if restored is None else restored[1]["step"]
+    writer.truncate_after(step_)
+    _truncate_jsonl(os.path.join(workdir, SAMPLES_NAME), step_)
     if restored is None:
-        return state, 0, 0
+        return state, 0
     state, meta = restored
     loader.set_state(meta["data"])
-    writer.truncate_after(meta["step"])
-    _truncate_jsonl(os.path.join(workdir, SAMPLES_NAME), meta["step"])
-    return state, meta["step"], meta["consecutive_nonfinite"]
+    nonfinite.load(meta["nonfinite"])
+    return state, meta["step"]
 
 
-def _save(ckpt, state, s: int, data_state, consecutive: int, force: bool = False) -> None:
+def _save(ckpt, state, s: int, data_state, nonfinite: guard.NonFiniteGuard) -> None:
     if ckpt.latest_step() == s:  # already saved (e.g. SIGTERM right after a periodic save)
         return
-    meta = {"step": s, "data": data_state, "consecutive_nonfinite": consecutive}
-    ckpt.save(s, state, meta, force=force)
+    meta = {"step": s, "data": data_state, "nonfinite": nonfinite.state()}
+    ckpt.save(s, state, meta, force=True)
 
 
 def _eval_due(config: rl_config.ExperimentConfig, s: int) -> bool:
@@ -391,6 +402,7 @@ def train(config, workdir: str) -> dict[str, Any]:
 
     # ------------------------------------------------------------------ mesh, model, data
     mesh = make_mesh(config)
+    _say(f"loading the base model from {config.base_dir}")
     model_config, params, tok = _load_model(config)
     template = templates.get(config.data.template)
     loader, eval_batch = _loaders(config, tok, template)
@@ -406,15 +418,16 @@ def train(config, workdir: str) -> dict[str, Any]:
                                    max_to_keep=config.keep_checkpoints,
                                    async_save=config.async_checkpoints)
     writer = metrics.MetricsWriter(workdir, use_tensorboard=config.tensorboard)
-    state, start, consecutive = _restore(ckpt, state, loader, writer, workdir)
+    nonfinite = _nonfinite_guard(config)
+    state, start = _restore(ckpt, state, loader, writer, workdir, nonfinite)
 
     # ------------------------------------------------------------------ loop
-    with _preemption_flag() as preempt, ckpt, writer, \
+    with preemption.handling() as preempt, ckpt, writer, \
             rollout.reward_pool(config.rewards, config.reward_workers) as pool:
         ctx = rollout.Context(model_config, tok, template, config.rewards, pool, mesh)
         run = _Run(config, ctx, mesh, loader, eval_batch, step_config, preempt)
         run.key = jax.device_get(state["rng"])
-        summary_ = _loop(run, state, start, consecutive, ckpt, writer, workdir)
+        summary_ = _loop(run, state, start, nonfinite, ckpt, writer, workdir)
     if config.plots and jax.process_index() == 0:
         _plots(workdir)
     return summary_
@@ -427,49 +440,45 @@ def _evaluate_and_log(run: _Run, params, s: int, writer, workdir: str) -> dict[s
     return out
 
 
-def _loop(run: _Run, state, start: int, consecutive: int, ckpt, writer, workdir):
+def _loop(run: _Run, state, start: int, nonfinite: guard.NonFiniteGuard, ckpt, writer,
+          workdir):
     """Steps start..total_steps-1 with logging, evaluation, checkpoints and the guards."""
     config = run.config
     summary_ = {"step": start, "preempted": False, "train": {}, "eval": {}}
-    if start == 0:
+    if start == 0 and not run.preempt.is_set():
+        _say(f"step 0: evaluating {run.eval_batch['prompt_tokens'].shape[0]} held-out prompts "
+             f"(the first call compiles the sampler)")
         summary_["eval"] = _evaluate_and_log(run, state["params"], 0, writer, workdir)
+    if start < config.total_steps:
+        _say(f"step {start + 1}: sampling, scoring and compiling the GRPO step (the slowest "
+             "step; the progress bar follows)")
     bar = tqdm.tqdm(total=config.total_steps, initial=start, desc="grpo", dynamic_ncols=True,
                     disable=not config.progress_bar or jax.process_index() != 0)
     with bar:
         for s in range(start, config.total_steps):
             data_state = run.loader.get_state()
             try:
-                state, out = run.run_step(state, s)
+                state, out, skipped = run.run_step(state, s)
             except _Preempted:
-                _save(ckpt, state, s, data_state, consecutive, force=True)
+                if s > 0:  # step 0 is the initial state: a rerun rebuilds it
+                    _save(ckpt, state, s, data_state, nonfinite)
                 summary_["preempted"] = True
                 break
-            consecutive = _consecutive(consecutive, out, config.updates_per_step)
+            nonfinite.record(skipped)
             writer.write(s + 1, out)
             summary_.update(step=s + 1, train=out)
             bar.update(1)
             bar.set_postfix(reward=f"{out['reward/total']:.3f}", acc=f"{out['accuracy']:.3f}")
-            if consecutive >= config.grpo.max_consecutive_nonfinite:
-                raise NonFiniteError(_diagnostic(s + 1, consecutive, out, ckpt))
+            nonfinite.check("GRPO", s + 1, ckpt, _detail(out))
             if _eval_due(config, s + 1):
                 summary_["eval"] = _evaluate_and_log(run, state["params"], s + 1, writer, workdir)
             if (s + 1) % config.checkpoint_every == 0 or s + 1 == config.total_steps:
-                _save(ckpt, state, s + 1, run.loader.get_state(), consecutive, force=True)
+                _save(ckpt, state, s + 1, run.loader.get_state(), nonfinite)
             writer.flush()
     summary_["nonfinite_total"] = int(jax.device_get(state["skipped"]))
     return summary_
 
 
-def _consecutive(previous: int, out: dict[str, Any], updates_per_step: int) -> int:
-    if out["nonfinite"] == updates_per_step:
-        return previous + updates_per_step
-    return out["nonfinite_last_run"]
-
-
-def _diagnostic(s: int, consecutive: int, out: dict[str, Any], ckpt) -> str:
-    return (f"GRPO stopped at step {s}: {consecutive} consecutive updates had a non-finite loss "
-            f"or gradient (last loss={out['loss']}, grad_norm={out['grad_norm']}, "
-            f"kl={out.get('kl')}, mean reward={out['reward/total']}). Those updates were "
-            f"skipped; the last good checkpoint is step {ckpt.latest_step()} in "
-            f"{ckpt.directory}. Lower the learning rate, check the data, or raise "
-            "grpo.max_consecutive_nonfinite.")
+def _detail(out: dict[str, Any]) -> str:
+    return (f"last loss={out['loss']}, grad_norm={out['grad_norm']}, kl={out.get('kl')}, "
+            f"mean reward={out['reward/total']}")
