@@ -11,6 +11,13 @@ are moved to `<stage>.replaced-<k>`); after a kill, rerun without it to resume. 
 of the run is `<workdir>/manifest.json`.
 """
 
+# ruff: noqa: E402
+# SIGTERM from the first moment on (the imports below take seconds) is a preemption: the run
+# checkpoints and exits 75 (r1jax.preemption).
+from r1jax import preemption  # isort: skip
+
+preemption.install()
+
 from absl import flags, logging
 
 from r1jax import config_utils
@@ -34,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    config_utils.run(main)  # a misspelled --config key: one line, exit 2
+    config_utils.run(preemption.exit_status(main))  # unknown --config key: exit 2

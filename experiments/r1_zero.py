@@ -19,6 +19,13 @@ or unreadable `base_dir` is an error within seconds. The run directory `--workdi
 and marked as r1jax's; an existing directory that r1jax did not create is refused.
 """
 
+# ruff: noqa: E402
+# SIGTERM from the first moment on (the imports below take seconds) is a preemption: the run
+# checkpoints and exits 75 (r1jax.preemption).
+from r1jax import preemption  # isort: skip
+
+preemption.install()
+
 import pathlib
 
 import jax
@@ -58,6 +65,8 @@ def main(argv):
                   f"than --pretrain_config ({'; '.join(diff)}); it is used as is. Remove it, or "
                   "point --config.base_dir elsewhere, to pretrain anew.")
     summary = trainer.train(config, str(ownership.claim(workdir, "rl.trainer run")))
+    if summary["preempted"]:
+        raise preemption.Preempted(summary["step"], workdir)
     if jax.process_index() != 0:  # process 0 wrote the logs
         return
     metrics_path = pathlib.Path(_WORKDIR.value) / "metrics.jsonl"
@@ -66,4 +75,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    config_utils.run(main)  # a misspelled --config key: one line, exit 2
+    config_utils.run(preemption.exit_status(main))  # unknown --config key: exit 2

@@ -15,7 +15,9 @@ This module imports nothing heavy: it must be importable in the first millisecon
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
+import sys
 import threading
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): temporary failure, the caller may retry
@@ -67,3 +69,18 @@ def handling():
         yield _requested
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def exit_status(main):
+    """Wraps an entry point's `main(argv)`: `Preempted` prints "preempted at step N (...)" and
+    exits with `EXIT_PREEMPTED`; a normal return exits 0 and an exception 1 as usual."""
+
+    @functools.wraps(main)
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except Preempted as e:
+            print(f"\n{e}", flush=True)
+            sys.exit(EXIT_PREEMPTED)
+
+    return wrapped

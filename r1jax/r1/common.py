@@ -14,10 +14,10 @@ from typing import Any
 import jax
 import ml_collections
 
+from r1jax import preemption
 from r1jax.data import pipeline, tasks, templates
 from r1jax.evals import evaluate
 from r1jax.r1 import data
-from r1jax.r1 import manifest as manifest_lib
 from r1jax.rewards import registry
 from r1jax.rl import trainer
 from r1jax.train import base, sft
@@ -72,7 +72,7 @@ def grpo_stage(stage_dir: pathlib.Path, start_dir, section: ml_collections.Confi
     section.seed = seed
     summary = trainer.train(section, str(run_dir))
     if summary["preempted"]:
-        raise manifest_lib.Preempted(f"GRPO in {run_dir} stopped at step {summary['step']}")
+        raise preemption.Preempted(summary["step"], f"GRPO in {run_dir}")
     final = evaluate.load_run(run_dir)
     save_model(model_dir, final.config, jax.device_get(final.params), start_dir)
     summary = {"step": summary["step"], "eval": summary["eval"],
