@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import os
+import pathlib
 import sys
 import types
 import typing
@@ -216,6 +219,27 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     absent = "<absent>"
     return [f"{k}: {a.get(k, absent)!r} -> {b.get(k, absent)!r}"
             for k in sorted(set(a) | set(b)) if a.get(k, absent) != b.get(k, absent)]
+
+
+def report_changes(path: str | os.PathLike, new: Mapping[str, Any], what: str = "run") -> list[str]:
+    """Prints what changed between the JSON config an earlier run wrote at `path` and `new`
+    (a resumed run whose config was edited or overridden), one line per key; prints nothing
+    when there is no earlier config or nothing changed. Returns the change lines."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"note: {path} (the {what}'s earlier config) is unreadable ({e}); not compared")
+        return []
+    changes = differences(old, new)
+    if changes:
+        print(f"note: resuming the {what} in {path.parent} with a config that differs from the "
+              f"one it started with ({len(changes)} change(s)):")
+        for line in changes:
+            print(f"  {line}")
+    return changes
 
 
 # ---------------------------------------------------------------------------------------------

@@ -266,3 +266,95 @@ def test_differences_name_changed_added_and_removed_keys():
     assert config_utils.differences(old, new) == [
         "added.x: '<absent>' -> 2", "gone: 1 -> '<absent>'", "grpo.beta: 0.001 -> 0.01"]
     assert config_utils.differences(old, old) == []
+
+
+def test_report_changes_prints_each_changed_key(tmp_path, capsys):
+    path = tmp_path / "config.json"
+    assert config_utils.report_changes(path, {"seed": 0}) == []  # a new run: nothing to say
+    path.write_text('{"grpo": {"beta": 0.001}, "seed": 0}')
+    assert config_utils.report_changes(path, {"grpo": {"beta": 0.001}, "seed": 0}) == []
+    assert capsys.readouterr().out == ""
+    changes = config_utils.report_changes(path, {"grpo": {"beta": 0.01}, "seed": 0}, "GRPO run")
+    assert changes == ["grpo.beta: 0.001 -> 0.01"]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"note: resuming the GRPO run in {tmp_path} with a config that")
+    assert out[1:] == ["  grpo.beta: 0.001 -> 0.01"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer reads the settable data fields: a small test set, overlong prompts
+# ---------------------------------------------------------------------------------------------
+
+
+def _gsm8k(path: pathlib.Path, questions: list[str]) -> str:
+    import json
+
+    path.write_text("".join(json.dumps({"question": q, "answer": f"so #### {i}"}) + "\n"
+                            for i, q in enumerate(questions)))
+    return str(path)
+
+
+def _run_config(base_dir, tmp_path, *overrides: str):
+    test = _gsm8k(tmp_path / "test.jsonl", [f"What is {i} plus {i}?" for i in range(3)])
+    train = _gsm8k(tmp_path / "train.jsonl", [f"What is {i} minus 1?" for i in range(5)])
+    return rl_config.from_config_dict(parse(
+        "r1_zero", "smoke", f"base_dir={base_dir}", f"data.train_jsonl={train}",
+        f"data.test_jsonl={test}", "data.jsonl_format=gsm8k", "eval.num_prompts=8",
+        *overrides))
+
+
+def test_small_test_set_is_clamped_with_a_note_never_repeated(base_dir, tmp_path, capsys):
+    from r1jax.data import templates
+    from r1jax.rl import trainer
+    from r1jax.train import base
+
+    config = _run_config(base_dir, tmp_path)
+    tok = base.load_tokenizer(base_dir)
+    _, eval_batch = trainer._loaders(config, tok, templates.get("r1_zero"))
+    assert eval_batch["prompt_tokens"].shape[0] == 3  # each of the 3 test prompts once
+    assert len({tuple(row) for row in eval_batch["prompt_tokens"].tolist()}) == 3
+    assert "note: eval.num_prompts=8 but the test set has 3 prompts: evaluating 3" in \
+        capsys.readouterr().out
+
+
+def test_data_overlong_reaches_the_prompt_loader(base_dir, tmp_path):
+    from r1jax.data import templates
+    from r1jax.rl import trainer
+    from r1jax.train import base
+
+    tok = base.load_tokenizer(base_dir)
+    template = templates.get("r1_zero")
+    config = _run_config(base_dir, tmp_path, "data.max_prompt_len=16", "data.bucket=8")
+    with pytest.raises(ValueError, match="max_prompt_len=16"):
+        trainer._loaders(config, tok, template)
+    config = _run_config(base_dir, tmp_path, "data.max_prompt_len=16", "data.bucket=8",
+                         "data.overlong=truncate")
+    loader, eval_batch = trainer._loaders(config, tok, template)
+    assert eval_batch["prompt_tokens"].shape[1] == 16
+    assert next(iter(loader))["prompt_tokens"].shape[1] == 16
+
+
+@pytest.mark.slow
+def test_training_says_what_it_is_doing_and_what_changed_on_resume(base_dir, tmp_path, capsys):
+    """One-line notes for the silent phases (loading, step-0 evaluation, the first compile),
+    and a resumed run whose config changed names the change."""
+    from r1jax.rl import trainer
+
+    def config(steps: int):
+        return parse("r1_zero", "smoke", f"base_dir={base_dir}", f"total_steps={steps}",
+                     "checkpoint_every=1", "eval.every=0", "eval.greedy=false", "plots=false",
+                     "tensorboard=false", "reward_workers=1", "async_checkpoints=false")
+
+    workdir = str(tmp_path / "run")
+    trainer.train(config(1), workdir)
+    out = capsys.readouterr().out
+    assert f"loading the base model from {base_dir}" in out
+    assert "step 0: evaluating 2 held-out prompts" in out
+    assert "step 1: sampling, scoring and compiling the GRPO step" in out
+    assert "resuming" not in out
+    trainer.train(config(2), workdir)
+    out = capsys.readouterr().out
+    assert "  total_steps: 1 -> 2" in out
+    assert "  optim.total_steps: 2 -> 4" in out
+    assert "step 0: evaluating" not in out  # resumed at step 1
+    assert "step 2: sampling, scoring and compiling" in out

@@ -94,9 +94,9 @@ class _Fields:
             self.fail(key, f"must be a finite number, got {value!r}")
         return float(value) if kind is float else value
 
-    def positive(self, key: str, kind: type, default: Any = _REQUIRED):
+    def positive(self, key: str, kind: type, default: Any = _REQUIRED, allow_none: bool = False):
         """`get` for a number that must be > 0 (a NaN or negative eps/theta gives NaN logits)."""
-        value = self.get(key, kind, default)
+        value = self.get(key, kind, default, allow_none)
         if value is not None and value <= 0:
             self.fail(key, f"must be positive, got {value!r}")
         return value
@@ -144,9 +144,11 @@ def _rope_dict(f: _Fields) -> tuple[_Fields, float]:
     key = "rope_scaling" if f.values.get("rope_scaling") else "rope_parameters"
     rope = f.get(key, dict, {}, allow_none=True) or {}
     rope_f = _Fields(rope, f.file, f"{key}.")
+    # Both places are checked even when the dict's value wins: a bad one is a corrupt file.
+    top = f.positive("rope_theta", float, None, allow_none=True)
     if rope_f.values.get("rope_theta") is not None:
         return rope_f, rope_f.positive("rope_theta", float)
-    return rope_f, f.positive("rope_theta", float, 10000.0)
+    return rope_f, 10000.0 if top is None else top
 
 
 def _rope_fields(f: _Fields, arch: str) -> dict[str, Any]:

@@ -269,6 +269,7 @@ def test_non_finite_weight_is_named(tmp_path, value):
     (lambda c: c["rope_parameters"].update(rope_theta=-1.0), r"rope_parameters\.'rope_theta' must "
      "be positive"),
     (lambda c: c["rope_parameters"].update(rope_theta=float("inf")), "'rope_theta' must be a finite"),
+    (lambda c: c.update(rope_theta=-1), "field 'rope_theta' must be positive, got -1"),
     (lambda c: c.update(initializer_range=float("nan")), "'initializer_range' must be a finite"),
     (lambda c: c.update(vocab_size=10**12), r"'vocab_size' = 1000000000000 is outside \[1, "),
     (lambda c: c.update(vocab_size=95), r"'vocab_size', 'hidden_size' = \[95, 32\] do not match"),
