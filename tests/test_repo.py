@@ -46,3 +46,31 @@ def test_plain_install_can_load_hf_checkpoints_and_admits_current_jax():
     jax_pin = SpecifierSet(requires["jax"])
     for version in ("0.10.2", "0.11.0", "0.11.9"):
         assert version in jax_pin, (version, jax_pin)
+
+
+def _config_tables():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config_tables",
+                                                  ROOT / "scripts" / "config_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_architecture_doc_tables_match_the_code():
+    """docs/architecture.md's preset tables are generated (scripts/config_tables.py); a
+    preset or default changed without regenerating them fails here."""
+    tables = _config_tables()
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    assert tables.stale_tables(text) == [], "run python scripts/config_tables.py --write"
+    drifted = text.replace("| `grpo.beta` | 0.001 |", "| `grpo.beta` | 0.002 |")
+    assert drifted != text and tables.stale_tables(drifted) == ["r1_zero"]
+
+
+def test_architecture_doc_is_not_stale():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    assert "Not implemented yet" not in text
+    for module in ("r1jax/r1/pipeline.py", "r1jax/rl/rejection.py", "r1jax/r1/distill.py",
+                   "r1jax/rewards/reward_model.py"):
+        assert f"`{module}`" in text, module

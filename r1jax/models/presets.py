@@ -119,3 +119,49 @@ def get(name: str) -> ml_collections.ConfigDict:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}")
     return PRESETS[name]()
+
+
+# ---------------------------------------------------------------------------------------------
+# The preset table of docs/architecture.md (python -m r1jax.models.presets --markdown)
+# ---------------------------------------------------------------------------------------------
+
+#: Fields an architecture does not read: GQA's for MLA, MLA's for GQA, MoE's for dense models.
+_GQA_ONLY = ("num_key_value_heads", "head_dim", "attention_bias")
+_MLA_ONLY = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
+             "v_head_dim")
+_MOE_ONLY = ("n_shared_experts", "num_experts_per_tok", "moe_intermediate_size", "n_group",
+             "topk_group", "routed_scaling_factor", "norm_topk_prob", "scoring_func",
+             "first_k_dense_replace", "aux_loss_alpha")
+#: Column order of the table: the toy presets, then the public models by family.
+TABLE_ORDER = ("tiny", "small_50m", "deepseek_v2_lite", "deepseek_v3_671b", "qwen2_5_0_5b",
+               "qwen2_5_3b", "llama3_2_1b")
+
+
+def _unused(config: config_lib.ModelConfig) -> set[str]:
+    unused = set(_GQA_ONLY if config.attention_type == "mla" else _MLA_ONLY)
+    return unused | (set() if config.is_moe else set(_MOE_ONLY))
+
+
+def markdown_table() -> str:
+    """The Markdown table of every preset's values: `default` is `ModelConfig()`, `·` marks a
+    field the architecture does not read, fields that no preset changes are left out."""
+    default = config_lib.ModelConfig()
+    configs = {name: config_lib.ModelConfig.from_dict(get(name)) for name in TABLE_ORDER}
+    assert set(configs) == set(PRESETS), "TABLE_ORDER must list every preset"
+    fields = [f for f in default.to_dict()
+              if any(getattr(c, f) != getattr(default, f) for c in configs.values())]
+    lines = ["| field | default | " + " | ".join(configs) + " |",
+             "|---|---|" + "---|" * len(configs)]
+    for field in fields:
+        cells = ["·" if field in _unused(c) else str(getattr(c, field))
+                 for c in configs.values()]
+        lines.append(f"| `{field}` | {getattr(default, field)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m r1jax.models.presets --markdown")
+    print(markdown_table())
