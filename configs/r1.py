@@ -149,6 +149,13 @@ def tiny() -> ml_collections.ConfigDict:
     c.r1_zero.sampling.update(max_new_tokens=160)
     c.r1_zero.eval.update(every=30, num_prompts=32, max_new_tokens=160)
     c.distill = _distill("tiny")
+    # Your own data for the stages (JSONL; schemas in r1jax/r1/data.py); unset: the toy data.
+    # The GRPO stages read theirs from their sections: reasoning_rl.data.train_jsonl, ...
+    c.data = dict(cold_start_jsonl=config_dict.placeholder(str), cold_start_format="records",
+                  non_reasoning_jsonl=config_dict.placeholder(str),
+                  preference_jsonl=config_dict.placeholder(str),
+                  preference_test_jsonl=config_dict.placeholder(str),
+                  eval_jsonl=config_dict.placeholder(str), eval_jsonl_format="gsm8k")
     return c
 
 

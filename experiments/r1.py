@@ -4,6 +4,13 @@
   python experiments/r1.py                                        # tiny preset, runs/r1_tiny
   python experiments/r1.py --config=configs/r1.py:smoke --workdir=/tmp/r1_smoke
   python experiments/r1.py --stage=rejection     # rerun rejection sampling and what follows
+  python experiments/r1.py --config=configs/r1.py:smoke --config.base_dir=/models/Qwen2.5-0.5B \
+      --config.data.cold_start_jsonl=cold.jsonl --config.data.eval_jsonl=test.jsonl \
+      --config.reasoning_rl.data.train_jsonl=train.jsonl \
+      --config.reasoning_rl.data.jsonl_format=gsm8k --workdir=runs/r1_qwen
+
+`--config.base_dir` is an r1jax base or a Hugging Face checkpoint directory (used as is, read
+only); each stage can read your JSONL instead of the toy data (schemas: r1jax/r1/data.py).
 
 Rerunning after a kill (or SIGTERM) skips the finished stages and resumes the unfinished one
 from its checkpoints. `--stage=NAME` reruns NAME and every later stage (their earlier outputs
@@ -36,7 +43,7 @@ def main(argv):
     manifest = pipeline.run(_CONFIG.value, _WORKDIR.value, start=_STAGE.value,
                             until=_UNTIL.value)
     print(f"\nDeepSeek-R1 pipeline ({_WORKDIR.value}), held-out "
-          f"{_CONFIG.value.eval.task} {dict(_CONFIG.value.eval.task_knobs)}:")
+          f"{pipeline.eval_name(_CONFIG.value)}:")
     print(pipeline.report(manifest))
 
 

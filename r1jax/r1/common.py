@@ -81,16 +81,30 @@ def grpo_stage(stage_dir: pathlib.Path, start_dir, section: ml_collections.Confi
 
 
 def eval_examples(eval_cfg) -> list[dict]:
+    """The first `num_prompts` held-out examples: of the user's JSONL (`jsonl`, in
+    `jsonl_format`) when set, else of the generated `task`'s test split."""
+    if eval_cfg.get("jsonl"):
+        examples = tasks.jsonl.load(eval_cfg["jsonl"], eval_cfg["jsonl_format"],
+                                    split="test").examples
+        return examples[:eval_cfg["num_prompts"]]
     source = pipeline.generated_source(tasks.get(eval_cfg["task"], **dict(eval_cfg["task_knobs"])),
                                        "test", 0)
     return [source[i] for i in range(eval_cfg["num_prompts"])]
+
+
+def eval_rewards(eval_cfg) -> registry.Spec:
+    """Accuracy + strict format; math answers (`jsonl_format` "math") by the math reward."""
+    if eval_cfg.get("jsonl") and eval_cfg["jsonl_format"] == "math":
+        return registry.Spec.from_dict({"math": 1.0, "format_strict": 1.0})
+    return EVAL_REWARDS
 
 
 def evaluate_model(model_dir, eval_cfg, seed: int = 0) -> dict[str, float]:
     """Held-out pass@1 (k samples at the paper's temperature 0.6 / top-p 0.95), strict format
     rate, language consistency (of the question's language) and mean response length."""
     model_config, params, tok = base.load_model(model_dir)
-    model = evaluate.Model(model_config, params, tok, templates.get(TEMPLATE), EVAL_REWARDS,
+    model = evaluate.Model(model_config, params, tok, templates.get(TEMPLATE),
+                           eval_rewards(eval_cfg),
                            mesh=None, source=str(model_dir))
     settings = evaluate.Settings(num_samples=eval_cfg["num_samples"],
                                  temperature=eval_cfg["temperature"], top_p=eval_cfg["top_p"],

@@ -11,6 +11,22 @@ Cold start (R1 Sec. 2.3.1): "long CoTs ... in a readable pattern", each response
 holding the bare final answer, because the rule rewards of the later stages read a number
 from that block; the reasoning is the task's worked solution, kept only when it is written in
 the question's language (single-language CoTs).
+
+Your own data, one JSONL file per stage (config `data.*` of configs/r1.py), one JSON object a
+line; a bad line raises naming the file and the record:
+- cold start (`data.cold_start_jsonl`), with `data.cold_start_format`:
+  "records": {"question": str, "completion": str} (the R1 template writes the prompt) or
+  {"prompt": str, "completion": str} (used as is); the completion is the whole response, e.g.
+  " <think>\n...\n</think>\n<answer> 42 </answer>";
+  "gsm8k" / "math": the task formats of `r1jax.data.tasks.jsonl`; each example's worked
+  solution and answer become an R1-format completion (examples without one are skipped).
+- reasoning RL and all-scenario RL: their GRPO sections' `data.train_jsonl` / `test_jsonl` /
+  `jsonl_format` (gsm8k, math, code); rejection sampling then draws its prompts from the
+  reasoning-RL training file.
+- non-reasoning data (`data.non_reasoning_jsonl`): {"question": str, "response": str}.
+- preference pairs (`data.preference_jsonl`, `data.preference_test_jsonl`):
+  {"question": str, "chosen": str, "rejected": str}.
+- held-out evaluation (`data.eval_jsonl`, `data.eval_jsonl_format`): gsm8k or math format.
 """
 
 from __future__ import annotations
@@ -34,6 +50,13 @@ def r1_completion(reasoning: str, answer: str) -> str:
             f"{templates.ANSWER_OPEN} {answer} {templates.ANSWER_CLOSE}")
 
 
+def _cold_start_record(ex: dict, template: templates.Template) -> dict[str, Any]:
+    return {"type": "cold_start", "prompt": template.format_prompt(ex["question"]),
+            "completion": r1_completion(ex["worked_solution"], ex["answer"]),
+            "question": ex["question"], "answer": ex["answer"],
+            "task": ex["task"], "key": ex.get("key")}
+
+
 def cold_start_records(task_name: str, knobs: dict, num: int, seed: int,
                        template: templates.Template) -> list[dict[str, Any]]:
     """`num` training-split examples whose worked solution is in the question's language, as
@@ -45,13 +68,61 @@ def cold_start_records(task_name: str, knobs: dict, num: int, seed: int,
         index += 1
         if ex.get("solution_language", ex.get("language")) != ex.get("language"):
             continue
-        records.append({"type": "cold_start", "prompt": template.format_prompt(ex["question"]),
-                        "completion": r1_completion(ex["worked_solution"], ex["answer"]),
-                        "question": ex["question"], "answer": ex["answer"],
-                        "task": ex["task"], "key": ex["key"]})
+        records.append(_cold_start_record(ex, template))
         if index > 100 * num + 1000:
             raise RuntimeError(f"{task_name}: too few single-language worked solutions")
     return records
+
+
+def _strings(path, records: list[dict], *names: str) -> list[dict]:
+    """Checks that every record has the string fields `names` (a named error otherwise)."""
+    if not records:
+        raise ValueError(f"{path}: no records")
+    for number, record in enumerate(records, start=1):
+        missing = [k for k in names if not isinstance(record.get(k), str)]
+        if missing:
+            raise ValueError(f"{path}: record {number} needs string field(s) {missing}")
+    return records
+
+
+def user_cold_start_records(path: str | os.PathLike, fmt: str, num: int,
+                            template: templates.Template) -> list[dict[str, Any]]:
+    """The first `num` cold-start records of the user's JSONL (schemas: module docstring)."""
+    if fmt in tasks.jsonl.FORMATS:
+        examples = [ex for ex in tasks.jsonl.load(path, fmt).examples if ex.get("worked_solution")]
+        if not examples:
+            raise ValueError(f"{path}: no example with a worked solution for the cold start")
+        return [_cold_start_record(ex, template) for ex in examples[:num]]
+    if fmt != "records":
+        raise ValueError(f"data.cold_start_format={fmt!r}: must be 'records' or one of "
+                         f"{tasks.jsonl.FORMATS}")
+    records = metrics.read_jsonl(path)[:num]
+    if not records:
+        raise ValueError(f"{path}: no records")
+    out = []
+    for number, record in enumerate(records, start=1):
+        key = "prompt" if "prompt" in record else "question"
+        if not isinstance(record.get(key), str) or not isinstance(record.get("completion"), str):
+            raise ValueError(f"{path}: record {number} needs string fields 'completion' and "
+                             "'question' (or 'prompt')")
+        prompt = record[key] if key == "prompt" else template.format_prompt(record[key])
+        out.append({"type": "cold_start", "prompt": prompt, "completion": record["completion"]})
+    return out
+
+
+def user_non_reasoning_pairs(path: str | os.PathLike, num: int) -> list[tuple[str, str]]:
+    """(question, response) pairs of the user's non-reasoning JSONL, the first `num`."""
+    records = _strings(path, metrics.read_jsonl(path)[:num], "question", "response")
+    return [(r["question"], r["response"]) for r in records]
+
+
+def user_preference_pairs(path: str | os.PathLike, num: int,
+                          template: templates.Template) -> list[dict[str, Any]]:
+    """The first `num` {question, chosen, rejected} pairs of the user's JSONL, both responses
+    in the policy's non-reasoning layout (as `preference_pairs`)."""
+    records = _strings(path, metrics.read_jsonl(path)[:num], "question", "chosen", "rejected")
+    return [dict(r, **{side: rejection.empty_think_completion(template, r[side])
+                       for side in ("chosen", "rejected")}) for r in records]
 
 
 def non_reasoning_pairs(num: int, seed: int, split: str = "train") -> list[tuple[str, str]]:

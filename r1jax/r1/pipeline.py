@@ -57,6 +57,27 @@ def ensure_base(base_dir, toy_base_dir, pretrain_section) -> pathlib.Path:
         lambda: pretrain.PretrainConfig.from_config_dict(pretrain_section))
 
 
+def _user(config, name: str):
+    """The user's data field `data.<name>` (None when unset, or in configs without `data`)."""
+    return config.get("data", {}).get(name)
+
+
+def eval_name(config) -> str:
+    """What the held-out evaluation runs on, for the report's title."""
+    path = _user(config, "eval_jsonl")
+    if path:
+        return f"{path} ({_user(config, 'eval_jsonl_format') or 'gsm8k'})"
+    return f"{config.eval.task} {dict(config.eval.task_knobs)}"
+
+
+def _evaluate(config, model_dir) -> dict[str, float]:
+    """The stage's held-out evaluation: the user's `data.eval_jsonl` when set, else the
+    generated `eval.task`."""
+    section = dict(config.eval, jsonl=_user(config, "eval_jsonl"),
+                   jsonl_format=_user(config, "eval_jsonl_format") or "gsm8k")
+    return common.evaluate_model(model_dir, section, config.seed)
+
+
 # ---------------------------------------------------------------------------------------------
 # Stages: fn(config, manifest, stage_dir) -> (outputs, metrics)
 # ---------------------------------------------------------------------------------------------
@@ -64,18 +85,21 @@ def ensure_base(base_dir, toy_base_dir, pretrain_section) -> pathlib.Path:
 
 def _base(config, m: manifest_lib.Manifest, stage_dir: pathlib.Path):
     base_dir = ensure_base(config.base_dir, config.get("toy_base_dir"), config.pretrain)
-    return {}, {"eval": common.evaluate_model(base_dir, config.eval, config.seed),
+    return {}, {"eval": _evaluate(config, base_dir),
                 "base_dir": str(pathlib.Path(base_dir).absolute())}
 
 
 def _cold_start(config, m, stage_dir):
     c = config.cold_start
-    records = data.cold_start_records(config.eval.task, dict(config.eval.task_knobs),
-                                      c.num_examples, config.seed, templates.get(common.TEMPLATE))
+    template = templates.get(common.TEMPLATE)
+    path = _user(config, "cold_start_jsonl")
+    records = data.user_cold_start_records(path, _user(config, "cold_start_format") or "records",
+                                           c.num_examples, template) if path else \
+        data.cold_start_records(config.eval.task, dict(config.eval.task_knobs), c.num_examples,
+                                config.seed, template)
     model_dir = common.sft_stage(stage_dir, m.entry("base")["metrics"]["base_dir"], records, c,
                                  desc="cold start")
-    return {"model": model_dir}, {"eval": common.evaluate_model(model_dir, config.eval,
-                                                                config.seed),
+    return {"model": model_dir}, {"eval": _evaluate(config, model_dir),
                                   "examples": len(records)}
 
 
@@ -83,8 +107,7 @@ def _grpo(section_name: str, start_stage: str, config, m, stage_dir):
     start = m.output(start_stage, "model") if start_stage != "base" else \
         m.entry("base")["metrics"]["base_dir"]
     model_dir, summary = common.grpo_stage(stage_dir, start, config[section_name], config.seed)
-    return {"model": model_dir}, {"eval": common.evaluate_model(model_dir, config.eval,
-                                                                config.seed),
+    return {"model": model_dir}, {"eval": _evaluate(config, model_dir),
                                   "grpo": summary}
 
 
@@ -92,20 +115,20 @@ def _rejection(config, m, stage_dir):
     c = config.rejection
     model_config, params, tok = base.load_base(m.output("reasoning_rl", "model"))
     template = templates.get(common.TEMPLATE)
-    source = data_pipeline.generated_source(
-        tasks.get(config.eval.task, **dict(config.eval.task_knobs)), "train", config.seed)
+    prompts, accuracy = _rejection_prompts(config)
     rcfg = rejection.RejectionConfig(
         num_samples=c.num_samples, batch_size=c.batch_size, max_new_tokens=c.max_new_tokens,
         temperature=c.temperature, top_p=c.top_p, max_prompt_len=c.max_prompt_len,
-        min_language=c.min_language, accuracy_reward="numeric",
+        min_language=c.min_language, accuracy_reward=accuracy,
         max_per_prompt=c.max_per_prompt, non_reasoning_fraction=0.0, seed=c.seed)
     reasoning_path = stage_dir / "reasoning.jsonl"
-    stats = rejection.rejection_sample(model_config, params, tok, template,
-                                       [source[i] for i in range(c.num_prompts)], rcfg,
+    stats = rejection.rejection_sample(model_config, params, tok, template, prompts, rcfg,
                                        reasoning_path, overwrite=True)
     kept = data.read_records(reasoning_path) if stats["total"] else []
-    extra = [rejection.non_reasoning_record(template, q, r)
-             for q, r in data.non_reasoning_pairs(c.num_non_reasoning, config.seed)]
+    path = _user(config, "non_reasoning_jsonl")
+    pairs = data.user_non_reasoning_pairs(path, c.num_non_reasoning) if path else \
+        data.non_reasoning_pairs(c.num_non_reasoning, config.seed)
+    extra = [rejection.non_reasoning_record(template, q, r) for q, r in pairs]
     records = data.shuffled(kept + extra, c.seed)
     summary = {"reasoning": len(kept), "non_reasoning": len(extra),
                "candidates": stats["candidates"], "dropped": stats["dropped"]}
@@ -114,12 +137,28 @@ def _rejection(config, m, stage_dir):
     return {"data": path, "reasoning": reasoning_path}, summary
 
 
+#: The accuracy reward of rejection sampling for each user JSONL format.
+_ACCURACY = {"gsm8k": "numeric", "math": "math", "code": "code"}
+
+
+def _rejection_prompts(config) -> tuple[list[dict], str]:
+    """The first `rejection.num_prompts` training prompts of the reasoning-RL stage (its JSONL
+    when set, else the generated task) and the accuracy reward that checks them."""
+    d, num = config.reasoning_rl.data, config.rejection.num_prompts
+    if d.get("train_jsonl"):
+        examples = tasks.jsonl.load(d.train_jsonl, d.jsonl_format,
+                                    on_error=d.jsonl_on_error).examples
+        return examples[:num], _ACCURACY[d.jsonl_format]
+    source = data_pipeline.generated_source(
+        tasks.get(config.eval.task, **dict(config.eval.task_knobs)), "train", config.seed)
+    return [source[i] for i in range(num)], "numeric"
+
+
 def _sft(config, m, stage_dir):
     records = data.read_records(m.output("rejection", "data"))
     model_dir = common.sft_stage(stage_dir, m.entry("base")["metrics"]["base_dir"], records,
                                  config.sft, desc="rejection-sampling sft")
-    return {"model": model_dir}, {"eval": common.evaluate_model(model_dir, config.eval,
-                                                                config.seed),
+    return {"model": model_dir}, {"eval": _evaluate(config, model_dir),
                                   "examples": len(records)}
 
 
@@ -142,6 +181,24 @@ def reward_model_init(c, policy_dir) -> tuple[config_lib.ModelConfig, dict]:
     return model_config, rm.init_params(model_config, c.train.seed)
 
 
+def _preference_pairs(config, template) -> tuple[list[dict], list[dict]]:
+    """(train, test) preference pairs: the user's `data.preference_jsonl` (and
+    `data.preference_test_jsonl`, else the train file's last tenth) or the toy task's."""
+    c, path = config.reward_model, _user(config, "preference_jsonl")
+    if not path:
+        return (data.preference_pairs(c.num_train, config.seed, "train", template),
+                data.preference_pairs(c.num_test, config.seed, "test", template))
+    test_path = _user(config, "preference_test_jsonl")
+    if test_path:
+        return (data.user_preference_pairs(path, c.num_train, template),
+                data.user_preference_pairs(test_path, c.num_test, template))
+    pairs = data.user_preference_pairs(path, c.num_train + c.num_test, template)
+    held = max(1, min(c.num_test, len(pairs) // 10))
+    if len(pairs) < 2:
+        raise ValueError(f"{path}: {len(pairs)} pair(s); at least 2 are needed (train and test)")
+    return pairs[:-held], pairs[-held:]
+
+
 def train_reward_model(config, policy_dir, work: pathlib.Path) -> tuple[rm.Scorer, dict]:
     """The preference reward model (`reward_model_init`; the policy's tokenizer), trained or
     resumed in `work`; returns its Scorer and held-out metrics."""
@@ -153,10 +210,9 @@ def train_reward_model(config, policy_dir, work: pathlib.Path) -> tuple[rm.Score
         train_cfg = reward.RMConfig(**dict(c.train.to_dict(),
                                            mesh=tuple(dict(c.train.mesh).items())))
         template = templates.get(common.TEMPLATE)
-        train_data = reward.encode_pairs(tok, data.preference_pairs(
-            c.num_train, config.seed, "train", template), train_cfg.max_len, train_cfg.span)
-        test_data = reward.encode_pairs(tok, data.preference_pairs(
-            c.num_test, config.seed, "test", template), train_cfg.max_len, train_cfg.span)
+        train_pairs, test_pairs = _preference_pairs(config, template)
+        train_data = reward.encode_pairs(tok, train_pairs, train_cfg.max_len, train_cfg.span)
+        test_data = reward.encode_pairs(tok, test_pairs, train_cfg.max_len, train_cfg.span)
         params, evaluated = reward.train(
             model_config, state_lib.OptimConfig(**dict(c.optim)), train_cfg, train_data,
             work / "train", init, eval_data=test_data)
