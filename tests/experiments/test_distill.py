@@ -1,10 +1,11 @@
 """Smoke test of experiments/distill.py on a hand-made stage-3 dataset (smoke preset)."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
+
+import hf_dirs
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -15,13 +16,7 @@ def test_distill_entry_point_compares_sft_and_rl_students(tmp_path):
                for i in range(6)]
     data = tmp_path / "sft_data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
-    # Cheap compiles (LLVM at -O0, the pre-fusion-emitter CPU codegen): without them the
-    # smoke run is mostly XLA compiling.
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1 "
-                         "--xla_backend_optimization_level=0 "
-                         "--xla_llvm_disable_expensive_passes=true "
-                         "--xla_cpu_use_fusion_emitters=false")
+    env = hf_dirs.cheap_cpu_env()
     out = subprocess.run(
         [sys.executable, "experiments/distill.py", "--config=configs/r1.py:smoke",
          f"--config.distill.base_dir={tmp_path / 'student'}",

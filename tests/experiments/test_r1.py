@@ -3,12 +3,13 @@
 the finished stages are skipped untouched and the interrupted one resumes and completes."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
 import sys
 import time
+
+import hf_dirs
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FINISHED = ("base", "cold_start", "reasoning_rl", "rejection")
@@ -16,17 +17,10 @@ SFT_STEPS = 10  # a longer SFT with a checkpoint per step leaves time to kill it
 
 
 def _env(tmp_path):
-    """CPU with cheap compiles (without them the smoke run is mostly XLA compiling): LLVM at
-    -O0, the pre-fusion-emitter CPU codegen (about 5x faster to compile a GRPO step), and a
-    persistent cache shared by both runs, so the rerun does not recompile what the killed run
-    already compiled."""
-    return dict(os.environ, JAX_PLATFORMS="cpu",
-                XLA_FLAGS="--xla_force_host_platform_device_count=1 "
-                          "--xla_backend_optimization_level=0 "
-                          "--xla_llvm_disable_expensive_passes=true "
-                          "--xla_cpu_use_fusion_emitters=false",
-                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    """CPU with cheap compiles and a persistent cache shared by both runs, so the rerun does
+    not recompile what the killed run already compiled."""
+    return hf_dirs.cheap_cpu_env(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+                                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
 def _command(tmp_path):

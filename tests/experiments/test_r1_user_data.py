@@ -3,7 +3,6 @@ JSONL file for every stage (cold start, reasoning RL, non-reasoning, preference 
 evaluation), from the command line; and the schemas' named errors."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -69,11 +68,7 @@ def test_r1_pipeline_from_an_hf_directory_on_user_jsonl(tmp_path):
     grpo = [f"--config.{s}.data.{k}={v}" for s in ("reasoning_rl", "all_scenario")
             for k, v in (("train_jsonl", "train.jsonl"), ("test_jsonl", "test.jsonl"),
                          ("jsonl_format", "gsm8k"))]
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1 "
-                         "--xla_backend_optimization_level=0 "
-                         "--xla_llvm_disable_expensive_passes=true "
-                         "--xla_cpu_use_fusion_emitters=false")
+    env = hf_dirs.cheap_cpu_env()
     out = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "r1.py"), f"--config={ROOT}/configs/r1.py:smoke",
          "--config.base_dir=hf", "--workdir=run", "--config.r1_zero.total_steps=0",

@@ -4,7 +4,6 @@ from the command line only, with relative paths: R1-Zero (smoke-sized), evaluati
 export, and the export's logits equal to the trained params' logits."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -20,12 +19,7 @@ from r1jax.evals import evaluate, export
 from r1jax.models import hf, transformer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-# Cheap compiles (LLVM at -O0, the pre-fusion-emitter CPU codegen), one CPU device.
-ENV = dict(os.environ, JAX_PLATFORMS="cpu",
-           XLA_FLAGS="--xla_force_host_platform_device_count=1 "
-                     "--xla_backend_optimization_level=0 "
-                     "--xla_llvm_disable_expensive_passes=true "
-                     "--xla_cpu_use_fusion_emitters=false")
+ENV = hf_dirs.cheap_cpu_env()
 
 
 def _run(cwd, script, *flags):
