@@ -3,6 +3,16 @@
   python -m r1jax.plan --config=configs/model.py:deepseek_v3_671b \\
       --mesh=data=1,fsdp=64,expert=8,tensor=1 --accelerator=v5p --batch=64 --seq=4096
   python -m r1jax.plan --config=configs/model.py:deepseek_v3_671b --accelerator=h100
+  python -m r1jax.plan --config=configs/r1_zero.py:qwen2_5_3b_countdown \
+      --model_dir=/models/Qwen2.5-3B --accelerator=h100
+
+The model is a model config, an HF checkpoint or r1jax base directory (--model_dir), or an
+experiment config's base model with its `model_overrides` (`models.summary.resolve_model`).
+With an experiment config the plan uses the run's own settings unless --batch/--seq/--mesh
+say otherwise: the micro-batch of one gradient computation (prompts_per_step * G /
+(num_minibatches * num_micro_batches) sequences), the sequence length (data.max_prompt_len +
+sampling.max_new_tokens), the model's dtype (an HF checkpoint keeps its stored one), its
+remat_policy (the total that applies is marked) and the configured mesh when it has no -1 axis.
 
 Nothing is allocated: the parameter tree comes from `jax.eval_shape` of the model's `init`, its
 logical axis names go through `sharding.RULES` onto a `jax.sharding.AbstractMesh`, and each
@@ -50,11 +60,10 @@ import jax
 import numpy as np
 from absl import app, flags
 from jax.sharding import AbstractMesh, AxisType, NamedSharding
-from ml_collections import config_flags
 
 from r1jax import sharding
 from r1jax.models import config as config_lib
-from r1jax.models import layers, transformer
+from r1jax.models import layers, summary, transformer
 
 ACCELERATORS = {"h100": ("NVIDIA H100", 80e9), "v5p": ("TPU v5p", 95e9)}
 HEADROOM = 0.9  # plan to use at most this fraction of device memory
@@ -242,8 +251,9 @@ def propose(config: config_lib.ModelConfig, memory: float, batch: int, seq: int,
 
 
 def format_report(config: config_lib.ModelConfig, plan: Plan, accelerator: str, batch: int,
-                  seq: int) -> str:
-    """The plan as text: per-device GiB by component, fit, replicated parameters."""
+                  seq: int, remat: bool | None = None) -> str:
+    """The plan as text: per-device GiB by component, fit, replicated parameters; `remat`
+    (the run's setting, when known) marks the total that applies."""
     name, memory = ACCELERATORS[accelerator]
     mesh = ",".join(f"{k}={v}" for k, v in plan.mesh.items())
     rows = [("parameters", plan.parameters),
@@ -259,10 +269,11 @@ def format_report(config: config_lib.ModelConfig, plan: Plan, accelerator: str, 
              f"mesh {mesh}: {plan.chips} chips of {name} ({memory / 1e9:.0f} GB, planning "
              f"with {HEADROOM:.0%})", "per device:"]
     lines += [f"  {label:<36} {value / GIB:10.2f} GiB" for label, value in rows]
-    for remat in (True, False):
-        fits = plan.total(remat) <= HEADROOM * memory
+    for with_remat in (True, False):
+        fits = plan.total(with_remat) <= HEADROOM * memory
+        mark = " (the run's remat_policy)" if remat == with_remat else ""
         lines.append(f"  {'fits' if fits else 'does NOT fit'} {name} "
-                     f"{'with' if remat else 'without'} rematerialisation")
+                     f"{'with' if with_remat else 'without'} rematerialisation{mark}")
     if plan.replicated:
         lines.append("WARNING: parameters over the size threshold replicated on every device:")
         lines += [f"  {path} {shape} x{n}: {each / GIB:.3f} GiB each, {n * each / GIB:.2f} GiB "
@@ -285,32 +296,87 @@ def _grouped(shards) -> list[tuple[tuple[str, tuple], tuple[int, int]]]:
 # Command line
 # ---------------------------------------------------------------------------------------------
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/model.py:deepseek_v3_671b",
-                                          "Model config file (preset).")
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """What one gradient computation of a run looks like to the planner."""
+
+    batch: int                      # sequences per micro-batch
+    seq: int                        # tokens per sequence
+    remat: bool | None              # the model's remat_policy != "none" (None: not known)
+    mesh: dict[str, int] | None     # a fixed mesh, or None to propose one
+    source: str                     # where the numbers came from, for the report
+
+
+DEFAULT_SETTINGS = RunSettings(512, 4096, None, None, "defaults (--batch, --seq)")
+
+
+def experiment_settings(config, model: config_lib.ModelConfig) -> RunSettings:
+    """The run settings of an experiment ConfigDict (`configs/r1_zero.py`) and its model."""
+    g, d, s = config.grpo, config.data, config.sampling
+    rows = g.prompts_per_step * g.group_size
+    batch = rows // (g.num_minibatches * g.num_micro_batches)
+    mesh = {a: int(n) for a, n in dict(config.mesh).items() if n is not None}
+    fixed = mesh if -1 not in mesh.values() else None
+    return RunSettings(batch, d.max_prompt_len + s.max_new_tokens, model.remat_policy != "none",
+                       fixed, f"the experiment config: {g.prompts_per_step} prompts x G "
+                       f"{g.group_size} / ({g.num_minibatches} minibatches x "
+                       f"{g.num_micro_batches} micro-batches), {d.max_prompt_len} prompt + "
+                       f"{s.max_new_tokens} new tokens, dtype {model.dtype}, remat_policy "
+                       f"{model.remat_policy}")
+
+
+def with_flags(settings: RunSettings, batch: int | None, seq: int | None,
+               mesh: str | None) -> RunSettings:
+    """`settings` with the command line's explicit --batch, --seq and --mesh applied."""
+    changes = {k: v for k, v in (("batch", batch), ("seq", seq)) if v is not None}
+    if mesh:
+        changes["mesh"] = parse_mesh(mesh)
+    return dataclasses.replace(settings, **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "HF checkpoint or r1jax base directory "
+                                 "(default: the experiment config's base_dir).")
 _MESH = flags.DEFINE_string("mesh", None, "data=..,fsdp=..,expert=..,tensor=..; "
-                            "default: propose one")
+                            "default: the experiment's fixed mesh, else propose one")
 _ACCELERATOR = flags.DEFINE_enum("accelerator", "v5p", list(ACCELERATORS), "Device type.")
-_BATCH = flags.DEFINE_integer("batch", 512, "Sequences per forward/backward (micro-batch; "
-                              "R1-Zero: 32 questions x 16 samples).")
-_SEQ = flags.DEFINE_integer("seq", 4096, "Tokens per sequence (prompt + completion).")
+_BATCH = flags.DEFINE_integer("batch", None, "Sequences per forward/backward (micro-batch); "
+                              "default: the experiment's, else 512 (R1-Zero: 32 x 16).")
+_SEQ = flags.DEFINE_integer("seq", None, "Tokens per sequence (prompt + completion); "
+                            "default: the experiment's, else 4096.")
 _THRESHOLD = flags.DEFINE_float("replicated_threshold_mb", 16.0,
                                 "Flag replicated parameters larger than this (MiB).")
 
 
-def main(argv):
+def main(argv, config_flag):
     del argv
-    config = config_lib.ModelConfig.from_dict(_CONFIG.value)
-    acc, batch, seq = _ACCELERATOR.value, _BATCH.value, _SEQ.value
-    if _MESH.value:
-        plan = make_plan(config, parse_mesh(_MESH.value), batch, seq,
+    try:
+        config = summary.resolve_model(config_flag.value, _MODEL_DIR.value)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    settings = (experiment_settings(config_flag.value, config)
+                if summary.is_experiment_config(config_flag.value) else DEFAULT_SETTINGS)
+    settings = with_flags(settings, _BATCH.value, _SEQ.value, _MESH.value)
+    acc, batch, seq = _ACCELERATOR.value, settings.batch, settings.seq
+    print(f"micro-batch {batch} x {seq} tokens from {settings.source}")
+    if settings.mesh:
+        plan = make_plan(config, settings.mesh, batch, seq,
                          replicated_threshold=_THRESHOLD.value * 2**20)
     else:
         plan = propose(config, ACCELERATORS[acc][1], batch, seq)
         if plan is None:
             raise app.UsageError(f"no mesh of up to 8192 chips fits {ACCELERATORS[acc][0]}")
         print(f"proposed: {plan.chips} chips")
-    print(format_report(config, plan, acc, batch, seq))
+    print(format_report(config, plan, acc, batch, seq, remat=settings.remat))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from r1jax import config_utils
+
+    # Defined here, not at import: tests import this module.
+    _CONFIG = config_utils.define_config_file("config", "configs/model.py:deepseek_v3_671b",
+                                              "Model or experiment config file (preset).")
+    config_utils.run(lambda argv: main(argv, _CONFIG))

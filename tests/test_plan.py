@@ -5,16 +5,22 @@ Lowering targets TPU (`lowering_platforms`), which an AbstractMesh needs and whi
 CPU-only machine: the 256-device mesh is never backed by real devices.
 """
 
+import dataclasses
+import pathlib
+import subprocess
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from r1jax import plan, sharding
 from r1jax.models import config as config_lib
-from r1jax.models import presets, transformer
+from r1jax.models import hf, presets, transformer
 from r1jax.rl import config as rl_config
 from r1jax.rl import step
 from r1jax.sampling import sampler
@@ -241,3 +247,58 @@ def _random_batch(rows, p, t, vocab, seed=0):
         "ref_logps": (-3 * rng.random((rows, t))).astype(np.float32),
         "advantages": rng.standard_normal(rows).astype(np.float32),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning an experiment's own settings (an HF directory + configs/r1_zero.py preset)
+# ---------------------------------------------------------------------------------------------
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _experiment(preset: str, *overrides: str):
+    source = f"{ROOT / 'configs' / 'r1_zero'}.py:{preset}"
+    argv = ["prog", f"--config={source}", *(f"--config.{o}" for o in overrides)]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", source, flag_values=values, sys_argv=argv)
+    values(argv)
+    return values.config
+
+
+def test_experiment_settings_are_the_runs_micro_batch_length_remat_and_mesh():
+    model = tiny()
+    qwen = plan.experiment_settings(_experiment("qwen2_5_3b_countdown"), model)
+    # 32 prompts x G 8 over 4 minibatches x 4 micro-batches; 256 prompt + 1024 new tokens.
+    assert (qwen.batch, qwen.seq, qwen.remat, qwen.mesh) == (16, 1280, False, None)
+    remat = plan.experiment_settings(_experiment("qwen2_5_3b_countdown"),
+                                     model.replace(remat_policy="full"))
+    assert remat.remat is True
+    v3 = plan.experiment_settings(_experiment("deepseek_v3_671b"), model)
+    assert (v3.batch, v3.seq, v3.mesh) == (4, 2048 + 32768, None)  # fsdp=-1: proposed
+    smoke = plan.experiment_settings(_experiment("smoke", "mesh.fsdp=2"), model)
+    assert smoke.mesh == {"data": 1, "fsdp": 2, "expert": 1, "tensor": 1}
+    assert plan.with_flags(qwen, 8, None, "fsdp=4") == dataclasses.replace(
+        qwen, batch=8, mesh={"fsdp": 4})
+
+
+def test_cli_plans_an_experiment_on_an_hf_directory(tmp_path):
+    """The HF model's own dtype and the preset's micro-batch reach the plan."""
+    model = config_lib.ModelConfig.from_dict(presets.qwen2_5_0_5b()).replace(
+        vocab_size=256, hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048)
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), transformer.random_params(model, 0))
+    hf.save_hf(model, params, str(tmp_path / "qwen"))
+    result = subprocess.run(
+        [sys.executable, "-m", "r1jax.plan", "--config=configs/r1_zero.py:qwen2_5_3b_countdown",
+         f"--config.base_dir={tmp_path / 'qwen'}", "--config.model_overrides.remat_policy=full",
+         "--accelerator=h100", "--mesh=fsdp=1"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "micro-batch 16 x 1280 tokens from the experiment config" in out
+    assert "dtype bfloat16, remat_policy full" in out
+    assert "with rematerialisation (the run's remat_policy)" in out
+    expected = plan.make_plan(model.replace(dtype="bfloat16", param_dtype="bfloat16",
+                                            remat_policy="full"), {"fsdp": 1}, 16, 1280)
+    assert f"{expected.total(True) / plan.GIB:10.2f} GiB" in out

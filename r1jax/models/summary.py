@@ -2,6 +2,14 @@
 
   python -m r1jax.models.summary --config=configs/model.py:deepseek_v3_671b
   python -m r1jax.models.summary --config=configs/model.py:tiny --config.num_hidden_layers=2
+  python -m r1jax.models.summary --model_dir=/models/Qwen2.5-3B           # an HF directory
+  python -m r1jax.models.summary --config=configs/r1_zero.py:qwen2_5_3b_countdown \
+      --model_dir=/models/Qwen2.5-3B      # the experiment's model: its base + model_overrides
+
+The model comes from a model config (`configs/model.py`), from a model directory (an HF
+checkpoint: config.json + safetensors, read from the headers only; or an r1jax base directory:
+model_config.json), or from an experiment config (`configs/r1_zero.py:<preset>`: its
+`base_dir`, unless --model_dir names another, with its `model_overrides` applied).
 
 Counts come from `jax.eval_shape` of `Transformer(config).init`, so they are those of the real
 parameter tree. "Activated" per token (DeepSeek-V3 report, Sec. 1: 671B total, 37B activated)
@@ -14,10 +22,12 @@ MTP modules are excluded from the totals and reported on their own.
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 from absl import app
 from flax import traverse_util
-from ml_collections import config_flags
 
 from r1jax.models import config as config_lib
 from r1jax.models import layers, transformer
@@ -77,14 +87,71 @@ def format_summary(config: config_lib.ModelConfig) -> str:
     return "\n".join([header] + [f"{a:<{width}}  {b:>24}  {c_:>10}" for a, b, c_ in rows])
 
 
-def main(argv, config_flag):
+# ---------------------------------------------------------------------------------------------
+# Where the model comes from (shared with `python -m r1jax.plan`)
+# ---------------------------------------------------------------------------------------------
+
+
+def is_experiment_config(config) -> bool:
+    """True for a GRPO experiment config (`configs/r1_zero.py`): it names a base model and
+    the ModelConfig fields to override, where a model config is the fields themselves."""
+    return config is not None and "base_dir" in config and "model_overrides" in config
+
+
+def load_model_dir(directory: str | os.PathLike) -> config_lib.ModelConfig:
+    """The ModelConfig of an HF checkpoint directory (config.json; its stored dtype, from the
+    safetensors headers) or of an r1jax base directory (model_config.json); no weights read.
+
+    Raises:
+      FileNotFoundError: the directory holds neither, naming what it expected and found.
+    """
+    path = os.path.abspath(directory)
+    if os.path.isfile(os.path.join(path, "model_config.json")):
+        with open(os.path.join(path, "model_config.json")) as f:
+            return config_lib.ModelConfig.from_dict(json.load(f))
+    if os.path.isfile(os.path.join(path, "config.json")):
+        from r1jax.models import hf  # safetensors is only needed for HF directories
+
+        return hf.load_hf_config(path)
+    found = sorted(os.listdir(path))[:8] if os.path.isdir(path) else "no such directory"
+    raise FileNotFoundError(f"{directory}: expected an HF checkpoint directory (config.json + "
+                            f"safetensors) or an r1jax base directory (model_config.json); "
+                            f"found {found}")
+
+
+def resolve_model(config, model_dir: str | None = None) -> config_lib.ModelConfig:
+    """The ModelConfig that `config` (a model or experiment ConfigDict, or None) and
+    `model_dir` describe (see the module docstring); an experiment's set `model_overrides`
+    are applied on top of its model directory's config."""
+    if is_experiment_config(config):
+        model = load_model_dir(model_dir or config.base_dir)
+        overrides = {k: v for k, v in dict(config.model_overrides).items() if v is not None}
+        return model.replace(**overrides) if overrides else model
+    if model_dir is not None:
+        return load_model_dir(model_dir)
+    if config is None:
+        raise ValueError("give --config (a model or experiment config) or --model_dir")
+    return config_lib.ModelConfig.from_dict(config)
+
+
+def main(argv, config_flag, model_dir_flag):
     del argv
-    if config_flag.value is None:
-        raise app.UsageError("--config is required, e.g. --config=configs/model.py:tiny")
-    print(format_summary(config_lib.ModelConfig.from_dict(config_flag.value)))
+    if config_flag.value is None and model_dir_flag.value is None:
+        raise app.UsageError("--config or --model_dir is required, e.g. "
+                             "--config=configs/model.py:tiny")
+    try:
+        model = resolve_model(config_flag.value, model_dir_flag.value)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(format_summary(model))
 
 
 if __name__ == "__main__":
+    from absl import flags
+
+    from r1jax import config_utils
+
     # Defined here, not at import: the trainers import this module and have --config of their own.
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Model config file (preset).")
-    app.run(lambda argv: main(argv, _CONFIG))
+    _CONFIG = config_utils.define_config_file("config", None, "Model or experiment config file.")
+    _MODEL_DIR = flags.DEFINE_string("model_dir", None, "HF checkpoint or r1jax base directory.")
+    config_utils.run(lambda argv: main(argv, _CONFIG, _MODEL_DIR))
