@@ -19,6 +19,7 @@ import os
 
 from absl import app, flags, logging
 
+from r1jax import ownership
 from r1jax.evals import evaluate
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "R1-Zero run directory or HF directory.",
@@ -47,6 +48,7 @@ def _output_path(model: evaluate.Model, prompts: str) -> str:
         return _OUTPUT.value
     if model.run is not None:
         return os.path.join(_CHECKPOINT.value, "eval", f"{prompts}-step{model.step}.json")
+    ownership.claim("eval", "experiments/eval.py results")  # never someone else's eval/
     return os.path.join("eval", f"{os.path.basename(os.path.abspath(_CHECKPOINT.value))}"
                                 f"-{prompts}.json")
 
@@ -59,6 +61,7 @@ def main(argv):
         model, task=_TASK.value, knobs=json.loads(_KNOBS.value) if _KNOBS.value else None,
         split=_SPLIT.value, seed=_TASK_SEED.value, jsonl=_DATA.value, jsonl_format=_FORMAT.value,
         num_prompts=_NUM_PROMPTS.value)
+    path = _output_path(model, prompts)  # before the evaluation: a refused path fails early
     overrides = {"num_samples": _K.value, "temperature": _TEMPERATURE.value, "top_p": _TOP_P.value,
                  "greedy": _GREEDY.value, "max_new_tokens": _MAX_NEW.value,
                  "batch_size": _BATCH.value}
@@ -67,7 +70,6 @@ def main(argv):
     max_prompt_len, bucket = evaluate.prompt_padding(model)
     result = evaluate.evaluate(model, examples, settings, evaluate.default_key(model, _SEED.value),
                                max_prompt_len=max_prompt_len, bucket=bucket)
-    path = _output_path(model, prompts)
     evaluate.write_result(path, result, checkpoint=model.source, prompts=prompts,
                           num_prompts=len(examples), settings=dataclasses.asdict(settings))
     print(f"\n{model.source} on {len(examples)} prompts ({prompts}), k={settings.num_samples}:")

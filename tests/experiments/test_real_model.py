@@ -101,3 +101,30 @@ def test_export_reloads_with_the_trained_logits(trained):
         export.export_run(trained / "run", bf16)
     with pytest.raises(ownership.NotOwnedError):  # nor is the user's directory, ever
         export.export_run(trained / "run", trained / "hf", overwrite=True)
+
+
+def test_distributed_runs_accept_hf_directories_and_never_pretrain(tmp_path):
+    """`--distributed` (allow_pretrain=False) starts from an HF directory; a missing toy base is
+    an error naming the single-process pretraining, and no config is even read."""
+    from r1jax.train import pretrain
+
+    def never():
+        raise AssertionError("pretraining was started")
+
+    hf_dir = hf_dirs.build_hf_dir(tmp_path / "hf")
+    assert pretrain.ensure_base(hf_dir, None, never,
+                                allow_pretrain=False) == hf_dir
+    toy = tmp_path / "toy"
+    with pytest.raises(FileNotFoundError, match="a multi-process run does not pretrain"):
+        pretrain.ensure_base(toy, toy, never, allow_pretrain=False)
+    with pytest.raises(FileNotFoundError, match="only a toy preset pretrains"):
+        pretrain.ensure_base(tmp_path / "elsewhere", toy, never)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "hf-tokenizer"]
+
+
+def test_a_bfloat16_checkpoint_loads_as_bfloat16(tmp_path):
+    from r1jax.train import base
+
+    config, params, tok = base.load_model(hf_dirs.build_hf_dir(tmp_path / "hf", "bfloat16"))
+    assert config.param_dtype == config.dtype == "bfloat16" and tok.bos_id is None
+    assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
