@@ -330,6 +330,20 @@ def define_config_file(name: str, default: str, help_string: str = "Config file:
                    or f"config override error: {e!r}")
 
 
+def parse_config_file(source: str, *overrides: str) -> ml_collections.ConfigDict:
+    """The config that `--config=<source> --config.<override> ...` gives, through the real
+    absl parser (its own FlagValues: nothing global changes). `source` is "file.py[:preset]",
+    each override "dotted.key=value"."""
+    from absl import flags
+    from ml_collections.config_flags import config_flags
+
+    argv = ["prog", f"--config={source}", *(f"--config.{o}" for o in overrides)]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", source, flag_values=values, sys_argv=argv)
+    values(argv)
+    return values.config
+
+
 def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:
     """`absl.app.run(main)`, except that a config override naming an unknown key exits with
     status 2 and one line (the key and the closest valid keys) instead of a traceback."""

@@ -30,14 +30,8 @@ _PRETRAIN_OWN = ("model", "sft", "optim")  # PretrainConfig fields given as sect
 
 
 def parse(name: str, preset: str, *overrides: str):
-    """The config of configs/<name>.py:<preset> after the real absl parser applied
-    `overrides` (each "path=value")."""
-    source = f"{ROOT / 'configs' / name}.py:{preset}"
-    argv = ["prog", f"--config={source}", *(f"--config.{o}" for o in overrides)]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", source, flag_values=values, sys_argv=argv)
-    values(argv)
-    return values.config
+    """configs/<name>.py:<preset> after the real absl parser applied `overrides`."""
+    return config_utils.parse_config_file(f"{ROOT / 'configs' / name}.py:{preset}", *overrides)
 
 
 # ---------------------------------------------------------------------------------------------

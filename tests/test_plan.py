@@ -15,10 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
-from r1jax import plan, sharding
+from r1jax import config_utils, plan, sharding
 from r1jax.models import config as config_lib
 from r1jax.models import hf, presets, transformer
 from r1jax.rl import config as rl_config
@@ -258,12 +256,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _experiment(preset: str, *overrides: str):
-    source = f"{ROOT / 'configs' / 'r1_zero'}.py:{preset}"
-    argv = ["prog", f"--config={source}", *(f"--config.{o}" for o in overrides)]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", source, flag_values=values, sys_argv=argv)
-    values(argv)
-    return values.config
+    return config_utils.parse_config_file(f"{ROOT / 'configs' / 'r1_zero'}.py:{preset}",
+                                          *overrides)
 
 
 def test_experiment_settings_are_the_runs_micro_batch_length_remat_and_mesh():

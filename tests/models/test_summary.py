@@ -8,9 +8,8 @@ import sys
 
 import jax
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
+from r1jax import config_utils
 from r1jax.models import config as config_lib
 from r1jax.models import presets, summary
 
@@ -82,12 +81,8 @@ def hf_dir(tmp_path_factory):
 
 def experiment(preset: str, *overrides: str):
     """configs/r1_zero.py:<preset> through the real flag parser with `overrides`."""
-    source = f"{ROOT / 'configs' / 'r1_zero'}.py:{preset}"
-    argv = ["prog", f"--config={source}", *(f"--config.{o}" for o in overrides)]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", source, flag_values=values, sys_argv=argv)
-    values(argv)
-    return values.config
+    return config_utils.parse_config_file(f"{ROOT / 'configs' / 'r1_zero'}.py:{preset}",
+                                          *overrides)
 
 
 def test_resolve_model_reads_an_hf_directory_in_its_stored_dtype(hf_dir):
