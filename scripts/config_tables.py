@@ -34,7 +34,7 @@ def load_config_module(name: str):
 
 
 _SET_ONLY = ("rewards", "model_overrides", "model")  # declared maps: only set entries shown
-_WHOLE = ("task_knobs", "reward_options", "reward_routes")  # maps shown as one cell
+_WHOLE = ("task_knobs", "reward_routes")  # maps shown as one cell
 
 
 def _shown(values: dict, prefix: str = "") -> dict:
@@ -45,6 +45,9 @@ def _shown(values: dict, prefix: str = "") -> dict:
         name = f"{prefix}{key}"
         if key in _SET_ONLY:
             out[name] = config_utils.set_entries(value)
+        elif key == "reward_options":  # {reward: {option: value}}, the set options only
+            set_options = {k: config_utils.set_entries(v) for k, v in value.items()}
+            out[name] = {k: v for k, v in set_options.items() if v}
         elif key == "mesh":
             out[name] = dict(config_utils.mesh_pairs(value))
         elif isinstance(value, dict) and key not in _WHOLE:

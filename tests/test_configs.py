@@ -67,7 +67,10 @@ def _grpo_paths(prefix: str) -> dict[str, type | None]:
     paths.update(_model_paths(f"{prefix}model_overrides."))
     paths.update(_mesh_paths(f"{prefix}mesh."))
     paths.update({f"{prefix}rewards.{name}": float for name in registry.names()})
-    paths.update({f"{prefix}reward_options": None, f"{prefix}reward_routes": None})
+    paths.update({f"{prefix}reward_options.{name}.{option}": kind
+                  for name in registry.names()
+                  for option, kind in rl_config.reward_option_types(name).items()})
+    paths[f"{prefix}reward_routes"] = None
     return paths
 
 
@@ -155,7 +158,10 @@ def test_r1_zero_user_overrides_reach_the_experiment_config(tmp_path):
                    f"base_dir={tmp_path}", f"data.train_jsonl={tmp_path}/train.jsonl",
                    f"data.test_jsonl={tmp_path}/test.jsonl", "data.jsonl_format=gsm8k",
                    "data.jsonl_on_error=skip", "data.overlong=truncate", "rewards.numeric=1.0",
-                   "rewards.countdown=0.0", "model_overrides.moe_dispatch=expert_parallel",
+                   "rewards.countdown=0.0", "rewards.overlong=1.0",
+                   "reward_options.overlong.max_length=1024",
+                   "reward_options.overlong.cache_length=256", "reward_options.math.timeout_s=2.5",
+                   "model_overrides.moe_dispatch=expert_parallel",
                    "model_overrides.q_lora_rank=32", "sampling.top_p=0.9", "sampling.top_k=40",
                    "grpo.bias_update_speed=0.01", "mesh.expert=2", "eval.max_new_tokens=64")
     cfg = rl_config.from_config_dict(config)
@@ -163,7 +169,12 @@ def test_r1_zero_user_overrides_reach_the_experiment_config(tmp_path):
                                                           f"{tmp_path}/test.jsonl")
     assert (cfg.data.jsonl_format, cfg.data.jsonl_on_error, cfg.data.overlong) == (
         "gsm8k", "skip", "truncate")
-    assert dict(cfg.rewards.weights) == {"countdown": 0.0, "format_strict": 0.1, "numeric": 1.0}
+    # A weight of 0 leaves the preset's countdown reward out; options left unset are dropped.
+    assert dict(cfg.rewards.weights) == {"format_strict": 0.1, "numeric": 1.0, "overlong": 1.0}
+    assert dict(cfg.rewards.options) == {"math": (("timeout_s", 2.5),),
+                                         "overlong": (("cache_length", 256), ("max_length", 1024))}
+    assert cfg.rewards.reward("overlong").options == (("cache_length", 256),
+                                                      ("max_length", 1024))
     assert dict(cfg.model_overrides) == {"moe_dispatch": "expert_parallel", "q_lora_rank": 32}
     assert (cfg.sampling.top_p, cfg.sampling.top_k) == (0.9, 40)
     assert cfg.grpo.bias_update_speed == 0.01
@@ -186,6 +197,13 @@ def test_declared_but_unset_entries_change_nothing():
         num_hidden_layers=3, tie_word_embeddings=True)
     assert base.model == expected
     assert base.sft.mesh == (("fsdp", -1),)
+
+
+def test_reward_options_are_the_scorers_keyword_arguments():
+    """The declared options follow the scorers' signatures (a new option appears by itself)."""
+    assert rl_config.reward_option_types("overlong") == {"max_length": int, "cache_length": int}
+    assert rl_config.reward_option_types("math") == {"timeout_s": float, "answer_in_think": bool}
+    assert rl_config.reward_option_types("format_strict") == {}
 
 
 def test_mesh_pairs():

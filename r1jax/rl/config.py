@@ -15,6 +15,7 @@ policy every 400 steps. Those are the defaults below wherever a field has a pape
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 from collections.abc import Mapping
@@ -308,9 +309,10 @@ def config_dict(**values) -> ml_collections.ConfigDict:
     Fields whose default is None are typed placeholders (`--config.sampling.top_k=40`);
     `mesh` lists every mesh axis (size 1 unless set: the same mesh as leaving it out);
     `model_overrides` every `ModelConfig` field, unset; `rewards` every registered reward,
-    unset (`--config.rewards.math=1.0` adds one; `config_utils.assign` replaces the set);
-    `reward_options` {name: {option: value}} and `reward_routes` {task: [name, ...]} (see
-    `registry.Spec`) start empty.
+    unset (`--config.rewards.math=1.0` adds one, a weight of 0 leaves one out;
+    `config_utils.assign` replaces the set); `reward_options` every option of every registered
+    reward that `reward_option_types` finds, unset (`--config.reward_options.overlong.
+    max_length=1024`); `reward_routes` {task: [name, ...]} (see `registry.Spec`) starts empty.
 
     Args:
       values: top-level fields to set (sections as dicts of their fields).
@@ -329,9 +331,36 @@ def config_dict(**values) -> ml_collections.ConfigDict:
     c.rewards = {name: config_dict_lib.placeholder(float)
                  for name in sorted(set(registry.names()) | set(rewards))}
     config_utils.assign(c.rewards, rewards)
-    c.reward_options = {}
+    c.reward_options = {name: {option: config_dict_lib.placeholder(kind)
+                               for option, kind in reward_option_types(name).items()}
+                        for name in registry.names()}
     c.reward_routes = {}
     return c
+
+
+#: Types of reward options whose default is None (nothing to infer the type from).
+_UNTYPED_OPTIONS = {"max_length": int, "cache_length": int}
+
+
+def reward_option_types(name: str) -> dict[str, type]:
+    """{option: type} of the registered reward `name`: the keyword arguments of its scorer
+    that are not task fields (`timeout_s`, `answer_in_think`, `max_length`, ...), typed by
+    their defaults; empty for rewards without a plain scorer (e.g. a learned one)."""
+    fn = registry.get(name)
+    target = getattr(fn, "score", None) or getattr(fn, "batch", None)
+    if target is None:
+        return {}
+    skip = {"completion", *fn.fields, *fn.optional}
+    types = {}
+    for param in inspect.signature(target).parameters.values():
+        if param.name in skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.default is param.empty:
+            continue
+        kind = _UNTYPED_OPTIONS.get(param.name) if param.default is None else type(param.default)
+        if kind in (bool, int, float, str):
+            types[param.name] = kind
+    return types
 
 
 def _section(cls, values: Mapping[str, Any], name: str, **extra):
@@ -347,9 +376,9 @@ def from_config_dict(config) -> ExperimentConfig:
     """Validates a ConfigDict (or plain nested dict) and freezes it into an ExperimentConfig.
 
     The sections are `grpo`, `sampling`, `data`, `eval`, `optim` (an `OptimConfig`) and
-    `rewards` ({name: weight}; entries left None are not used), with optional
-    `reward_options` {name: {option: value}} and `reward_routes` {task: [name, ...]}, see
-    `registry.Spec.routes`; `mesh` and `model_overrides` are {name: value} dicts (entries left
+    `rewards` ({name: weight}; entries left None or set to 0 are not used), with optional
+    `reward_options` {name: {option: value}} (options left None are dropped) and
+    `reward_routes` {task: [name, ...]}, see `registry.Spec.routes`; `mesh` and `model_overrides` are {name: value} dicts (entries left
     None are dropped: `config_dict` declares every possible one). optim.total_steps defaults to
     the run's number of optimizer updates (total_steps * mu * num_minibatches), which a
     cosine needs.
@@ -379,6 +408,8 @@ def from_config_dict(config) -> ExperimentConfig:
     built["grpo"] = grpo_cfg
     built["optim"] = _section(state_lib.OptimConfig, optim, "optim")
     if rewards is not None:
-        built["rewards"] = registry.Spec.from_dict(config_utils.set_entries(rewards),
-                                                   reward_options, reward_routes)
+        weights = {k: w for k, w in config_utils.set_entries(rewards).items() if w != 0}
+        options = {k: config_utils.set_entries(v) for k, v in (reward_options or {}).items()}
+        built["rewards"] = registry.Spec.from_dict(
+            weights, {k: v for k, v in options.items() if v}, reward_routes)
     return _section(ExperimentConfig, values, "config", **built)
