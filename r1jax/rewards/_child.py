@@ -1,43 +1,66 @@
 """The program that runs inside the sandbox (as `python -I -c <this file's text>`), and the
 plain-data codec that the trusted parent shares with it.
 
-It reads a header (a decimal length line, then that many bytes of JSON) from stdin and runs one
-of three modes; the parent forms every verdict from what comes back:
+It writes `READY`, reads a header (a decimal length line, then that many bytes of JSON) from
+stdin, and runs one of three modes; the parent forms every verdict from what comes back:
 
-- "calls": load the candidate, call each requested function with its (plain-data) arguments and
-  write back `[index, encoded result]` lines. The expected values never enter this process.
+- "calls": load the candidate, call each requested function with its plain-data arguments and
+  write back `<nonce> [index, encoded result]` lines. The expected values never enter this
+  process, so a forged line must still carry the right value.
 - "stdio": run the candidate as `__main__` with the rest of stdin as its input; its stdout is
   the answer, compared by the parent.
 - "script" (the weaker fallback for assert tests that cannot be converted): load the candidate,
-  then run one test; write the nonce line only if the test returned. Weaker because the verdict
-  is still formed in the process that ran the candidate; see `harness.py` for what guards it.
+  then run one test; write `<nonce> 1` only if the test returned.
 
-The candidate's stdout/stderr go to /dev/null in "calls" and "script" (results travel on a
-duplicate of the original stdout). Process creation and signals are refused at the Python
-level in every mode (the sandbox's cgroup bounds them anyway).
+"calls" and "script" jail the candidate before it loads, so that it cannot learn the nonce or
+take over the result channel: everything the harness uses afterwards is bound first (exec,
+write, fstat, repr, the codec, a builtins snapshot); an audit hook refuses frame access
+(`sys._getframe`, traceback/generator frames), gc and ctypes introspection, trace/profile hooks
+and opening /proc or /dev/fd; fd duplication, pipes, threads, signal handlers, process creation
+and signals are removed from their modules; the candidate's stdin/stdout/stderr are /dev/null
+and the result channel is checked to be the original pipe before every write. This is a
+Python-level jail: `harness.py` says what it does not stop.
 """
 
+import builtins
 import json
 import os
 import sys
 
 READY = b"\0r1jax-ready\n"
 _MAX_DEPTH = 64
+_FORBIDDEN_EVENTS = frozenset({
+    "sys._getframe", "sys._current_frames", "sys.settrace", "sys.setprofile", "gc.get_objects",
+    "gc.get_referrers", "gc.get_referents", "object.__getattr__", "sys.addaudithook",
+})  # fmt: skip
+_FORBIDDEN_OPEN = ("/proc", "/dev/fd", "/dev/std")
+_REMOVED = {
+    "os": ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp", "execv", "execve",
+           "spawnv", "spawnve", "popen", "kill", "killpg", "dup", "dup2", "pipe", "pipe2",
+           "register_at_fork"),
+    "_posixsubprocess": ("fork_exec",),
+    "_thread": ("start_new_thread", "start_new"),
+    "threading": ("_start_new_thread",),
+    "_signal": ("signal", "setitimer", "alarm"),
+    "signal": ("signal", "setitimer", "alarm"),
+    "fcntl": ("fcntl",),
+}  # fmt: skip
 
 
 def make_codec():
     """Returns (encode, decode, plain_copy) bound to the built-ins as they are now, so that a
     candidate replacing `builtins.type` or this module's globals later cannot change them.
 
-    encode: plain data -> JSON-able data. Exact built-in types only (a subclass or any other
-      object, e.g. one whose __eq__ is always true, raises TypeError); containers are tagged:
-      {"l"|"t"|"s"|"f": items}, {"d": [[key, value], ...]}, {"b": hex}, {"c": [re, im]}.
+    encode: plain data -> literal data (None, bool, int, str, lists and one-key dicts).
+      Exact built-in types only (a subclass or any other object, e.g. one whose __eq__ is
+      always true, raises TypeError); tagged: {"l"|"t"|"s"|"f": items}, {"d": [[k, v], ...]},
+      {"b": hex}, {"x": float.hex()}, {"c": [float, float]}.
     decode: the inverse; anything else raises TypeError or ValueError.
     plain_copy: decode(encode(value)), a copy rebuilt from exact built-in types.
     """
-    type_, dict_, list_, len_, float_, complex_ = type, dict, list, len, float, complex
-    type_error, bytes_, all_ = TypeError, bytes, all
-    scalars = (type_(None), bool, int, float, str)
+    type_, dict_, list_, len_, float_, complex_, all_ = type, dict, list, len, float, complex, all
+    type_error, bytes_, str_ = TypeError, bytes, str
+    scalars = (type_(None), bool, int, str)
     tags = {list: "l", tuple: "t", set: "s", frozenset: "f"}
     from_tag = {"l": list, "t": tuple, "s": set, "f": frozenset}
 
@@ -47,6 +70,8 @@ def make_codec():
             raise type_error("result nested too deeply")
         if kind in scalars:
             return value
+        if kind is float_:
+            return {"x": value.hex()}
         if kind in tags:
             return {tags[kind]: [encode(v, depth + 1) for v in value]}
         if kind is dict_:
@@ -54,7 +79,7 @@ def make_codec():
         if kind is bytes_:
             return {"b": value.hex()}
         if kind is complex_:
-            return {"c": [value.real, value.imag]}
+            return {"c": [encode(value.real), encode(value.imag)]}
         raise type_error(f"not plain data: {kind.__name__}")
 
     def decode(data, depth=0):
@@ -71,10 +96,12 @@ def make_codec():
             if not all_(type_(kv) is list_ and len_(kv) == 2 for kv in items):
                 raise type_error("malformed dict")
             return {decode(k, depth + 1): decode(v, depth + 1) for k, v in items}
-        if tag == "b" and type_(items) is str:
-            return bytes_.fromhex(items)
+        if tag in ("b", "x") and type_(items) is str_:
+            return bytes_.fromhex(items) if tag == "b" else float_.fromhex(items)
         if tag == "c" and type_(items) is list_ and len_(items) == 2:
-            return complex_(float_(items[0]), float_(items[1]))
+            parts = [decode(v, depth + 1) for v in items]
+            if all_(type_(p) is float_ for p in parts):
+                return complex_(*parts)
         raise type_error(f"malformed plain data tag {tag!r}")
 
     return encode, decode, lambda value: decode(encode(value))
@@ -104,16 +131,21 @@ def _deny(*args, **kwargs):
     raise PermissionError("not allowed in the sandbox")
 
 
-def _block_processes():
-    import _posixsubprocess
-    import signal
+def _remove_dangerous(names):
+    """Replaces the listed functions in their modules (and posix for os) with `_deny`."""
+    import importlib
 
-    _posixsubprocess.fork_exec = _deny
-    for name in ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp", "execv", "execve",
-                 "spawnv", "spawnve", "popen", "kill", "killpg"):
-        if hasattr(os, name):
-            setattr(os, name, _deny)
-    signal.signal = _deny  # a handler would receive the running (harness) frame
+    modules = {}
+    for name in list(names) + ["posix"]:  # import all first: threading registers at-fork hooks
+        try:
+            modules[name] = importlib.import_module(name)
+        except ImportError:
+            pass
+    for name, attrs in names.items():
+        for module in [modules.get(name)] + ([modules["posix"]] if name == "os" else []):
+            for attr in attrs if module is not None else ():
+                if hasattr(module, attr):
+                    setattr(module, attr, _deny)
 
 
 def _private_stdout():
@@ -126,79 +158,68 @@ def _private_stdout():
     return out
 
 
-def _run_calls(header, out, write, dumps):
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-    try:
-        exec(compile(header["code"], "<solution>", "exec"), namespace)
-    except BaseException:  # noqa: BLE001 - a candidate that fails to load passes nothing
-        return
-    for index, (name, args, kwargs) in enumerate(header["calls"]):
-        try:
-            value = namespace[name](*decode(args), **decode(kwargs))
-            line = dumps([index, encode(value)])
-        except BaseException:  # noqa: BLE001 - the call failed: no result line
-            continue
-        write(out, line.encode() + b"\n")
-
-
-_FORBIDDEN_EVENTS = frozenset({
-    "sys._getframe", "sys._current_frames", "sys.settrace", "sys.setprofile", "gc.get_objects",
-    "gc.get_referrers", "gc.get_referents", "object.__getattr__", "sys.addaudithook",
-})  # fmt: skip
-
-
-def _run_script(header, out):
-    """The fallback: the verdict is the nonce line written after the test returns. Everything
-    the harness uses after the candidate loads is bound here first (exec, write, the codec, a
-    builtins snapshot), and frame, gc, ctypes and /proc introspection is refused by an audit
-    hook before the candidate loads (see harness.py for what this does not stop)."""
-    run, write, callable_, dict_, isinstance_, type_ = exec, os.write, callable, dict, isinstance, type
-    str_, forbidden, copy = str, _FORBIDDEN_EVENTS, make_codec()[2]
-    builtins_copy = dict_(__builtins__.__dict__)
-    verdict = f"{header['nonce']} 1\n".encode()
-    test = compile(header["test"], "<test>", "exec")
+def _run_jailed(header, out):
+    """Modes "calls" and "script" (see the module docstring)."""
+    run, write, fstat, repr_, callable_, isinstance_, dict_, type_, str_, enumerate_ = (
+        exec, os.write, os.fstat, repr, callable, isinstance, dict, type, str, enumerate)
+    encode_, decode_, copy = make_codec()
+    forbidden, forbidden_open, base_exception = _FORBIDDEN_EVENTS, _FORBIDDEN_OPEN, BaseException
+    channel = fstat(out).st_ino
+    nonce = header["nonce"].encode()
+    builtins_copy = dict_(builtins.__dict__)
     code = compile(header["code"], "<solution>", "exec")
+    test = compile(header["test"], "<test>", "exec") if "test" in header else None
+    calls = [(n, decode_(a), decode_(k)) for n, a, k in header.get("calls", ())]
     header.clear()
 
     def guard(event, args):
         if (event in forbidden or event.startswith("ctypes.")
-                or (event == "open" and str_(args[0]).startswith(("/proc", "/dev/fd")))):
+                or (event == "open" and str_(args[0]).startswith(forbidden_open))):
             raise PermissionError(f"{event} is not allowed in the sandbox")
 
-    def plain_results(fn):  # results reach the test as fresh plain data
+    def plain_results(fn):
         return lambda *args, **kwargs: copy(fn(*args, **kwargs))
 
+    def send(line):
+        if fstat(out).st_ino == channel:  # not a pipe the candidate put in its place
+            write(out, nonce + b" " + line + b"\n")
+
+    _remove_dangerous(_REMOVED)
     sys.addaudithook(guard)
     namespace = {"__name__": "__main__", "__builtins__": dict_(builtins_copy)}
     try:
         run(code, namespace)
-    except BaseException:  # noqa: BLE001 - a candidate that fails to load passes nothing
+    except base_exception:  # a candidate that fails to load passes nothing
+        return
+    for index, (name, args, kwargs) in enumerate_(calls):
+        try:
+            result = namespace[name](*args, **kwargs)
+            line = repr_([index, encode_(result)]).encode()
+        except base_exception:  # the call failed: no result line
+            continue
+        send(line)
+    if test is None:
         return
     test_namespace = {"__name__": "__main__", "__builtins__": dict_(builtins_copy)}
-    for name, value in namespace.items():
+    for name, value in namespace.items():  # results reach the test as fresh plain data
         wrap = callable_(value) and not isinstance_(value, type_)
         test_namespace[name] = plain_results(value) if wrap else value
     try:
         run(test, test_namespace)
-    except BaseException:  # noqa: BLE001 - the test failed
+    except base_exception:  # the test failed
         return
-    write(out, verdict)
+    send(b"1")
 
 
 def main():
     os.write(1, READY)
     header = _read_header()
-    mode = header["mode"]
-    _block_processes()
-    if mode == "stdio":
+    if header["mode"] == "stdio":
+        _remove_dangerous({k: v for k, v in _REMOVED.items() if k in ("os", "_posixsubprocess")})
         code = compile(header.pop("code"), "<solution>", "exec")
-        exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
+        exec(code, {"__name__": "__main__", "__builtins__": builtins})
         return
-    out = _private_stdout()
-    if mode == "calls":
-        _run_calls(header, out, os.write, json.dumps)
-    elif mode == "script":
-        _run_script(header, out)
+    _run_jailed(header, _private_stdout())
     os._exit(0)  # atexit hooks and buffered writes of the candidate are not ours to run
 
 

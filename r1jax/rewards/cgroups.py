@@ -99,6 +99,7 @@ def create(memory_bytes: int, max_pids: int) -> Cgroup | None:
     if found is None:
         return None
     version, bases = found
+    _sweep(bases)
     name = f"r1jax-{os.getpid()}-{next(_COUNTER)}-{secrets.token_hex(3)}"
     dirs = tuple(os.path.join(base, name) for base in bases)
     made = []
@@ -113,6 +114,27 @@ def create(memory_bytes: int, max_pids: int) -> Cgroup | None:
             _rmdir(path, time.monotonic() + _DRAIN_S)
         raise SandboxError(f"cannot set up cgroup {dirs[0]}: {e}") from e
     return group
+
+
+@functools.cache
+def _sweep(bases: tuple[str, ...]) -> None:
+    """Once per process: removes groups left by processes that died before cleaning up (e.g.
+    a reward worker SIGKILLed by its pool), killing anything still in them."""
+    names = set()
+    for base in bases:
+        names.update(n for n in os.listdir(base) if n.startswith("r1jax-"))
+    for name in names:
+        try:
+            os.kill(int(name.split("-")[1]), 0)
+            continue  # its creator is alive and owns it
+        except (ProcessLookupError, ValueError, IndexError):
+            pass
+        except PermissionError:
+            continue
+        try:
+            Cgroup(tuple(os.path.join(b, name) for b in bases), 1).destroy()
+        except SandboxError:
+            pass  # still busy; a later process will retry
 
 
 def _limit(group: Cgroup, memory_bytes: int, max_pids: int) -> None:

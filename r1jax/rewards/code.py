@@ -59,26 +59,29 @@ def extract_code(completion: str) -> str | None:
     return blocks[-1] if blocks else None
 
 
-def pass_rate(code: str, tests: Sequence, *, timeout_s: float = 5.0) -> float:
+def pass_rate(code: str, tests: Sequence, *, timeout_s: float = 5.0,
+              kind: str | None = None) -> float:
     """Returns the fraction of `tests` that `code` passes (test forms: `harness.py`).
 
-    `timeout_s` bounds the whole run. Never raises on any code or test text.
+    `timeout_s` bounds the whole run; `kind` picks the sandbox (default `sandbox.kind()`).
+    Never raises on any code or test text.
 
     Raises:
       SandboxError: the sandbox itself failed (an error of the run, not of the program).
     """
     try:
-        return run_tests(code, tests, timeout_s=timeout_s).pass_rate
+        return run_tests(code, tests, timeout_s=timeout_s, kind=kind).pass_rate
     except SandboxError:
         raise
     except Exception:  # noqa: BLE001 - untrusted text: a run that breaks scores zero
         return 0.0
 
 
-def reward(completion: str, tests: Sequence, timeout_s: float = 5.0) -> float:
+def reward(completion: str, tests: Sequence, timeout_s: float = 5.0,
+           kind: str | None = None) -> float:
     """Per-item reward: pass rate of the completion's last fenced code block (0 if none)."""
     code = extract_code(completion)
-    return 0.0 if code is None else pass_rate(code, tests, timeout_s=timeout_s)
+    return 0.0 if code is None else pass_rate(code, tests, timeout_s=timeout_s, kind=kind)
 
 
 def sandbox_kind() -> str:
@@ -143,10 +146,12 @@ def _run_calls(code, parsed, passed, run) -> bool:
               for call in test]
     if not owners:
         return False
-    done = run(harness.header("calls", harness.call_payload(code, [c for _, c in owners])))
+    nonce = secrets.token_hex(16)
+    calls = [c for _, c in owners]
+    done = run(harness.header("calls", harness.call_payload(code, calls, nonce)))
     if done is None:
         return True
-    results = harness.call_results(done.stdout, len(owners))
+    results = harness.call_results(done.stdout, len(owners), nonce)
     ok = {i: True for i, _ in owners}
     for (i, call), result in zip(owners, results):
         ok[i] &= result is not harness.MISSING and harness.check(call, result)
@@ -167,7 +172,7 @@ def _run_one(code, test, run) -> tuple[bool, bool]:
     done = run(harness.header("script", {"code": code, "test": test.source, "nonce": nonce}))
     if done is None:
         return False, True
-    return f"{nonce} 1".encode() in done.stdout.split(b"\n"), done.timed_out
+    return harness.script_passed(done.stdout, nonce), done.timed_out
 
 
 @functools.cache

@@ -276,25 +276,30 @@ def header(mode: str, payload: dict) -> bytes:
     return b"%d\n" % len(data) + data
 
 
-def call_payload(code: str, calls: Sequence[Call]) -> dict:
+def call_payload(code: str, calls: Sequence[Call], nonce: str) -> dict:
     """The "calls" header body: names and encoded arguments, never the expected values."""
-    return {"code": code, "calls": [[c.name, _child.encode(list(c.args)),
-                                     _child.encode(dict(c.kwargs))] for c in calls]}
+    return {"code": code, "nonce": nonce,
+            "calls": [[c.name, _child.encode(list(c.args)), _child.encode(dict(c.kwargs))]
+                      for c in calls]}
 
 
-def call_results(stdout: bytes, count: int) -> list[Any]:
-    """Decodes `[index, value]` lines; an index reported twice or malformed counts as missing.
+def call_results(stdout: bytes, count: int, nonce: str) -> list[Any]:
+    """Decodes `<nonce> [index, value]` lines; an index reported twice or malformed counts as
+    missing, and lines without the nonce are ignored.
 
     Returns:
       per call, the decoded result or `MISSING`.
     """
     seen: dict[int, Any] = {}
     repeated = set()
+    prefix = nonce.encode() + b" "
     for line in stdout.split(b"\n"):
+        if not line.startswith(prefix):
+            continue
         try:
-            index, value = json.loads(line)
+            index, value = ast.literal_eval(line[len(prefix):].decode("ascii"))
             value = _child.decode(value)
-        except (ValueError, TypeError, RecursionError):
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
             continue
         if type(index) is not int or not 0 <= index < count:
             continue
@@ -302,6 +307,11 @@ def call_results(stdout: bytes, count: int) -> list[Any]:
             repeated.add(index)
         seen[index] = value
     return [MISSING if i in repeated or i not in seen else seen[i] for i in range(count)]
+
+
+def script_passed(stdout: bytes, nonce: str) -> bool:
+    """True if the fallback harness reported the test as returned."""
+    return f"{nonce} 1".encode() in stdout.split(b"\n")
 
 
 MISSING = object()

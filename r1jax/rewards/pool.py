@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from r1jax.rewards import sandbox
+
 PRELOAD = ("r1jax.rewards.registry", "math_verify")
 
 
@@ -43,11 +45,21 @@ def _on_alarm(signum, frame):
     raise _ItemTimeout()
 
 
+@dataclasses.dataclass(frozen=True)
+class _RunError:
+    """Sent back instead of a score when the scorer's sandbox broke; `map` re-raises it."""
+
+    message: str
+
+
 def _score_one(fn: Callable[..., float], kwargs: Mapping[str, Any], timeout_s: float) -> float:
-    """Runs fn(**kwargs) under a soft timeout; any failure gives NaN (scored by the caller)."""
+    """Runs fn(**kwargs) under a soft timeout; any failure gives NaN (scored by the caller),
+    except a broken sandbox, which is an error of the run (never a silent zero reward)."""
     signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
         value = float(fn(**kwargs))
+    except sandbox.SandboxError as e:
+        value = _RunError(str(e))
     except BaseException:  # noqa: BLE001 - untrusted input: every failure is a zero reward
         value = math.nan
     finally:
@@ -222,9 +234,18 @@ class WorkerPool:
             self._recover(worker, out, queue, failure)
             return
         for index, value in done:  # in chunk order
+            if isinstance(value, _RunError):
+                self._drop_pending()
+                raise sandbox.SandboxError(value.message)
             out[index] = value
             worker.pending.popleft()
         worker.deadline = time.monotonic() + hard_s
+
+    def _drop_pending(self) -> None:
+        """Replaces every busy worker, so no late result reaches the next `map`."""
+        for worker in [w for w in self._workers if w.pending]:
+            worker.pending.clear()
+            self._replace(worker)
 
     def _recover(self, worker, out, queue, failure) -> None:
         """The worker hung or died. Results are flushed in batches, so the culprit is only

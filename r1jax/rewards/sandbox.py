@@ -26,6 +26,7 @@ silently zero reward. When no isolating kind works and the weak one was not chos
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import logging
@@ -49,6 +50,8 @@ SANDBOX_DIR = "/sandbox"
 _FSIZE_BYTES = 16 << 20
 _NOFILE = 64
 _OUTPUT_CAP_BYTES = 1 << 20
+_PR_SET_PDEATHSIG = 1
+_TMPFS_BYTES = str(64 << 20)  # /tmp and /sandbox: fresh, memory-backed (cgroup), gone at exit
 # The first bytes every sandboxed program writes to stdout, before any untrusted code runs: their
 # absence (without a timeout) means the sandbox or the interpreter in it failed to start.
 READY = b"\0r1jax-ready\n"
@@ -187,6 +190,8 @@ def _run(which, args, stdin, timeout_s, memory_mb, workdir, group) -> Completed:
 
 
 def _argv(which: str, workdir: str) -> list[str]:
+    """The launcher command. `workdir` is an empty host directory: the launcher's working
+    directory, and the mount point of the unshare jail's root (in its own mount namespace)."""
     python = [sys.executable, "-I"]
     if which == "rlimit":
         return python
@@ -202,9 +207,9 @@ def _argv(which: str, workdir: str) -> list[str]:
     return [
         "bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
         "--new-session", "--clearenv", "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534",
-        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+        "--proc", "/proc", "--dev", "/dev", "--size", _TMPFS_BYTES, "--tmpfs", "/tmp",
         *binds,
-        "--bind", workdir, SANDBOX_DIR, "--chdir", SANDBOX_DIR,
+        "--size", _TMPFS_BYTES, "--tmpfs", SANDBOX_DIR, "--chdir", SANDBOX_DIR,
         "--setenv", "HOME", SANDBOX_DIR, "--setenv", "PATH", "/usr/bin:/bin",
         "--remount-ro", "/",
         *python,
@@ -244,6 +249,9 @@ def _child_setup(timeout_s: float, memory_mb: int, group: cgroups.Cgroup | None)
     resource.setrlimit(resource.RLIMIT_FSIZE, (_FSIZE_BYTES, _FSIZE_BYTES))
     resource.setrlimit(resource.RLIMIT_NOFILE, (_NOFILE, _NOFILE))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # If the worker that started the launcher is killed (the pool's hard timeout), the launcher
+    # dies too, and with it the namespace (bwrap --die-with-parent, unshare --kill-child).
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _exchange(proc, stdin: bytes, deadline: float) -> tuple[bytes, bool, bool]:
