@@ -259,7 +259,8 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state) -> tuple[Any, dict[str, Any]]:
         """(state, meta) of `step`, arrays placed per `abstract_state`'s shardings and verified
-        against the saved checksums; raises `CorruptCheckpointError` naming the reason."""
+        against the saved checksums, finiteness included; raises `CorruptCheckpointError`
+        naming the reason."""
         step_dir = os.path.join(self.directory, str(step))
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore(),

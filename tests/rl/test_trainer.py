@@ -1,5 +1,6 @@
 """GRPO trainer: config validation, dynamic sampling, the sharded step vs one device, the
-non-finite guard, and real runs of `train` in subprocesses (SIGKILL + resume, SIGTERM).
+non-finite guard, and real runs of `train` in subprocesses (SIGKILL + resume, SIGTERM, a
+corrupted checkpoint, faults injected into the update through a hook).
 
 The runs use `configs/r1_zero.py:smoke` on a random 2-layer MoE base model with a tokenizer
 trained here; they share a persistent compilation cache so only the first one compiles.
@@ -8,6 +9,7 @@ trained here; they share a persistent compilation cache so only the first one co
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,10 +21,11 @@ import pytest
 from conftest import config_preset, small_model
 
 from r1jax import sharding
+from r1jax.evals import evaluate
 from r1jax.models import transformer
 from r1jax.rl import config as rl_config
 from r1jax.rl import rollout, step
-from r1jax.train import checkpoint, metrics
+from r1jax.train import base, checkpoint, metrics
 from r1jax.train import state as state_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -56,6 +59,22 @@ def test_presets_build_and_bad_fields_are_named():
         rl_config.from_config_dict(c)
     with pytest.raises(ValueError, match="unknown r1_zero preset"):
         config_preset("r1_zero", "nope")
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("grpo.group_size", 1, r"grpo\.group_size=1: must be an int >= 2: advantages are relative"),
+    ("grpo.beta", float("nan"), r"grpo\.beta=nan: must be a finite number"),
+    ("grpo.clip_eps_high", float("inf"), r"grpo\.clip_eps_high=inf: must be a finite"),
+    ("grpo.max_nonfinite_fraction", 2.0, r"grpo\.max_nonfinite_fraction=2\.0"),
+    ("optim.learning_rate", float("inf"), r"OptimConfig\.learning_rate=inf: must be a finite"),
+    ("optim.weight_decay", float("inf"), r"OptimConfig\.weight_decay=inf: must be a finite"),
+    ("sampling.temperature", float("inf"), r"sampling\.temperature=inf: must be a finite"),
+])
+def test_degenerate_and_non_finite_settings_are_named(key, value, message):
+    c = config_preset("r1_zero", "smoke")
+    c.update_from_flattened_dict({key: value})
+    with pytest.raises(ValueError, match=message):
+        rl_config.from_config_dict(c)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +285,8 @@ config = module.get_config("smoke")
 config.base_dir = sys.argv[2]
 config.update_from_flattened_dict(json.loads(sys.argv[4]))
 from r1jax.rl import trainer
+if len(sys.argv) > 5:  # a fault-injection hook (test code, run before training starts)
+    exec(sys.argv[5])
 summary = trainer.train(config, sys.argv[3])
 print("SUMMARY " + json.dumps(summary, default=float), flush=True)
 """
@@ -279,9 +300,9 @@ def launch(base_dir, tmp_path_factory):
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
 
-    def start(workdir, overrides=None):
+    def start(workdir, overrides=None, hook=None):
         args = [sys.executable, "-c", _RUNNER, str(REPO / "configs/r1_zero.py"), str(base_dir),
-                str(workdir), json.dumps(overrides or {})]
+                str(workdir), json.dumps(overrides or {})] + ([hook] if hook else [])
         return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
 
@@ -366,3 +387,106 @@ def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(launch, uninterr
                        "metadata").read_text())
     assert meta["step"] == summary["step"]
     assert meta["data"] == {"step": summary["step"]}  # one prompt batch per step
+
+
+def run_to_end(process, timeout=600):
+    """(exit status, output) of a run expected to stop by itself."""
+    out, _ = process.communicate(timeout=timeout)
+    return process.returncode, out
+
+
+def restore_all_checkpoints(workdir):
+    """{step: state} of every checkpoint of a run, each verified (checksums and finiteness)."""
+    config = evaluate.run_config(workdir)
+    model = base.load_config(config.base_dir)
+    step_config = step.StepConfig(model, config.grpo, config.optim, config.sampling.temperature,
+                                  config.sampling.max_new_tokens)
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    abstract = jax.eval_shape(lambda p: step.init_state(p, step_config, 0),
+                              transformer.abstract_params(model))
+    abstract = checkpoint.abstract_tree(abstract, step.state_shardings(step_config, mesh))
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+    return {s: ckpt.restore(s, abstract)[0] for s in ckpt.all_steps()}
+
+
+def test_sigkill_before_the_first_checkpoint_restarts_the_logs_cleanly(launch, uninterrupted,
+                                                                       tmp_path):
+    reference, _ = uninterrupted
+    process = launch(tmp_path)
+    wait_for(lambda: (tmp_path / "samples.jsonl").exists() and any(
+        "loss" in r for r in metrics.read_jsonl(tmp_path / "metrics.jsonl")), process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "checkpoints" / "2").exists()  # killed during step 2
+    assert finish(launch(tmp_path))["step"] == 4
+    assert non_timing(tmp_path / "metrics.jsonl") == non_timing(reference / "metrics.jsonl")
+    assert metrics.read_jsonl(tmp_path / "samples.jsonl") == \
+        metrics.read_jsonl(reference / "samples.jsonl")
+
+
+def test_a_corrupted_latest_checkpoint_falls_back_and_reproduces_the_run(launch, uninterrupted,
+                                                                         tmp_path):
+    reference, _ = uninterrupted
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    data_files = [p for p in (workdir / "checkpoints" / "4" / "state").rglob("*")
+                  if p.is_file() and p.parent.name == "d" and "ocdbt" in p.parent.parent.name]
+    biggest = max(data_files, key=lambda p: p.stat().st_size)  # mostly Adam moments
+    data = bytearray(biggest.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    biggest.write_bytes(bytes(data))
+    code, out = run_to_end(launch(workdir))
+    assert code == 0, out[-3000:]
+    assert "skipped checkpoint step 4" in out and "resuming from step 2" in out, out[-3000:]
+    summary = json.loads(out.split("SUMMARY ", 1)[1])
+    assert summary["step"] == 4 and summary["nonfinite_total"] == 0
+    assert non_timing(workdir / "metrics.jsonl") == non_timing(reference / "metrics.jsonl")
+    assert metrics.read_jsonl(workdir / "samples.jsonl") == \
+        metrics.read_jsonl(reference / "samples.jsonl")
+    # The bad step is kept aside (never deleted) and step 4 was written again, verified.
+    assert (workdir / "checkpoints" / "4.rejected-0").is_dir()
+    assert sorted(restore_all_checkpoints(workdir)) == [2, 4]
+
+
+# Poisons the new parameters (finite loss and gradients) from the 5th update on: the case that
+# a loss/grad-norm check misses (as an infinite learning rate did).
+_POISON_PARAMS = """
+import jax, jax.numpy as jnp
+from r1jax.train import state as state_lib
+apply_gradients = state_lib.apply_gradients
+def poisoned(state, grads, optimizer):
+    new, info = apply_gradients(state, grads, optimizer)
+    bad = state["step"] >= 4
+    new["params"] = jax.tree.map(lambda p: jnp.where(bad, p * jnp.inf, p), new["params"])
+    return new, info
+state_lib.apply_gradients = poisoned
+"""
+
+# Poisons every other update attempt (attempts = applied + skipped): never two in a row.
+_POISON_HALF = _POISON_PARAMS.replace('state["step"] >= 4',
+                                      '(state["step"] + state["skipped"]) % 2 == 1')
+
+
+def test_non_finite_parameters_are_rejected_and_never_checkpointed(launch, tmp_path):
+    overrides = {"grpo.max_consecutive_nonfinite": 2, "eval.every": 100}
+    code, out = run_to_end(launch(tmp_path, overrides, _POISON_PARAMS))
+    assert code != 0 and "NonFiniteError: GRPO stopped at step 3: 2 consecutive updates" in out, \
+        out[-3000:]
+    assert f"the last checkpoint, step 2 in {tmp_path / 'checkpoints'}, is finite" in out
+    records = [r for r in metrics.read_jsonl(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert [(r["step"], r["nonfinite"]) for r in records] == [(1, 0), (2, 0), (3, 2)]
+    assert np.isfinite(records[-1]["loss"])  # the loss was fine; the parameters were not
+    states = restore_all_checkpoints(tmp_path)
+    assert sorted(states) == [2] and int(states[2]["step"]) == 4
+
+
+def test_a_persistent_partial_failure_trips_the_rate_rule(launch, tmp_path):
+    overrides = {"grpo.nonfinite_window": 4, "grpo.max_nonfinite_fraction": 0.25,
+                 "eval.every": 100}
+    code, out = run_to_end(launch(tmp_path, overrides, _POISON_HALF))
+    assert code != 0 and "GRPO stopped at step 2: 2 of the last 4 updates were non-finite " \
+        "(max_nonfinite_fraction=0.25)" in out, out[-3000:]
+    records = [r for r in metrics.read_jsonl(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert [r["nonfinite"] for r in records] == [1, 1]
+    assert restore_all_checkpoints(tmp_path) == {}  # stopped before the step-2 checkpoint
