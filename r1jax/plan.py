@@ -357,11 +357,12 @@ def main(argv, config_flag):
         config = summary.resolve_model(config_flag.value, _MODEL_DIR.value)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    settings = (experiment_settings(config_flag.value, config)
-                if summary.is_experiment_config(config_flag.value) else DEFAULT_SETTINGS)
+    experiment = summary.is_experiment_config(config_flag.value)
+    settings = experiment_settings(config_flag.value, config) if experiment else DEFAULT_SETTINGS
     settings = with_flags(settings, _BATCH.value, _SEQ.value, _MESH.value)
     acc, batch, seq = _ACCELERATOR.value, settings.batch, settings.seq
-    print(f"micro-batch {batch} x {seq} tokens from {settings.source}")
+    if experiment:
+        print(f"micro-batch {batch} x {seq} tokens from {settings.source}")
     if settings.mesh:
         plan = make_plan(config, settings.mesh, batch, seq,
                          replicated_threshold=_THRESHOLD.value * 2**20)
