@@ -428,7 +428,9 @@ def train(config, workdir: str) -> dict[str, Any]:
         run = _Run(config, ctx, mesh, loader, eval_batch, step_config, preempt)
         run.key = jax.device_get(state["rng"])
         summary_ = _loop(run, state, start, nonfinite, ckpt, writer, workdir)
-    if config.plots and jax.process_index() == 0:
+    # A run preempted before its first record has nothing to plot.
+    if config.plots and jax.process_index() == 0 \
+            and os.path.exists(os.path.join(workdir, metrics.JSONL_NAME)):
         _plots(workdir)
     return summary_
 
