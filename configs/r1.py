@@ -25,6 +25,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from r1jax import config_utils
+from r1jax.models import config as model_config
 from r1jax.train import reward, sft, state
 
 #: Every mesh axis declared (size 1 is the same as leaving it out), so any can be set.
@@ -129,7 +130,10 @@ def tiny() -> ml_collections.ConfigDict:
     # pairwise accuracy after 1,000 steps with 50 warmup steps (89.4% with 10), where a 2-layer
     # MoE trunk from scratch plateaued at 86.4% with its wrong-answer pairs at chance. max_len
     # 96: no preference pair is cut with the policy's tokenizer (64 cut 18% of the rows).
-    c.reward_model = dict(init="policy", model={}, num_train=20000, num_test=500,
+    # `model`: ModelConfig fields of a "scratch" trunk (every field declared, unset ones keep
+    # the policy's).
+    c.reward_model = dict(init="policy", model=config_utils.unset_fields(model_config.ModelConfig),
+                          num_train=20000, num_test=500,
                           train=config_utils.from_dataclass(
                               reward.RMConfig, steps=1000, batch_size=32, max_len=96,
                               span="summary", eval_every=250, log_every=25,

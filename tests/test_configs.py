@@ -100,6 +100,7 @@ def _r1_paths() -> dict[str, type | None]:
     paths.update(_dataclass_paths(reward.RMConfig, "reward_model.train."))
     paths.update(_mesh_paths("reward_model.train.mesh."))
     paths.update(_dataclass_paths(state_lib.OptimConfig, "reward_model.optim."))
+    paths.update(_model_paths("reward_model.model."))
     paths.update({"rejection.top_p": float, "rejection.temperature": float,
                   "eval.top_p": float, "eval.max_new_tokens": int})
     return paths
@@ -370,3 +371,17 @@ def test_training_says_what_it_is_doing_and_what_changed_on_resume(base_dir, tmp
     assert "  optim.total_steps: 2 -> 4" in out
     assert "step 0: evaluating" not in out  # resumed at step 1
     assert "step 2: sampling, scoring and compiling" in out
+
+
+def test_r1_reward_model_overrides_from_the_command_line(base_dir):
+    """The declared-but-unset trunk fields change nothing; a set one reshapes a scratch trunk."""
+    from r1jax.r1 import pipeline
+    from r1jax.train import base
+
+    policy = base.load_config(base_dir)
+    config = parse("r1", "smoke")
+    assert pipeline.reward_model_init(config.reward_model, base_dir)[0] == policy
+    config = parse("r1", "smoke", "reward_model.init=scratch",
+                   "reward_model.model.num_hidden_layers=1")
+    model, _ = pipeline.reward_model_init(config.reward_model, base_dir)
+    assert model == policy.replace(num_hidden_layers=1)

@@ -29,6 +29,7 @@ import pathlib
 
 import ml_collections
 
+from r1jax import config_utils
 from r1jax.data import pipeline as data_pipeline
 from r1jax.data import tasks, templates
 from r1jax.models import config as config_lib
@@ -167,7 +168,7 @@ def reward_model_init(c, policy_dir) -> tuple[config_lib.ModelConfig, dict]:
     trunk is the stage-4 SFT policy's (DeepSeek-V3 Sec. 5.2.1 trains its reward models from
     the SFT checkpoints); with "scratch" it is the policy's architecture with `c.model`
     overrides, randomly initialised with `c.train.seed`."""
-    overrides = dict(c.get("model", {}))
+    overrides = config_utils.set_entries(c.get("model", {}))  # unset declared fields dropped
     if c.init == "policy":
         if overrides:
             raise ValueError(f"reward_model.model={overrides} reshapes the trunk, but "
