@@ -56,15 +56,9 @@ def bind_ro(source: str, target: str) -> None:
 
 
 def build_root(root: str, paths: list[str]) -> None:
+    """Builds the sandbox's file system under `root` (see the module docstring)."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks back to the host
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755," + TMPFS_SIZE)
-    for path in SYSTEM_DIRS:
-        if os.path.islink(path):  # merged /usr: keep the link, its target is bound anyway
-            os.symlink(os.readlink(path), root + path)
-        elif os.path.exists(path):
-            bind_ro(path, root + path)
-    for path in paths:
-        bind_ro(path, root + path)
     os.makedirs(root + "/dev")
     mount("tmpfs", root + "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=1m")
     for name in DEVICES:
@@ -73,9 +67,16 @@ def build_root(root: str, paths: list[str]) -> None:
     for name, fd in (("stdin", 0), ("stdout", 1), ("stderr", 2)):
         os.symlink(f"/proc/self/fd/{fd}", f"{root}/dev/{name}")
     os.symlink("/proc/self/fd", f"{root}/dev/fd")
-    for name in ("/tmp", "/dev/shm", "/sandbox"):
-        os.makedirs(root + name)
+    for name in ("/tmp", "/dev/shm", "/sandbox"):  # before the binds: the interpreter may be
+        os.makedirs(root + name)                     # under /tmp
         mount("tmpfs", root + name, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777," + TMPFS_SIZE)
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):  # merged /usr: keep the link, its target is bound anyway
+            os.symlink(os.readlink(path), root + path)
+        elif os.path.exists(path):
+            bind_ro(path, root + path)
+    for path in paths:
+        bind_ro(path, root + path)
     os.makedirs(root + "/proc")
     mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 

@@ -153,8 +153,8 @@ def run(
       SandboxError: the sandbox could not be made or something it started survived.
     """
     which = kind or globals()["kind"]()
-    if which not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {which!r}")
+    if which not in KINDS:  # a configuration error: it must stop the run, not score zero
+        raise SandboxError(f"sandbox kind must be one of {KINDS}, got {which!r}")
     workdir = tempfile.mkdtemp(prefix="r1jax-sbx-")
     try:
         group = cgroups.create(memory_mb << 20, max_pids)
