@@ -22,6 +22,7 @@ from r1jax.models import transformer
 from r1jax.rl import config as rl_config
 from r1jax.rl import step
 from r1jax.train import base, checkpoint, metrics
+from r1jax.train import state as state_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 3
@@ -180,16 +181,53 @@ def _restore(workdir, s, base_dir):
     return checkpoint.Checkpointer(workdir / "checkpoints").restore(s, abstract)
 
 
+def _adam_direction_bound(b1: float, b2: float, t: int) -> float:
+    """max |m_hat_t / sqrt(v_hat_t)| over all gradient sequences (Cauchy-Schwarz):
+    (1 - b1) / (1 - b1^t) * sqrt((1 - b2^t) / (1 - b2)) * sqrt(sum_{k<t} (b1^2 / b2)^k)."""
+    ratio = sum((b1 * b1 / b2) ** k for k in range(t))
+    return (1 - b1) / (1 - b1**t) * np.sqrt((1 - b2**t) / (1 - b2)) * np.sqrt(ratio)
+
+
 def test_two_process_checkpoint_restores_in_one_process(runs, base_dir):
+    """The checkpoint two processes wrote restores here bit for bit (`restore` verifies every
+    array against the checksums the two processes computed on the global arrays when saving:
+    exact, whatever the reduction order), and holds the same training as the one-process run.
+
+    The last comparison cannot be exact: the runs reduce across devices in different orders
+    (gloo between processes vs. in one process), so their float32 gradients differ by rounding.
+    Most elements then agree to float32 noise (rtol 1e-5 of the leaf's scale). Adam divides
+    by sqrt(v_hat) + eps, so where a gradient is zero up to rounding the update direction
+    m_hat / (sqrt(v_hat) + eps) can land anywhere in [-U_t, U_t] in either run: such a
+    parameter may differ by up to 2 * U_t * lr_t per update, summed over the run's updates
+    (the bound below, about 1.2e-2 here). Those elements are rare (1 in 12,800 embedding
+    values once differed by 2.6e-5 relative), so at most 0.1% of a leaf may exceed the noise
+    tolerance, and none the Adam bound; a wrong shard or a stale array fails both.
+    """
     single, multi, _ = runs
     assert checkpoint.Checkpointer(multi / "checkpoints").all_steps() == [2, 3]
     state_two, meta_two = _restore(multi, STEPS, base_dir)
     state_one, meta_one = _restore(single, STEPS, base_dir)
+    config = _load_smoke(base_dir)
+    updates = STEPS * config.updates_per_step
     assert meta_two == meta_one == {"step": STEPS, "data": {"step": STEPS},
-                                    "consecutive_nonfinite": 0}
-    assert int(state_two["step"]) == int(state_one["step"]) > 0
+                                    "nonfinite": {"consecutive": 0, "recent": [0] * updates}}
+    assert int(state_two["step"]) == int(state_one["step"]) == updates
+    o = config.optim
+    lr = state_lib.learning_rate_schedule(o)
+    adam_bound = sum(2 * _adam_direction_bound(o.b1, o.b2, t + 1) * float(lr(t))
+                     for t in range(updates))
     flat_two = jax.tree_util.tree_leaves_with_path(state_two)
     for (path, a), b in zip(flat_two, jax.tree.leaves(state_one)):
-        assert a.sharding == b.sharding, path
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6,
-                                   err_msg=jax.tree_util.keystr(path))
+        name = jax.tree_util.keystr(path)
+        assert a.sharding == b.sharding, name
+        a, b = np.asarray(a), np.asarray(b)
+        if a.dtype.kind not in "fc":
+            np.testing.assert_array_equal(a, b, err_msg=name)
+            continue
+        diff = np.abs(a.astype(np.float64) - b)
+        noisy = diff > 1e-5 * float(np.max(np.abs(b))) + 1e-12
+        assert noisy.sum() <= max(1, a.size // 1000), (name, int(noisy.sum()), a.size)
+        if name.startswith(("['params']", "['ref_params']")):
+            assert diff.max() <= adam_bound, (name, float(diff.max()), adam_bound)
+        else:  # Adam's moments (no division by a small number): rounding noise only
+            assert not noisy.any(), (name, float(diff.max()))
