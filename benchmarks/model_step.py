@@ -36,8 +36,8 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after one compile step).
 _BLOCK_SIZES = flags.DEFINE_list(
     "moe_block_sizes", ["64", "16"],
     "config.moe_block_size caps for the 8 vs 64 experts comparison (64 = the tiny preset's); "
-    "moe.choose_block_size picks the block under the cap (1024 tokens, top-2: 64 rows with 8 "
-    "experts, 32 with 64).")
+    "moe.dropless.choose_block_size picks the block under the cap (1024 tokens, top-2: 64 rows "
+    "with 8 experts, 32 with 64).")
 _MATMUL = flags.DEFINE_integer("matmul_n", 2048, "Size of the peak-measuring matmul.")
 
 

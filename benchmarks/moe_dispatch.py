@@ -3,12 +3,12 @@
 Times the routed-expert part only (routing given), forward and forward+backward, for several
 expert counts at each number of tokens, and the last-vs-first-expert-count ratio (dropless
 target for 64 vs 8: <= 1.3x, i.e. cost follows tokens * K, not E). Variants:
-  dense          every expert on every token (`moe.dense_dispatch`);
-  blocked/b<B>   blocks of exactly B rows (`moe.blocked_dispatch`: dropless before the block
-                 size was chosen from the shapes);
-  dropless/c<B>  `moe.dropless_dispatch` with config.moe_block_size = B (the block chosen by
-                 `moe.choose_block_size`, or the gather path when T*K <= 2E);
-  gather         `moe.gather_dispatch` (one [d, f] weight slice per assignment).
+  dense          every expert on every token (`moe.dispatch.dense_dispatch`);
+  blocked/b<B>   blocks of exactly B rows (`moe.dropless.blocked_dispatch`: dropless before the
+                 block size was chosen from the shapes);
+  dropless/c<B>  `moe.dropless.dropless_dispatch` with config.moe_block_size = B (the block
+                 chosen by `moe.dropless.choose_block_size`, or the gather path when T*K <= 2E);
+  gather         `moe.dispatch.gather_dispatch` (one [d, f] weight slice per assignment).
 All variants run in one process, so their ratios share the machine's load.
 
   python benchmarks/moe_dispatch.py                        # defaults below, on this machine
@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.models import moe
+from r1jax.models.moe import dispatch as dispatch_lib
+from r1jax.models.moe import dropless as dropless_lib
 
 
 def best_ms(fn, *args, repeats: int) -> float:
@@ -46,7 +47,7 @@ def make_inputs(tokens: int, experts: int, top_k: int, d: int, f: int, seed: int
     x_td = jax.random.normal(keys[0], (tokens, d))
     logits_te = jax.random.normal(keys[1], (tokens, experts))
     weight_tk, idx_tk = jax.lax.top_k(jax.nn.sigmoid(logits_te), top_k)
-    params = moe.ExpertParams(*(0.05 * jax.random.normal(k, s) for k, s in zip(
+    params = dispatch_lib.ExpertParams(*(0.05 * jax.random.normal(k, s) for k, s in zip(
         keys[2:], ((experts, d, f), (experts, d, f), (experts, f, d)))))
     return x_td, idx_tk, weight_tk, params
 
@@ -74,10 +75,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     experts = [int(e) for e in args.experts.split(",")]
-    variants = {"dense": moe.dense_dispatch, "gather": moe.gather_dispatch}
+    variants = {"dense": dispatch_lib.dense_dispatch, "gather": dispatch_lib.gather_dispatch}
     for block in (int(b) for b in args.block_sizes.split(",")):
-        variants[f"blocked/b{block}"] = functools.partial(moe.blocked_dispatch, block_size=block)
-        variants[f"dropless/c{block}"] = functools.partial(moe.dropless_dispatch,
+        variants[f"blocked/b{block}"] = functools.partial(dropless_lib.blocked_dispatch,
+                                                          block_size=block)
+        variants[f"dropless/c{block}"] = functools.partial(dropless_lib.dropless_dispatch,
                                                            block_size=block)
     for tokens in (int(t) for t in args.tokens.split(",")):
         print(f"\n{jax.devices()[0].device_kind}; tokens={tokens} top_k={args.top_k} "

@@ -11,6 +11,9 @@ import pytest
 from r1jax import sharding
 from r1jax.models import config as config_lib
 from r1jax.models import moe
+from r1jax.models.moe import balancing, routing
+from r1jax.models.moe import dispatch as dispatch_lib
+from r1jax.models.moe import dropless as dropless_lib
 
 D, F = 16, 8
 
@@ -128,7 +131,7 @@ def test_router_matches_numpy_reference(scoring_func, n_group, topk_group, norm)
     x_td = rng.normal(size=(64, D)).astype(np.float32)
     kernel = rng.normal(0, 0.5, (D, 8)).astype(np.float32)
     bias = rng.normal(0, 0.3, 8).astype(np.float32)
-    scores, idx, w = moe.route(jnp.asarray(x_td @ kernel), jnp.asarray(bias), cfg)
+    scores, idx, w = routing.route(jnp.asarray(x_td @ kernel), jnp.asarray(bias), cfg)
     ref_scores, ref_idx, ref_w = ref_route(x_td, kernel, bias, cfg)
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(np.sort(idx, -1), np.sort(ref_idx, -1))
@@ -144,7 +147,7 @@ def test_dropped_groups_never_win_like_hf():
     """Dropped groups are filled with -inf (transformers 5.x, official code): even when every
     kept biased score is negative, only experts of kept groups are chosen."""
     scores_te = jnp.full((1, 8), 0.5).at[0, 0].set(0.9).at[0, 1].set(0.8)
-    idx = moe.select_experts(scores_te, jnp.full(8, -2.0), top_k=2, n_group=4, topk_group=1)
+    idx = routing.select_experts(scores_te, jnp.full(8, -2.0), top_k=2, n_group=4, topk_group=1)
     # Group 0 (experts 0, 1) is kept; its biased scores (-1.1, -1.2) still beat the fill.
     np.testing.assert_array_equal(np.sort(idx[0]), [0, 1])
     cfg = make_config(n_group=4, topk_group=1, num_experts_per_tok=2)
@@ -159,7 +162,7 @@ def test_greedy_softmax_is_plain_top_k():
     cfg = make_config(scoring_func="softmax", n_group=1, topk_group=1, norm_topk_prob=False,
                       routed_scaling_factor=1.0, num_experts_per_tok=2)
     logits = jax.random.normal(jax.random.key(0), (32, 8))
-    scores, idx, w = moe.route(logits, jnp.zeros(8), cfg)
+    scores, idx, w = routing.route(logits, jnp.zeros(8), cfg)
     top_w, top_idx = jax.lax.top_k(jax.nn.softmax(logits), 2)
     np.testing.assert_array_equal(idx, top_idx)
     np.testing.assert_allclose(w, top_w, rtol=1e-6)
@@ -211,7 +214,7 @@ def test_dropless_gradients_equal_dense_gradients():
 
 def test_dropless_layer_gradients_match_loop_over_experts():
     """Gradients of the whole layer (groups, bias, shared expert) w.r.t. every parameter and
-    the input: dropless vs the loop over experts, with routing from `moe.route` (checked
+    the input: dropless vs the loop over experts, with routing from `routing.route` (checked
     against NumPy above); fresh inputs whose experts span several blocks, some none."""
     cfg = make_config(moe_dispatch="dropless", num_experts_per_tok=2)
     x_btd = jax.random.normal(jax.random.key(11), (4, 10, D))
@@ -220,8 +223,8 @@ def test_dropless_layer_gradients_match_loop_over_experts():
 
     def reference(p, x_btd):
         x_td = x_btd.reshape(-1, D)
-        _, idx_tk, weight_tk = moe.route(x_td @ p["gate"]["kernel"], p["gate"][moe.BIAS], cfg)
-        experts = moe.ExpertParams(*(p["experts"][n] for n in ("gate_proj", "up_proj",
+        _, idx_tk, weight_tk = routing.route(x_td @ p["gate"]["kernel"], p["gate"][moe.BIAS], cfg)
+        experts = dispatch_lib.ExpertParams(*(p["experts"][n] for n in ("gate_proj", "up_proj",
                                                                  "down_proj")))
         sh = {k: v["kernel"] for k, v in p["shared_experts"].items()}
         y_td = ref_routed_jax(x_td, idx_tk, weight_tk, experts) + (
@@ -246,7 +249,7 @@ def test_dropless_layer_gradients_match_loop_over_experts():
 
 def random_experts(e, seed=0):
     rng = np.random.default_rng(seed)
-    return moe.ExpertParams(*(jnp.asarray(rng.normal(0, 0.5, s), jnp.float32)
+    return dispatch_lib.ExpertParams(*(jnp.asarray(rng.normal(0, 0.5, s), jnp.float32)
                               for s in ((e, D, F), (e, D, F), (e, F, D))))
 
 
@@ -262,7 +265,7 @@ def test_dropless_block_padding_edge_cases(case):
     x_td = jnp.asarray(rng.normal(size=(t, D)), jnp.float32)
     weight_tk = jnp.asarray(rng.uniform(0.1, 1.0, (t, k)), jnp.float32)
     experts = random_experts(e)
-    y_td = jax.jit(moe.dropless_dispatch, static_argnames="block_size")(
+    y_td = jax.jit(dropless_lib.dropless_dispatch, static_argnames="block_size")(
         x_td, jnp.asarray(idx_tk), weight_tk, experts, block_size=block)
     np.testing.assert_allclose(y_td, ref_routed(x_td, idx_tk, weight_tk, *experts),
                                rtol=2e-5, atol=2e-5)
@@ -288,13 +291,14 @@ def dispatch_grads(dispatch, x_td, idx_tk, weight_tk, experts, cot_td):
 def test_dropless_paths_match_loop_and_dense_forward_and_gradients(t, k, e):
     x_td, idx_tk, weight_tk, experts = random_dispatch_inputs(t, k, e, seed=10 + t * k)
     expected = ref_routed(x_td, idx_tk, weight_tk, *experts)
-    dropless = functools.partial(moe.dropless_dispatch, block_size=4)
-    paths = {"dropless": dropless, "gather": moe.gather_dispatch, "dense": moe.dense_dispatch}
+    dropless = functools.partial(dropless_lib.dropless_dispatch, block_size=4)
+    paths = {"dropless": dropless, "gather": dispatch_lib.gather_dispatch,
+             "dense": dispatch_lib.dense_dispatch}
     for name, dispatch in paths.items():
         y_td = jax.jit(dispatch)(x_td, jnp.asarray(idx_tk), weight_tk, experts)
         np.testing.assert_allclose(y_td, expected, rtol=2e-5, atol=2e-5, err_msg=name)
     cot_td = jax.random.normal(jax.random.key(t), x_td.shape)
-    dense = dispatch_grads(moe.dense_dispatch, x_td, idx_tk, weight_tk, experts, cot_td)
+    dense = dispatch_grads(dispatch_lib.dense_dispatch, x_td, idx_tk, weight_tk, experts, cot_td)
     for name in ("dropless", "gather"):
         grads = dispatch_grads(paths[name], x_td, idx_tk, weight_tk, experts, cot_td)
         for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(dense)):
@@ -308,8 +312,8 @@ def test_blocked_gradients_match_loop_reference(t, k, e, cap, seed):
     """Values and gradients (input, gates, every expert weight) of the blocked path vs the
     JAX loop over experts on fresh random routing."""
     x_td, idx_tk, weight_tk, experts = random_dispatch_inputs(t, k, e, seed)
-    assert not moe.uses_gather(t * k, e)
-    dropless = functools.partial(moe.dropless_dispatch, block_size=cap)
+    assert not dropless_lib.uses_gather(t * k, e)
+    dropless = functools.partial(dropless_lib.dropless_dispatch, block_size=cap)
     idx = jnp.asarray(idx_tk)
     np.testing.assert_allclose(jax.jit(dropless)(x_td, idx, weight_tk, experts),
                                ref_routed_jax(x_td, idx, weight_tk, experts), rtol=2e-5, atol=2e-5)
@@ -318,7 +322,7 @@ def test_blocked_gradients_match_loop_reference(t, k, e, cap, seed):
     got = dispatch_grads(dropless, x_td, idx_tk, weight_tk, experts, cot_td)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
-    check_layout(idx_tk, e, moe.choose_block_size(t * k, e, cap))
+    check_layout(idx_tk, e, dropless_lib.choose_block_size(t * k, e, cap))
 
 
 @pytest.mark.parametrize("n,e,cap,block", [
@@ -326,32 +330,32 @@ def test_blocked_gradients_match_loop_reference(t, k, e, cap, seed):
     (2048, 8, 64, 64), (2048, 64, 16, 16), (2049, 64, 64, 64), (10, 4, 3, 3), (3, 1, 64, 3),
     (16, 12, 64, 2)])
 def test_choose_block_size(n, e, cap, block):
-    assert moe.choose_block_size(n, e, cap) == block
+    assert dropless_lib.choose_block_size(n, e, cap) == block
     # Padding stays below 2 * (T*K + E) + block rows whatever the routing.
-    assert moe.padded_rows(n, e, block) - n < 2 * (n + e) + block
+    assert dropless_lib.padded_rows(n, e, block) - n < 2 * (n + e) + block
 
 
 @pytest.mark.parametrize("t,k,e,block", [(9, 2, 4, 64), (6, 3, 4, 3), (8, 2, 3, 64),
                                          (33, 2, 8, 64)])
 def test_blocked_path_with_chosen_block_matches_loop_and_dense(t, k, e, block):
     """T*K > 2E: dropless takes the blocks, at a block below the cap, odd caps included."""
-    assert not moe.uses_gather(t * k, e)
+    assert not dropless_lib.uses_gather(t * k, e)
     x_td, idx_tk, weight_tk, experts = random_dispatch_inputs(t, k, e, seed=20 + t)
-    dropless = functools.partial(moe.dropless_dispatch, block_size=block)
+    dropless = functools.partial(dropless_lib.dropless_dispatch, block_size=block)
     y_td = jax.jit(dropless)(x_td, jnp.asarray(idx_tk), weight_tk, experts)
     np.testing.assert_allclose(y_td, ref_routed(x_td, idx_tk, weight_tk, *experts),
                                rtol=2e-5, atol=2e-5)
     cot_td = jax.random.normal(jax.random.key(t), x_td.shape)
-    dense = dispatch_grads(moe.dense_dispatch, x_td, idx_tk, weight_tk, experts, cot_td)
+    dense = dispatch_grads(dispatch_lib.dense_dispatch, x_td, idx_tk, weight_tk, experts, cot_td)
     grads = dispatch_grads(dropless, x_td, idx_tk, weight_tk, experts, cot_td)
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(dense)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    check_layout(idx_tk, e, moe.choose_block_size(t * k, e, block))
+    check_layout(idx_tk, e, dropless_lib.choose_block_size(t * k, e, block))
 
 
 def test_gather_rule_boundary():
-    assert moe.uses_gather(24, 12) and not moe.uses_gather(25, 12)
-    assert moe.uses_gather(1, 1) and not moe.uses_gather(3, 1)
+    assert dropless_lib.uses_gather(24, 12) and not dropless_lib.uses_gather(25, 12)
+    assert dropless_lib.uses_gather(1, 1) and not dropless_lib.uses_gather(3, 1)
 
 
 def test_moe_decode_sized_batch_matches_loop_over_experts():
@@ -359,15 +363,16 @@ def test_moe_decode_sized_batch_matches_loop_over_experts():
     cfg = make_config(moe_dispatch="dropless")
     x_btd = jax.random.normal(jax.random.key(8), (4, 1, D))
     params = init_params(cfg, x_btd, bias_scale=0.3)
-    assert moe.uses_gather(4 * cfg.num_experts_per_tok, cfg.n_routed_experts)
+    assert dropless_lib.uses_gather(4 * cfg.num_experts_per_tok, cfg.n_routed_experts)
     y_btd = jax.jit(moe.MoE(cfg).apply)({"params": params}, x_btd)
     np.testing.assert_allclose(y_btd, ref_moe(params, x_btd, cfg), rtol=2e-5, atol=2e-5)
 
 
 def check_layout(idx_tk, e, block):
-    layout = jax.jit(moe.block_layout, static_argnums=(1, 2))(jnp.asarray(idx_tk), e, block)
+    layout = jax.jit(dropless_lib.block_layout, static_argnums=(1, 2))(jnp.asarray(idx_tk), e,
+                                                                        block)
     dest_n = np.asarray(layout.dest_nk).reshape(-1)
-    rows = moe.padded_rows(idx_tk.size, e, block)
+    rows = dropless_lib.padded_rows(idx_tk.size, e, block)
     assert len(np.unique(dest_n)) == idx_tk.size and dest_n.max() < rows
     assert layout.row_assign_r.shape == (rows,) and rows % block == 0
     np.testing.assert_array_equal(np.asarray(layout.row_assign_r)[dest_n], np.arange(idx_tk.size))
@@ -387,7 +392,8 @@ def test_dense_dispatch_matches_loop_with_unnormalised_weights():
     x_td = jnp.asarray(rng.normal(size=(11, D)), jnp.float32)
     weight_tk = jnp.asarray(rng.uniform(0.1, 3.0, (11, 2)), jnp.float32)
     experts = random_experts(6, seed=1)
-    np.testing.assert_allclose(moe.dense_dispatch(x_td, jnp.asarray(idx_tk), weight_tk, experts),
+    np.testing.assert_allclose(dispatch_lib.dense_dispatch(x_td, jnp.asarray(idx_tk), weight_tk,
+                                                           experts),
                                ref_routed(x_td, idx_tk, weight_tk, *experts), rtol=2e-5, atol=2e-5)
 
 
@@ -425,15 +431,16 @@ def test_aux_loss_is_alpha_for_perfect_balance():
     """Uniform scores and exactly uniform counts give sum_i f_i P_i = 1 (eqs. 17-20)."""
     scores_bte = jnp.full((2, 4, 4), 0.3)
     idx_btk = jnp.asarray([[[0, 1], [2, 3], [0, 1], [2, 3]]] * 2)
-    np.testing.assert_allclose(moe.sequence_balance_loss(scores_bte, idx_btk, 0.1), 0.1,
+    np.testing.assert_allclose(balancing.sequence_balance_loss(scores_bte, idx_btk, 0.1), 0.1,
                                rtol=1e-6)
 
 
 def test_update_bias_by_hand():
     bias_e = jnp.asarray([0.0, 0.1, -0.1, 0.0])
     load_e = jnp.asarray([0.5, 0.25, 0.25, 0.0])  # mean 0.25: over, equal, equal, under
-    np.testing.assert_allclose(moe.update_bias(bias_e, load_e, 0.01), [-0.01, 0.1, -0.1, 0.01])
-    stacked = moe.update_bias(jnp.zeros((2, 4)), jnp.stack([load_e, load_e[::-1]]), 1.0)
+    np.testing.assert_allclose(balancing.update_bias(bias_e, load_e, 0.01),
+                               [-0.01, 0.1, -0.1, 0.01])
+    stacked = balancing.update_bias(jnp.zeros((2, 4)), jnp.stack([load_e, load_e[::-1]]), 1.0)
     np.testing.assert_array_equal(stacked, [[-1, 0, 0, 1], [1, 0, 0, -1]])
 
 

@@ -16,6 +16,8 @@ import pytest
 from r1jax import sharding
 from r1jax.models import config as config_lib
 from r1jax.models import moe
+from r1jax.models.moe import dispatch as dispatch_lib
+from r1jax.models.moe import expert_parallel, layer, routing
 
 D, F, E = 16, 8, 8
 MESHES = ({"expert": 8}, {"fsdp": 2, "expert": 2, "tensor": 2}, {"data": 2, "expert": 4})
@@ -62,7 +64,7 @@ def sharded_loss_and_grads(cfg, boxed, params, x_btd, mesh_shape):
     """`loss_and_grads` jitted on a mesh: params by the logical rules, x batch-sharded."""
     mesh = sharding.make_mesh(mesh_shape)
     params_sh = sharding.logical_shardings(nn.get_partition_spec(boxed), mesh)
-    x_sh = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(moe._BTD))
+    x_sh = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(layer._BTD))
     fn = jax.jit(lambda p, x: loss_and_grads(cfg, p, x))
     with jax.set_mesh(mesh):
         args = jax.device_put((params, x_btd), (params_sh, x_sh))
@@ -79,7 +81,7 @@ def test_expert_parallel_matches_single_device_forward_and_gradients(skewed):
         params, x_btd)
     np.testing.assert_allclose(y_dense, y_ref, rtol=1e-5, atol=1e-5)
     if skewed:
-        idx = moe.select_experts(jnp.zeros((1, E)), params["gate"][moe.BIAS], top_k=2,
+        idx = routing.select_experts(jnp.zeros((1, E)), params["gate"][moe.BIAS], top_k=2,
                                  n_group=4, topk_group=2)
         assert sorted(np.asarray(idx)[0].tolist()) == [0, 1]
     for mesh_shape in MESHES:
@@ -109,16 +111,17 @@ def test_expert_parallel_without_mesh_is_dropless():
 
 def test_exchange_layout_blocks_by_destination():
     idx_tk = jnp.array([[5, 0], [1, 6], [7, 2]])  # 2 devices of 4 experts, capacity 6
-    layout = moe.exchange_layout(idx_tk, 4, 2, 6)
+    layout = expert_parallel.exchange_layout(idx_tk, 4, 2, 6)
     # device 0 receives assignments 1 (expert 0), 2 (1), 5 (2); device 1: 0 (5), 3 (6), 4 (7)
     np.testing.assert_array_equal(layout.row_assign_r, [1, 2, 5, 6, 6, 6, 0, 3, 4, 6, 6, 6])
     np.testing.assert_array_equal(layout.slot_nk, [[6, 0], [1, 7], [8, 2]])
 
 
 def test_experts_must_divide_over_the_expert_axis():
-    experts = moe.ExpertParams(jnp.ones((6, D, F)), jnp.ones((6, D, F)), jnp.ones((6, F, D)))
+    experts = dispatch_lib.ExpertParams(jnp.ones((6, D, F)), jnp.ones((6, D, F)),
+                                        jnp.ones((6, F, D)))
     x_td, idx_tk, weight_tk = jnp.ones((8, D)), jnp.zeros((8, 2), jnp.int32), jnp.ones((8, 2))
-    dispatch = jax.jit(lambda *a: moe.expert_parallel_dispatch(*a, block_size=4))
+    dispatch = jax.jit(lambda *a: expert_parallel.expert_parallel_dispatch(*a, block_size=4))
     with jax.set_mesh(sharding.make_mesh({"expert": 4, "data": 2})):
         with pytest.raises(ValueError, match="6 experts do not divide over the 4 devices"):
             dispatch(x_td, idx_tk, weight_tk, experts)
