@@ -325,9 +325,11 @@ def define_config_file(name: str, default: str, help_string: str = "Config file:
 
     try:
         return config_flags.DEFINE_config_file(name, default, help_string)
-    except (KeyError, AttributeError) as e:
-        _exit_with(unknown_override(sys.argv, name, _flag_source(sys.argv, name, default))
-                   or f"config override error: {e!r}")
+    except (KeyError, AttributeError):
+        message = unknown_override(sys.argv, name, _flag_source(sys.argv, name, default))
+        if message is None:  # not a misspelled key (e.g. a bug in the config file): traceback
+            raise
+        _exit_with(message)
 
 
 def parse_config_file(source: str, *overrides: str) -> ml_collections.ConfigDict:
@@ -352,7 +354,10 @@ def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> 
     def parse(args):
         try:
             return flags.FLAGS(args)
-        except (KeyError, AttributeError) as e:
-            _exit_with(check_overrides(args, flags.FLAGS) or f"config override error: {e!r}")
+        except (KeyError, AttributeError):
+            message = check_overrides(args, flags.FLAGS)
+            if message is None:  # not a misspelled key (e.g. a bug in the config file)
+                raise
+            _exit_with(message)
 
     app.run(main, argv=list(argv) if argv is not None else None, flags_parser=parse)

@@ -256,11 +256,13 @@ def test_section_converter_names_the_closest_field():
         rl_config.from_config_dict(values)
 
 
-def test_entry_point_prints_one_line_for_an_unknown_key():
-    """The real entry point: exit status 2, one line on stderr, no traceback, in seconds."""
+@pytest.mark.parametrize("config_arg", [None, "--config=configs/r1_zero.py:smoke"])
+def test_entry_point_prints_one_line_for_an_unknown_key(config_arg):
+    """The real entry point: exit status 2, one line on stderr, no traceback, in seconds; for
+    the default config (applied when the flag is defined) and for an explicit --config."""
     result = subprocess.run(
-        [sys.executable, "experiments/r1_zero.py", "--config.data.trian_jsonl=x.jsonl",
-         "--workdir=/nonexistent/never-created"],
+        [sys.executable, "experiments/r1_zero.py", *([config_arg] if config_arg else []),
+         "--config.data.trian_jsonl=x.jsonl", "--workdir=/nonexistent/never-created"],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
