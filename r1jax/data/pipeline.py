@@ -108,8 +108,9 @@ def _tokenize(example, tok, format_prompt, config: PromptConfig, index: int) -> 
                          f"{len(ids)} tokens > max_prompt_len={config.max_prompt_len}; raise "
                          "max_prompt_len or set overlong='truncate'")
     if truncated:
-        keep = config.max_prompt_len - int(config.add_bos)
-        ids = ids[:int(config.add_bos)] + ids[len(ids) - keep:]
+        bos = int(config.add_bos and tok.bos_id is not None)  # a tokenizer may have no BOS
+        keep = config.max_prompt_len - bos
+        ids = ids[:bos] + ids[len(ids) - keep:]
     return {"example": example, "prompt": prompt, "ids": ids, "truncated": truncated,
             "source_index": index}
 

@@ -202,3 +202,17 @@ def test_hf_missing_eos_is_named(texts, tmp_path):
     path = bpe_without_bos(texts, tmp_path / "noconfig", None)
     with pytest.raises(ValueError, match="eos_token"):  # no EOS piece, no config to name one
         tokenizer_lib.load(path)
+
+
+def test_prompt_truncation_without_a_bos_keeps_the_last_tokens(texts, tmp_path):
+    """add_bos on a BOS-less tokenizer adds nothing, so truncation keeps the prompt's last
+    max_prompt_len tokens (it used to keep the first token as if it were BOS)."""
+    from r1jax.data import pipeline
+
+    tok = tokenizer_lib.load(bpe_without_bos(texts, tmp_path / "qwen", {"bos_token": None,
+                                                                         "eos_token": "<|endoftext|>"}))
+    prompt = "one two three four five six seven eight nine ten"
+    config = pipeline.PromptConfig(batch_size=1, max_prompt_len=4, bucket=4, shuffle=False,
+                                   num_epochs=1, overlong="truncate", add_bos=True)
+    batch = pipeline.prompt_loader([{"question": prompt}], tok, lambda q: q, config).batch(0)
+    assert list(batch["prompt_tokens"][0][:4]) == tok.encode(prompt)[-4:]
