@@ -48,6 +48,11 @@ def install() -> None:
         _installed = True
 
 
+def clear() -> None:
+    """Forgets a SIGTERM already received (a test, or a notebook that carries on)."""
+    _requested.clear()
+
+
 def requested() -> bool:
     """Whether SIGTERM has arrived since `install()`."""
     return _requested.is_set()
