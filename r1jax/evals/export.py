@@ -17,21 +17,11 @@ import os
 import pathlib
 
 import jax
-import jax.numpy as jnp
-from flax import traverse_util
 
 from r1jax.evals import evaluate
 from r1jax.models import config as config_lib
-from r1jax.models import hf, moe
+from r1jax.models import hf
 from r1jax.train import base
-
-
-def cast_params(params, dtype: str):
-    """Floating params cast to `dtype`; the MoE balancing bias stays float32 (as `load_hf`)."""
-    flat = traverse_util.flatten_dict(params)
-    out = {path: leaf if path[-1] == moe.BIAS or not jnp.issubdtype(leaf.dtype, jnp.floating)
-           else leaf.astype(dtype) for path, leaf in flat.items()}
-    return traverse_util.unflatten_dict(out)
 
 
 def token_ids(tok) -> dict[str, int | None]:
@@ -59,7 +49,7 @@ def export_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, step: i
     if dtype is not None:
         if dtype not in config_lib.DTYPES:
             raise ValueError(f"--dtype={dtype!r}: must be one of {config_lib.DTYPES}")
-        params = cast_params(params, dtype)
+        params = base.cast_params(params, dtype)
         model_config = model_config.replace(dtype=dtype, param_dtype=dtype)
     ids = token_ids(model.tokenizer)
     generation = dict(ids, do_sample=True, temperature=model.run.eval.temperature,

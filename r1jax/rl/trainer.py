@@ -269,7 +269,8 @@ def _load_model(config: rl_config.ExperimentConfig):
     model_config, params, tok = base.load_model(config.base_dir)
     if config.model_overrides:
         model_config = model_config.replace(**dict(config.model_overrides))
-    return model_config, jax.device_get(params), tok
+    # Params keep the checkpoint's dtype unless a param_dtype override asks for another.
+    return model_config, base.cast_params(jax.device_get(params), model_config.param_dtype), tok
 
 
 def _per_host(count: int, field: str) -> int:

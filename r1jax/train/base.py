@@ -28,11 +28,14 @@ import shutil
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from r1jax import ownership
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.models import config as config_lib
+from r1jax.models import moe
 
 _DONE = "DONE"
 #: Tokenizer files a model directory may hold; the first present of the first two is loaded.
@@ -155,6 +158,15 @@ def check_vocab(tok: tokenizer_lib.Tokenizer, model_config: config_lib.ModelConf
         raise ValueError(f"{where}: the tokenizer has {tok.vocab_size} tokens but the model's "
                          f"vocabulary (vocab_size) has only {model_config.vocab_size} rows; "
                          "use the tokenizer the model was trained with")
+
+
+def cast_params(params, dtype: str):
+    """Floating params cast to `dtype` (e.g. a `param_dtype` override: float32 master weights
+    for a bfloat16 checkpoint); the MoE balancing bias stays float32 (as `hf.load_hf`)."""
+    flat = traverse_util.flatten_dict(params)
+    out = {path: leaf if path[-1] == moe.BIAS or not jnp.issubdtype(leaf.dtype, jnp.floating)
+           else leaf.astype(dtype) for path, leaf in flat.items()}
+    return traverse_util.unflatten_dict(out)
 
 
 def load_base(directory: str | os.PathLike, abstract_params=None):

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 
 from r1jax import ownership
 from r1jax.data import templates
-from r1jax.evals import export
 from r1jax.models import config as config_lib
 from r1jax.models import hf, transformer
+from r1jax.train import base
 
 EOS = "<|endoftext|>"
 
@@ -86,7 +86,7 @@ def build_hf_dir(path: pathlib.Path, dtype: str = "float32") -> pathlib.Path:
              for r in gsm8k_records(200)]
     size = _tokenizer(scratch, texts)
     config = model_config(-(-size // 64) * 64, dtype)
-    params = export.cast_params(transformer.random_params(config, 0), dtype)
+    params = base.cast_params(transformer.random_params(config, 0), dtype)
     hf.save_hf(config, params, str(path), config_extra={"bos_token_id": None, "eos_token_id": 0},
                files=[scratch / "tokenizer.json", scratch / "tokenizer_config.json"])
     (path / ownership.MARKER).unlink()  # the user's directory: r1jax did not create it

@@ -17,6 +17,7 @@ import pytest
 from r1jax import ownership
 from r1jax.evals import evaluate, export
 from r1jax.models import hf, transformer
+from r1jax.train import base
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ENV = hf_dirs.cheap_cpu_env()
@@ -95,7 +96,7 @@ def test_export_reloads_with_the_trained_logits(trained):
     assert hf.checkpoint_dtype(str(bf16)) == "bfloat16"
     config16, params16 = hf.load_hf(str(bf16), dtype=None)
     assert config16.param_dtype == "bfloat16"
-    expected = export.cast_params(trained_params, "bfloat16")
+    expected = base.cast_params(trained_params, "bfloat16")
     jax.tree.map(np.testing.assert_array_equal, params16, expected)
     with pytest.raises(FileExistsError, match="overwrite=True"):  # an export is not replaced
         export.export_run(trained / "run", bf16)
@@ -123,8 +124,9 @@ def test_distributed_runs_accept_hf_directories_and_never_pretrain(tmp_path):
 
 
 def test_a_bfloat16_checkpoint_loads_as_bfloat16(tmp_path):
-    from r1jax.train import base
-
     config, params, tok = base.load_model(hf_dirs.build_hf_dir(tmp_path / "hf", "bfloat16"))
     assert config.param_dtype == config.dtype == "bfloat16" and tok.bos_id is None
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+    # Told otherwise (model_overrides.param_dtype=float32: master weights), the arrays follow.
+    as_f32 = base.cast_params(params, "float32")
+    assert {leaf.dtype for leaf in jax.tree.leaves(as_f32)} == {jnp.dtype(jnp.float32)}

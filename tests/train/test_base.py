@@ -4,12 +4,14 @@ that is no model is named in seconds; a tokenizer larger than the model is refus
 import json
 import pathlib
 
+import jax.numpy as jnp
 import pytest
 from conftest import small_model
+from flax import traverse_util
 
 from r1jax import ownership
 from r1jax.data import tokenizer as tokenizer_lib
-from r1jax.models import transformer
+from r1jax.models import moe, transformer
 from r1jax.train import base
 
 
@@ -65,3 +67,12 @@ def test_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path, tok_file):
         base.load_model(directory)
     config = json.loads((directory / "model_config.json").read_text())
     assert config["vocab_size"] == tok.vocab_size - 1
+
+
+def test_cast_params_keeps_the_moe_bias_float32():
+    model = small_model(64)
+    params = base.cast_params(transformer.random_params(model, 0), "bfloat16")
+    dtypes = {"/".join(k): v.dtype for k, v in traverse_util.flatten_dict(params).items()}
+    biases = {k for k in dtypes if k.endswith(moe.BIAS)}
+    assert biases and all(dtypes[k] == jnp.float32 for k in biases)
+    assert all(dtypes[k] == jnp.bfloat16 for k in set(dtypes) - biases)
