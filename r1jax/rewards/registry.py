@@ -14,8 +14,9 @@ task field is a per-completion sequence (`answer=[...]`, `numbers=[...]`, `targe
 
 The R1 paper sums accuracy and format rewards for R1-Zero (Sec. 2.2.2) and adds language
 consistency "directly" to the accuracy reward in the reasoning RL stage (Sec. 2.3.3): both are
-weighted sums here. Rewards that need `correct` (cosine length scaling) get it from the accuracy
-component when the caller doesn't pass it (accuracy >= 1).
+weighted sums here. Rewards that need `correct` (cosine length scaling) get it, when the caller
+doesn't pass it, from the first weighted reward declared `is_accuracy` (>= 1), else from the
+generic "accuracy" reward; the same reward gives the trainers' logged accuracy.
 
 Untrusted scoring (symbolic math, countdown, code) runs in a `WorkerPool` with a per-item
 timeout; cheap text and length rewards run inline, their inputs capped so each item is bounded.
@@ -48,7 +49,6 @@ from r1jax.rewards import pool as pool_lib
 _TIMEOUT_MARGIN_S = 1.0
 BATCH_TIMEOUT_S = 300.0  # far above a healthy batch; bounds one made of hanging items
 _REGISTRY_OPTIONS = ("batch_timeout_s",)  # consumed here, never passed to the scorer
-_ACCURACY_NAMES = ("accuracy", "countdown", "math", "numeric", "code")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +68,9 @@ class RewardFn:
       options: fixed keyword options, e.g. (("max_length", 1024),); `timeout_s` (math, code,
         accuracy) is the scorer's own limit, and the pool's sits 1 s above it.
       batch_timeout_s: wall-clock budget for one batch (option `batch_timeout_s`; None: none).
+      is_accuracy: a correctness checker (1.0 = correct): the first one a `Spec` weights is
+        the run's logged accuracy and the `correct` input of length rewards
+        (`Spec.accuracy_name`).
     """
 
     name: str
@@ -81,6 +84,7 @@ class RewardFn:
     timeout_s: float = 10.0
     options: tuple[tuple[str, Any], ...] = ()
     batch_timeout_s: float | None = BATCH_TIMEOUT_S
+    is_accuracy: bool = False
 
     def with_options(self, **options) -> RewardFn:
         """Returns a copy with `options` merged in (the cosine range follows its options).
@@ -218,11 +222,13 @@ _REGISTRY: dict[str, RewardFn] = {
     fn.name: fn
     for fn in (
         RewardFn("accuracy", accuracy, optional=("numbers", "target", "answer", "tests"),
-                 pooled=True, timeout_s=10.0),
-        RewardFn("countdown", countdown.accuracy, fields=("numbers", "target"), pooled=True),
-        RewardFn("math", math.accuracy, fields=("answer",), pooled=True),
-        RewardFn("numeric", numeric.accuracy, fields=("answer",)),
-        RewardFn("code", code.reward, fields=("tests",), pooled=True, timeout_s=10.0),
+                 pooled=True, timeout_s=10.0, is_accuracy=True),
+        RewardFn("countdown", countdown.accuracy, fields=("numbers", "target"), pooled=True,
+                 is_accuracy=True),
+        RewardFn("math", math.accuracy, fields=("answer",), pooled=True, is_accuracy=True),
+        RewardFn("numeric", numeric.accuracy, fields=("answer",), is_accuracy=True),
+        RewardFn("code", code.reward, fields=("tests",), pooled=True, timeout_s=10.0,
+                 is_accuracy=True),
         RewardFn("format_strict", format.strict),
         RewardFn("format_lenient", format.lenient),
         RewardFn("language", language.consistency, optional=("language",)),
@@ -231,6 +237,8 @@ _REGISTRY: dict[str, RewardFn] = {
     )
 }  # fmt: skip
 _BUILTIN = frozenset(_REGISTRY)
+_INTERFACE = ("name", "fields", "optional", "low", "high", "pooled", "is_accuracy",
+              "with_options", "__call__")
 
 
 def names() -> tuple[str, ...]:
@@ -240,11 +248,16 @@ def names() -> tuple[str, ...]:
 
 def register(reward, *, replace: bool = False) -> None:
     """Adds a reward under `reward.name`: a `RewardFn` or any object with its interface (`name`,
-    `fields`, `optional`, `low`, `high`, `pooled`, `with_options`, `__call__(completions, *,
-    pool, **task_fields)`), e.g. a learned reward model (`reward_model.Scorer`).
+    `fields`, `optional`, `low`, `high`, `pooled`, `is_accuracy`, `with_options`,
+    `__call__(completions, *, pool, **task_fields)`), e.g. a learned reward model
+    (`reward_model.Scorer`).
 
-    Raises ValueError when the name is taken by another reward and `replace` is False.
+    Raises ValueError when the name is taken by another reward and `replace` is False, and
+    TypeError naming the attributes of that interface that `reward` lacks.
     """
+    missing = [a for a in _INTERFACE if not hasattr(reward, a)]
+    if missing:
+        raise TypeError(f"register: {reward!r} lacks the reward attribute(s) {missing}")
     taken = _REGISTRY.get(reward.name)
     if taken is not None and taken is not reward and not replace:
         raise ValueError(f"reward {reward.name!r} is already registered; pass replace=True")
@@ -318,6 +331,11 @@ class Spec:
 
     def reward(self, name: str) -> RewardFn:
         return get(name, **dict(dict(self.options).get(name, ())))
+
+    def accuracy_name(self) -> str | None:
+        """The first weighted reward that is a correctness checker (`is_accuracy`), in the order
+        of `weights`; None when there is none."""
+        return next((name for name, _ in self.weights if get(name).is_accuracy), None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,7 +415,7 @@ def _score(fn, completions, pool, fields) -> tuple[np.ndarray, int]:
 
 
 def _correct(spec, components, completions, workers, task_fields) -> np.ndarray:
-    for name in _ACCURACY_NAMES:
-        if name in components:
-            return components[name] >= 1.0
+    name = spec.accuracy_name()  # scored already: `combine` scores `correct` readers last
+    if name is not None:
+        return components[name] >= 1.0
     return spec.reward("accuracy")(completions, pool=workers, **task_fields) >= 1.0

@@ -245,6 +245,7 @@ class Scorer:
     optional: tuple[str, ...] = ("question",)
     low, high = -math.inf, math.inf
     pooled = False
+    is_accuracy = False  # a preference score, not a correctness check
 
     def __init__(self, model_config: config_lib.ModelConfig, params, tokenizer, *,
                  name: str = KIND, span: str = "summary", max_len: int = 512,

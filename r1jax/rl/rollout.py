@@ -40,7 +40,6 @@ Rollout = dict[str, Any]
 # Keys that the prompt pipeline adds; every other batch key is a task field for the rewards.
 _PIPELINE_KEYS = ("prompt_tokens", "prompt_lengths", "prompt_truncated", "source_index",
                   "prompt")
-_ACCURACY_REWARDS = ("accuracy", "countdown", "math", "numeric", "code")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,11 +71,12 @@ def reward_pool(spec: registry.Spec, num_workers: int | None):
 
 
 def _accuracy_reward(spec: registry.Spec) -> registry.RewardFn:
-    """The checker behind the accuracy metrics: the run's own accuracy reward (the first of
-    `_ACCURACY_REWARDS` it weights, with its options), or the pooled generic "accuracy" reward
-    when it has none or routes rewards by task (rows another task owns would lack its fields)."""
-    names = [name for name, _ in spec.weights if name in _ACCURACY_REWARDS]
-    return spec.reward(names[0]) if names and not spec.routes else registry.get("accuracy")
+    """The checker behind the accuracy metrics: the run's own accuracy reward (the first
+    accuracy-type reward it weights, `Spec.accuracy_name`, with its options), or the pooled
+    generic "accuracy" reward when it has none or routes rewards by task (rows another task owns
+    would lack its fields)."""
+    name = spec.accuracy_name()
+    return spec.reward(name) if name is not None and not spec.routes else registry.get("accuracy")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,9 +122,9 @@ def score(ctx: Context, rollout: Rollout) -> Rollout:
     responses = [ctx.template.full_response(t) for t in rollout["texts"]]
     fields = dict(rollout["fields"], lengths=list(rollout["lengths"]))
     combined = registry.combine(ctx.rewards, responses, pool=ctx.pool, **fields)
-    names = [n for n in _ACCURACY_REWARDS if n in combined.components]
-    if names:
-        accuracy = combined.components[names[0]] >= 1.0
+    name = ctx.rewards.accuracy_name()
+    if name is not None:
+        accuracy = combined.components[name] >= 1.0
     else:
         accuracy = _accuracy_reward(ctx.rewards)(responses, pool=ctx.pool, **fields) >= 1.0
     return dict(rollout, rewards=combined.total, components=combined.components,
