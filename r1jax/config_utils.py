@@ -165,19 +165,6 @@ def assign(section: ml_collections.ConfigDict, values: Mapping[str, Any], *,
         section[key] = values.get(key)
 
 
-def missing_fields(config: ml_collections.ConfigDict, cls, prefix: str = "") -> list[str]:
-    """Dotted names of the fields of dataclass `cls` (recursively) absent from `config`."""
-    hints = typing.get_type_hints(cls)
-    missing = []
-    for field in dataclasses.fields(cls):
-        name = f"{prefix}{field.name}"
-        if field.name not in config:
-            missing.append(name)
-        elif dataclasses.is_dataclass(hints[field.name]):
-            missing += missing_fields(config[field.name], hints[field.name], f"{name}.")
-    return missing
-
-
 # ---------------------------------------------------------------------------------------------
 # Errors and differences
 # ---------------------------------------------------------------------------------------------
