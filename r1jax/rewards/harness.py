@@ -15,7 +15,8 @@ A test is one of (DeepSeek-R1 Sec. 2.2.2 runs programs "against predefined test 
 - Python test code: assert statements, or a HumanEval-style `def check(candidate): ...`
   followed by `check(f)`. When every assert (with `candidate` read as `f`) has the form
   `assert f(<literals>) == <literal>` (either side), `assert f(...)`, `assert not f(...)`,
-  `assert f(...) is None|True|False` or `assert abs(f(...) - <literal>) < <literal>`, the test
+  `assert f(...) is None|True|False`, `assert abs(f(...) - <literal>) < <literal>` or
+  `assert math.isclose(f(...), <literal>[, rel_tol=..., abs_tol=...])`, the test
   is converted to call checks, compared here with Python's own `==`.
 
 Any other test code runs in the weaker fallback: a fresh process per test, the candidate loaded
@@ -32,12 +33,13 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from r1jax.rewards import _child
 
-_PREDICATES = ("eq", "truthy", "falsy", "is", "close", "json_eq")
+_PREDICATES = ("eq", "truthy", "falsy", "is", "close", "isclose", "json_eq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Call:
       args, kwargs: plain-data arguments (kwargs as ((name, value), ...)).
       predicate: "eq" (== expected), "json_eq" (== expected with tuples read as lists),
         "truthy", "falsy", "is" (is expected: None, True or False), "close" (|r - x| < tol,
-        expected = (x, tol, strict)).
+        expected = (x, tol, strict)), "isclose" (math.isclose, expected = (x, rel, abs)).
       expected: what the predicate compares with.
     """
 
@@ -128,9 +130,12 @@ def convert(source: str) -> tuple[Call, ...] | None:
 
 
 def _harmless(statement: ast.stmt) -> bool:
-    """Docstrings, `pass`, `assert True, "..."` and literal constants like HumanEval METADATA."""
+    """Docstrings, `pass`, `assert True, "..."`, literal constants like HumanEval METADATA, and
+    `import math` (the parent evaluates `math.isclose` itself)."""
     if isinstance(statement, ast.Pass):
         return True
+    if isinstance(statement, ast.Import):
+        return [alias.name for alias in statement.names] == ["math"]
     if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
         return True
     if isinstance(statement, ast.Assert):
@@ -168,6 +173,10 @@ def _assert_call(statement: ast.stmt) -> list[Call] | None:
         return None if call is None else [Call(*call, "falsy")]
     if isinstance(test, ast.Compare) and len(test.ops) == 1:
         return _compare(test.left, test.ops[0], test.comparators[0])
+    if (isinstance(test, ast.Call) and isinstance(test.func, ast.Attribute)
+            and isinstance(test.func.value, ast.Name) and test.func.value.id == "math"
+            and test.func.attr == "isclose"):
+        return _isclose(test)
     call = _call(test)
     return None if call is None else [Call(*call, "truthy")]
 
@@ -193,6 +202,21 @@ def _compare(left: ast.expr, op: ast.cmpop, right: ast.expr) -> list[Call] | Non
             call, x = _call(left.args[0].left), _literal(left.args[0].right)
             if call is not None and type(x) in (int, float):
                 return [Call(*call, "close", (x, tol, isinstance(op, ast.Lt)))]
+    return None
+
+
+def _isclose(test: ast.Call) -> list[Call] | None:
+    """`math.isclose(f(...), x[, rel_tol=..., abs_tol=...])` with literals (either order)."""
+    options = {k.arg: _literal(k.value) for k in test.keywords}
+    if len(test.args) != 2 or not set(options) <= {"rel_tol", "abs_tol"}:
+        return None
+    if any(type(v) not in (int, float) for v in options.values()):
+        return None
+    for side, other in (test.args, reversed(test.args)):
+        call, x = _call(side), _literal(other)
+        if call is not None and type(x) in (int, float):
+            tolerances = (options.get("rel_tol", 1e-9), options.get("abs_tol", 0.0))
+            return [Call(*call, "isclose", (x, *tolerances))]
     return None
 
 
@@ -237,6 +261,10 @@ def _check(predicate: str, expected: Any, result: Any) -> bool:
         return not result
     if predicate == "is":
         return result is expected
+    if predicate == "isclose":
+        x, rel_tol, abs_tol = expected
+        return type(result) in (int, float) and math.isclose(result, x, rel_tol=rel_tol,
+                                                              abs_tol=abs_tol)
     if predicate == "close":
         x, tol, strict = expected
         if type(result) not in (int, float):

@@ -1,19 +1,31 @@
 """Hostile completions: every reward returns an in-range value in bounded time, nothing escapes.
 
-Code payloads come with a test that passes only if the attack worked, so a pass rate of 0 means
-the sandbox held (and the file, listener and environment checks confirm it from the outside).
+The code reward runs the programs of `hostile_programs.py` (reward hacks and sandbox probes,
+whose tests pass only if the attack worked) through the real path (registry + worker pool) in
+every isolating sandbox available here, with honest victims running among them: every hostile
+program scores 0, every victim 1, and the listeners, files and process table show from the
+outside that nothing got out or stayed behind.
 """
 
+import glob
 import os
+import secrets
 import socket
+import sys
 import time
 
+import hostile_programs
 import numpy as np
 import pytest
 
 from r1jax import rewards
 from r1jax.data import templates
-from r1jax.rewards import code, countdown, format, language, numeric
+from r1jax.rewards import countdown, format, language, numeric, sandbox
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WHY_NOT = {k: sandbox.probe(k) for k in sandbox.ISOLATING}
+ISOLATING = [pytest.param(k, marks=pytest.mark.skipif(why is not None, reason=f"{k}: {why}"))
+             for k, why in WHY_NOT.items()]  # fmt: skip
 
 MB = 1 << 20
 TEXT = [
@@ -41,53 +53,119 @@ TEXT = [
 ]  # fmt: skip
 
 
-def _attacks(tmp_path, port):
-    """(code, test that passes only if the attack worked)."""
-    escaped = tmp_path / "escaped.txt"
-    return [
-        ("while True:\n    pass", "assert True"),
-        ("import os\nwhile True:\n    os.fork()", "assert True"),
-        ("x = []\nwhile True:\n    x.append(bytearray(1 << 26))", "assert True"),
-        ("x = 9**9**9", "assert True"),
-        (f"open({str(escaped)!r}, 'w').write('escaped')", "assert True"),
-        ("import os\nsecret = os.environ.get('R1JAX_TEST_SECRET')", "assert secret == 'hunter2'"),
-        (
-            f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)",
-            "assert s",
-        ),
-        (
-            f"import _socket\ns = _socket.socket()\ns.settimeout(1)\ns.connect(('127.0.0.1', {port}))",
-            "assert s",
-        ),
-        ("import os\nos.kill(os.getppid(), 9)", "assert True"),
-        ("__import__('os').system('echo pwned > /tmp/r1jax_pwned')", "assert True"),
-        ("import ctypes\nctypes.string_at(0)", "assert True"),  # segfault
-        ("import os\nos._exit(0)", "assert True"),
-    ]
-
-
 @pytest.fixture(scope="module")
 def pool():
-    with rewards.WorkerPool(2, grace_s=0.5) as workers:
+    with rewards.WorkerPool(4, grace_s=0.5) as workers:
         yield workers
 
 
 @pytest.fixture
-def listener():
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    server.settimeout(0.2)
-    yield server
-    server.close()
+def targets(tmp_path):
+    """Host endpoints and files the probes aim at: (Context, {name: listening socket})."""
+    token = secrets.token_hex(4)
+    tcp = socket.socket()
+    tcp.bind(("0.0.0.0", 0))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(str(tmp_path / "listener.sock"))
+    abstract = socket.socket(socket.AF_UNIX)
+    abstract.bind(f"\0r1jax-hostile-{token}")
+    for server in (tcp, unix, abstract):
+        server.listen(8)
+    for server in (tcp, udp, unix, abstract):
+        server.setblocking(False)
+    (tmp_path / "secret.txt").write_text(f"secret-{token}")
+    context = hostile_programs.Context(
+        token=token, tcp_port=tcp.getsockname()[1], udp_port=udp.getsockname()[1],
+        host_ip=_host_ip(), unix_path=str(tmp_path / "listener.sock"),
+        abstract=f"r1jax-hostile-{token}", host_dir=str(tmp_path),
+        secret_path=str(tmp_path / "secret.txt"), secret=f"secret-{token}", repo=REPO)
+    servers = {"tcp": tcp, "udp": udp, "unix": unix, "abstract": abstract}
+    yield context, servers
+    for server in servers.values():
+        server.close()
 
 
-def _accepted(server) -> bool:
+def _host_ip() -> str:
     try:
-        server.accept()[0].close()
-        return True
+        return socket.gethostbyname(socket.gethostname())
     except OSError:
-        return False
+        return "127.0.0.1"
+
+
+def _escapes(context, servers) -> list[str]:
+    """Everything the probes may have done outside the sandbox, seen from the outside."""
+    found = []
+    for name, server in servers.items():
+        try:
+            server.recv(1) if name == "udp" else server.accept()[0].close()
+            found.append(f"{name} listener reached")
+        except OSError:  # BlockingIOError: nothing arrived
+            pass
+    t = context.token
+    paths = [f"/tmp/{t}-tmp", f"/dev/shm/{t}-shm", f"/dev/shm/{t}-fill",
+             f"{context.host_dir}/escaped-{t}", f"{context.repo}/{t}-repo",
+             f"{sys.prefix}/{t}-prefix", f"/usr/{t}", f"/root/{t}",
+             *glob.glob(f"/tmp/r1jax-sbx-*/{t}-x")]
+    found += [f"{path} written" for path in paths if os.path.exists(path)]
+    found += [f"process {pid} survived" for pid in _processes_with(t)]
+    return found
+
+
+def _processes_with(token: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        for name in ("cmdline", "comm"):
+            try:
+                with open(f"/proc/{pid}/{name}", "rb") as f:
+                    if token.encode() in f.read():
+                        found.append(int(pid))
+            except OSError:
+                pass
+    return sorted(set(found))
+
+
+def _score(kind, programs, pool):
+    """Scores `programs`, with the victims spread among them, through the real reward path.
+
+    Returns:
+      [(name, reward)].
+    """
+    items = []
+    for i, program in enumerate(programs):
+        items.append(program)
+        if i % 20 == 6:
+            items.extend(hostile_programs.VICTIMS)
+    completions = [f"```python\n{p.code}\n```" for p in items]
+    reward = rewards.get("code", timeout_s=2.0, kind=kind)
+    values = reward(completions, pool=pool, tests=[p.tests for p in items])
+    return [(p.name, float(v)) for p, v in zip(items, values)]
+
+
+@pytest.mark.parametrize("kind", ISOLATING)
+def test_hostile_programs_score_zero_and_nothing_escapes(kind, pool, targets):
+    context, servers = targets
+    programs = hostile_programs.hacks() + hostile_programs.probes(context)
+    assert len(programs) >= 60 and len({p.name for p in programs}) == len(programs)
+    start = time.perf_counter()
+    scored = _score(kind, programs, pool)
+    elapsed = time.perf_counter() - start
+    victims = [v for name, v in scored if name.startswith("victim:")]
+    assert len(victims) >= 9 and victims == [1.0] * len(victims), scored
+    assert [(n, v) for n, v in scored if not n.startswith("victim:") and v != 0.0] == []
+    assert _escapes(context, servers) == []
+    assert elapsed < 40.0, elapsed
+    ok = rewards.get("code", kind=kind)(["```python\nx = 1\n```"], pool=pool,
+                                        tests=[["assert x == 1"]])
+    assert ok.tolist() == [1.0]  # the pool still scores honest work
+
+
+def test_hacks_score_zero_in_the_weak_sandbox(pool):
+    # The weak (opt-in) sandbox contains nothing, so only the verdict's integrity is tested.
+    scored = _score("rlimit", hostile_programs.hacks(), pool)
+    assert [(n, v) for n, v in scored if not n.startswith("victim:") and v != 0.0] == []
+    assert all(v == 1.0 for n, v in scored if n.startswith("victim:"))
 
 
 def test_direct_entry_points_on_hostile_text():
@@ -124,37 +202,9 @@ def test_batched_rewards_on_hostile_text(pool):
     assert result.components["math"][4] == 1.0  # BOM before <answer>6</answer>
 
 
-def test_sandbox_holds_against_attacks(pool, listener, tmp_path, monkeypatch):
-    monkeypatch.setenv("R1JAX_TEST_SECRET", "hunter2")
-    attacks = _attacks(tmp_path, listener.getsockname()[1])
-    completions = [f"```python\n{src}\n```" for src, _ in attacks]
-    tests = [[test] for _, test in attacks]
-    start = time.perf_counter()
-    values = rewards.get("code", timeout_s=1.0)(completions, pool=pool, tests=tests)
-    assert time.perf_counter() - start < 20.0
-    assert values.tolist()[4:8] == [0.0] * 4, values  # no write, secret, or connection
-    assert np.all((values >= 0) & (values <= 1))
-    assert not _accepted(listener)
-    if code.sandbox_kind() == "bwrap" or os.getuid() == 0:
-        assert not (tmp_path / "escaped.txt").exists()
-    # The pool replaced whatever died and still scores honest work.
-    ok = rewards.get("code")(["```python\nx = 1\n```"], pool=pool, tests=[["assert x == 1"]])
-    assert ok.tolist() == [1.0]
-
-
 def test_pool_survives_worker_death_and_hangs(pool):
-    values = pool.map(_hostile_item, [{"mode": m} for m in ("ok", "die", "hang", "c_hang", "ok")],
+    modes = ("ok", "die", "hang", "c_hang", "ok")
+    values = pool.map(hostile_programs.pool_item, [{"mode": m} for m in modes],
                       timeout_s=0.3)  # fmt: skip
     assert values.tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]
     assert pool.restarts >= 2
-
-
-def _hostile_item(mode):
-    if mode == "die":
-        os._exit(3)
-    if mode == "hang":
-        while True:
-            pass
-    if mode == "c_hang":  # signals can't interrupt a single long C call: the hard limit must
-        return float(sum(range(10**13)) > 0)
-    return 1.0
