@@ -307,20 +307,7 @@ return False""",
 libc.prctl(15, b'r1x{t}', 0, 0, 0)
 while True:
     libc.fork()""",
-        "memory_total": """libc = ctypes.CDLL(None)
-kids = []
-for i in range(3):
-    pid = libc.fork()
-    if pid == 0:
-        block = bytearray(400 << 20)
-        block[::4096] = b'x' * len(block[::4096])
-        open(f'ok{i}', 'w').close()
-        time.sleep(3)
-        os._exit(0)
-    kids.append(pid)
-time.sleep(1.5)
-alive = [os.waitpid(p, os.WNOHANG) == (0, 0) for p in kids]
-return all(a and os.path.exists(f'ok{i}') for i, a in enumerate(alive))""",
+        "memory_total": "return memory_holders(400) == 3",
         "process_count": """libc = ctypes.CDLL(None)
 made = 0
 for _ in range(100):
@@ -349,10 +336,44 @@ return started >= 64""",
     }  # fmt: skip
 
 
+MEMORY_HOLDERS = """
+def memory_holders(mb):
+    # Three children each touch `mb` MiB; returns how many are alive holding it 1.5 s later.
+    libc, kids = ctypes.CDLL(None), []
+    for i in range(3):
+        pid = libc.fork()
+        if pid == 0:
+            block = bytearray(mb << 20)
+            block[::4096] = b"x" * len(block[::4096])
+            open(f"ok{i}", "w").close()
+            time.sleep(3)
+            os._exit(0)
+        kids.append(pid)
+    time.sleep(1.5)
+    alive = [os.waitpid(p, os.WNOHANG) == (0, 0) for p in kids]
+    return sum(a and os.path.exists(f"ok{i}") for i, a in enumerate(alive))
+"""
+
+
+def processes_with(token: str) -> list[int]:
+    """Host processes whose command line or name contains `token`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        for name in ("cmdline", "comm"):
+            try:
+                with open(f"/proc/{pid}/{name}", "rb") as f:
+                    if token.encode() in f.read():
+                        found.append(int(pid))
+            except OSError:
+                pass
+    return sorted(set(found))
+
+
 def probes(context: Context) -> list[Hostile]:
     out = []
     for name, body in _probe_bodies(context).items():
-        source = ("import ctypes, os, socket, sys, time\n" + _GUARD + "\ndef attack():\n"
+        source = ("import ctypes, os, socket, sys, time\n" + _GUARD + MEMORY_HOLDERS
+                  + "\ndef attack():\n"
                   + textwrap.indent(body, "    ") + "\n\ntry:\n    escaped = bool(attack())\n"
                   "except BaseException:\n    escaped = False\n"
                   "print('ESCAPED' if escaped else 'held')\n")

@@ -109,21 +109,8 @@ def _escapes(context, servers) -> list[str]:
              f"{sys.prefix}/{t}-prefix", f"/usr/{t}", f"/root/{t}",
              *glob.glob(f"/tmp/r1jax-sbx-*/{t}-x")]
     found += [f"{path} written" for path in paths if os.path.exists(path)]
-    found += [f"process {pid} survived" for pid in _processes_with(t)]
+    found += [f"process {pid} survived" for pid in hostile_programs.processes_with(t)]
     return found
-
-
-def _processes_with(token: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        for name in ("cmdline", "comm"):
-            try:
-                with open(f"/proc/{pid}/{name}", "rb") as f:
-                    if token.encode() in f.read():
-                        found.append(int(pid))
-            except OSError:
-                pass
-    return sorted(set(found))
 
 
 def _score(kind, programs, pool):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import hostile_programs
 import pytest
 
 from r1jax import rewards
@@ -25,19 +26,6 @@ def raw(kind, program, **kwargs):
     """Runs raw Python (no harness, so os.fork etc. are intact) in the sandbox."""
     source = f"import os\nos.write(1, {sandbox.READY!r})\n{program}"
     return sandbox.run(["-c", source], b"", kind=kind, **{"timeout_s": 10.0, **kwargs})
-
-
-def processes_with(token):
-    """Host processes whose command line contains `token`."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if token.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
 
 
 @pytest.mark.skipif(WHY_NOT["bwrap"] is not None, reason=f"bwrap: {WHY_NOT['bwrap']}")
@@ -77,21 +65,7 @@ def test_interpreter_paths_cover_the_sandbox(kind):
 def test_cgroup_bounds_total_memory(kind):
     # Three children of 200 MiB each fit RLIMIT_AS (400 MiB per process) but not the 400 MiB
     # cgroup together: at most one can be alive holding its memory after they all tried.
-    program = """import ctypes, time
-libc = ctypes.CDLL(None)
-children = []
-for i in range(3):
-    pid = libc.fork()
-    if pid == 0:
-        block = bytearray(200 << 20)
-        block[::4096] = b"x" * len(block[::4096])
-        open(f"ok{i}", "w").close()
-        time.sleep(3)
-        os._exit(0)
-    children.append(pid)
-time.sleep(1.5)
-alive = [os.waitpid(pid, os.WNOHANG) == (0, 0) for pid in children]
-print(sum(a and os.path.exists(f"ok{i}") for i, a in enumerate(alive)))"""
+    program = f"import ctypes, time\n{hostile_programs.MEMORY_HOLDERS}print(memory_holders(200))"
     done = raw(kind, program, memory_mb=400)
     assert int(done.stdout) <= 1, done
 
@@ -116,7 +90,7 @@ time.sleep(0.3)
 print(made)"""
     done = raw(kind, program, max_pids=32)
     assert 0 < int(done.stdout) < 32
-    assert processes_with(token) == []
+    assert hostile_programs.processes_with(token) == []
 
 
 def test_survivor_is_an_error(monkeypatch):
