@@ -186,7 +186,8 @@ def _run_jailed(header, out):
 
     _remove_dangerous(_REMOVED)
     sys.addaudithook(guard)
-    namespace = {"__name__": "__main__", "__builtins__": dict_(builtins_copy)}
+    # Not "__main__": a demo under `if __name__ == "__main__":` must not run (or read stdin).
+    namespace = {"__name__": "solution", "__builtins__": dict_(builtins_copy)}
     try:
         run(code, namespace)
     except base_exception:  # a candidate that fails to load passes nothing

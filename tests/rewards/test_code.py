@@ -1,12 +1,15 @@
-"""Sandboxed code execution: pass rates, limits, and isolation for each available sandbox."""
+"""Sandboxed code execution: pass rates, limits, test forms and verdicts, in each sandbox."""
 
-import shutil
+import math
 
 import pytest
 
-from r1jax.rewards import code
+from r1jax.rewards import _child, code, harness, sandbox
 
-KINDS = ["rlimit"] + (["bwrap"] if shutil.which("bwrap") and code.sandbox_kind() == "bwrap" else [])
+KINDS = ["rlimit"] + [
+    pytest.param(k, marks=pytest.mark.skipif(why is not None, reason=f"{k}: {why}"))
+    for k, why in ((k, sandbox.probe(k)) for k in sandbox.ISOLATING)
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -72,10 +75,109 @@ def test_extract_code_takes_the_last_fence():
 
 def test_sandbox_kind_is_known():
     assert code.sandbox_kind() in code.KINDS
-    if shutil.which("bwrap") is None:
-        assert code.sandbox_kind() == "rlimit"
 
 
 def test_pass_rate_never_raises():
     assert code.pass_rate("\x00\udcff", ["\x00"], timeout_s=2.0) == 0.0
     assert code.pass_rate("x = 1", [], timeout_s=2.0) == 0.0
+
+
+# HumanEval-style problems written for these tests: (prompt, canonical body, check, entry point).
+HUMANEVAL = [
+    ("def sum_of_squares(nums):\n    \"\"\"Sum of the squares of nums.\"\"\"\n",
+     "    return sum(x * x for x in nums)\n",
+     "METADATA = {'author': 'r1jax'}\n\n\ndef check(candidate):\n"
+     "    assert candidate([1, 2, 3]) == 14\n    assert candidate([]) == 0\n"
+     "    assert candidate([-2]) == 4\n", "sum_of_squares"),
+    ("def count_vowels(word):\n",
+     "    return sum(c in 'aeiou' for c in word)\n",
+     "def check(candidate):\n    for word, n in [('apple', 2), ('sky', 0), ('queue', 4)]:\n"
+     "        assert candidate(word) == n\n", "count_vowels"),
+    ("def is_palindrome(text):\n",
+     "    return text == text[::-1]\n",
+     "def check(candidate):\n    assert candidate('abba')\n    assert not candidate('abc')\n"
+     "    assert candidate('') is True\n", "is_palindrome"),
+    ("def mean(xs):\n",
+     "    return sum(xs) / len(xs)\n",
+     "import math\n\n\ndef check(candidate):\n    assert abs(candidate([1, 2]) - 1.5) < 1e-6\n"
+     "    assert math.isclose(candidate([0.1, 0.2]), 0.15)\n", "mean"),
+    ("def pairs_summing_to(xs, k):\n",
+     "    return [(a, b) for i, a in enumerate(xs) for b in xs[i + 1:] if a + b == k]\n",
+     "def check(candidate):\n    assert candidate([1, 2, 3], 4) == [(1, 3)]\n"
+     "    assert candidate([2, 2], 4) == [(2, 2)]\n    assert candidate([], 1) == []\n",
+     "pairs_summing_to"),
+    ("def word_lengths(text):\n",
+     "    return {w: len(w) for w in text.split()}\n",
+     "def check(candidate):\n    assert candidate('a bb') == {'a': 1, 'bb': 2}\n"
+     "    assert candidate('') == {}\n", "word_lengths"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_humaneval_style_canonical_and_stubs(kind):
+    for prompt, body, check, entry in HUMANEVAL:
+        test = f"{check}\ncheck({entry})\n"
+        assert code.pass_rate(prompt + body, [test], timeout_s=10.0, kind=kind) == 1.0, entry
+        assert code.pass_rate(prompt + "    pass\n", [test], timeout_s=10.0, kind=kind) == 0.0
+    converted = [harness.convert(f"{c}\ncheck({e})") is not None for _, _, c, e in HUMANEVAL]
+    assert converted == [True, False, True, True, True, True]  # count_vowels has a loop
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_call_and_stdio_specs(kind):
+    program = "import sys\ndef pair(x):\n    return (x, x + 1)\n" \
+              "if __name__ == '__main__':\n    n = int(sys.stdin.read())\n" \
+              "    print(n * 2, '  ')\n    print()\n    sys.exit(n == 7)\n"
+    tests = [
+        {"call": "pair", "args": [1], "expected": [1, 2]},  # JSON specs read tuples as lists
+        '{"call": "pair", "kwargs": {"x": 2}, "expected": [2, 3]}',  # a spec as JSON text
+        {"call": "pair", "args": [1], "expected": [1, 3]},
+        {"input": "21\n", "output": "42\n"},  # trailing spaces and blank lines are ignored
+        {"input": "21", "output": "43"},
+        {"input": "7", "output": "14"},  # right output, but a nonzero exit status
+        {"call": "missing", "args": [], "expected": None},
+        {"nonsense": 1},  # malformed: fails, does not raise
+    ]
+    result = code.run_tests(program, tests, timeout_s=10.0, kind=kind)
+    assert result.passed == (True, True, False, True, False, False, False, False)
+
+
+def test_assert_conversion_forms():
+    calls = harness.convert("assert f(1, x=[2]) == (3, 'a')\nassert 4 == f(2)\nassert f(3)\n"
+                            "assert not f(4)\nassert f(5) is None\nassert abs(f(6) - 1.0) <= 0.5")
+    assert [(c.name, c.args, c.kwargs, c.predicate, c.expected) for c in calls] == [
+        ("f", (1,), (("x", [2]),), "eq", (3, "a")), ("f", (2,), (), "eq", 4),
+        ("f", (3,), (), "truthy", None), ("f", (4,), (), "falsy", None),
+        ("f", (5,), (), "is", None), ("f", (6,), (), "close", (1.0, 0.5, False))]
+    for source in ["x = 1\nassert f(x) == 1", "assert f(g(1)) == 2", "assert f(1) == g(2)",
+                   "assert f(1) > 2", "print(f(1))", "assert f(1) is 1", "import os\nassert f()",
+                   "def check(c):\n    assert c(1) == 1\ncheck(f)\ncheck(g)", "syntax error("]:
+        assert harness.convert(source) is None, source
+    equal = harness.Call("f", (), (), "eq", 1)
+    assert harness.check(equal, 1.0) and not harness.check(equal, True + 1)
+    assert not harness.check(harness.Call("f", (), (), "is", True), 1)
+    assert harness.check(harness.Call("f", (), (), "isclose", (0.3, 1e-9, 0.0)), 0.1 + 0.2)
+
+
+def test_plain_data_codec():
+    value = [None, True, 3, -2.5, math.inf, "s\udcff", b"\x00", 1j, (1, (2,)), {3, 4},
+             frozenset({5}), {"a": [1], (1, 2): {}}]
+    encoded = _child.encode(value)
+    assert _child.decode(eval(repr(encoded))) == value  # the wire format: repr, literal_eval
+    assert math.isnan(_child.decode(_child.encode(math.nan)))
+
+    class Int(int):
+        def __eq__(self, other):
+            return True
+
+    for bad in [Int(1), [Int(1)], object(), {"k": object()}, type, print]:
+        with pytest.raises(TypeError):
+            _child.encode(bad)
+    for bad in [{"l": 1}, {"d": [[1]]}, {"z": []}, {"l": [], "t": []}, [1], {"s": [{"l": []}]}]:
+        with pytest.raises((TypeError, ValueError)):
+            _child.decode(bad)
+    nested = []
+    for _ in range(100):
+        nested = [nested]
+    with pytest.raises(TypeError):
+        _child.encode(nested)
