@@ -31,8 +31,11 @@ READY = b"\0r1jax-ready\n"
 _MAX_DEPTH = 64
 _FORBIDDEN_EVENTS = frozenset({
     "sys._getframe", "sys._current_frames", "sys.settrace", "sys.setprofile", "gc.get_objects",
-    "gc.get_referrers", "gc.get_referents", "object.__getattr__", "sys.addaudithook",
+    "gc.get_referrers", "gc.get_referents", "sys.addaudithook",
 })  # fmt: skip
+# Attributes that hand out frames (audited as "object.__getattr__"; `__code__` reads, which
+# dataclasses make, are audited too and stay allowed).
+_FRAME_ATTRIBUTES = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"})
 _FORBIDDEN_OPEN = ("/proc", "/dev/fd", "/dev/std")
 _REMOVED = {
     "os": ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp", "execv", "execve",
@@ -164,6 +167,7 @@ def _run_jailed(header, out):
         exec, os.write, os.fstat, repr, callable, isinstance, dict, type, str, enumerate)
     encode_, decode_, copy = make_codec()
     forbidden, forbidden_open, base_exception = _FORBIDDEN_EVENTS, _FORBIDDEN_OPEN, BaseException
+    frame_attributes, value_error, permission_error = _FRAME_ATTRIBUTES, ValueError, PermissionError
     channel = fstat(out).st_ino
     nonce = header["nonce"].encode()
     builtins_copy = dict_(builtins.__dict__)
@@ -174,8 +178,12 @@ def _run_jailed(header, out):
 
     def guard(event, args):
         if (event in forbidden or event.startswith("ctypes.")
+                or (event == "object.__getattr__" and args[1] in frame_attributes)
                 or (event == "open" and str_(args[0]).startswith(forbidden_open))):
-            raise PermissionError(f"{event} is not allowed in the sandbox")
+            # ValueError for frames: what the standard library expects where sys._getframe
+            # may fail (namedtuple, enum, typing, warnings fall back to defaults).
+            error = value_error if event.startswith("sys.") else permission_error
+            raise error(f"{event} is not allowed in the sandbox")
 
     def plain_results(fn):
         return lambda *args, **kwargs: copy(fn(*args, **kwargs))

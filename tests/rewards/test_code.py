@@ -181,3 +181,25 @@ def test_plain_data_codec():
         nested = [nested]
     with pytest.raises(TypeError):
         _child.encode(nested)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_jail_keeps_common_library_code_working(kind):
+    # namedtuple, enum, typing and warnings call sys._getframe, dataclasses read __code__: the
+    # jail refuses the frame as they expect (ValueError) and allows the rest.
+    program = """import collections, dataclasses, enum, functools, typing, warnings
+Pt = collections.namedtuple("Pt", "a b")
+Color = enum.Enum("Color", "RED GREEN")
+Pair = typing.NamedTuple("Pair", [("x", int)])
+@dataclasses.dataclass
+class P:
+    x: int
+@functools.lru_cache(None)
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+def f(n):
+    warnings.warn("deprecated")
+    return fib(n) + P(1).x + Pt(2, 0).a + Color.GREEN.value + Pair(3).x"""
+    result = code.run_tests(program, ["assert f(10) == 63", "assert [f(0)] == [8]"],
+                            timeout_s=10.0, kind=kind)
+    assert result.passed == (True, True)
