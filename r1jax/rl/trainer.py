@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from r1jax import config_utils, distributed, preemption, sharding
+from r1jax import config_utils, distributed, ownership, preemption, sharding
 from r1jax.data import pipeline, tasks, templates
 from r1jax.data.tasks import jsonl
 from r1jax.models import summary
@@ -392,13 +392,13 @@ def train(config, workdir: str) -> dict[str, Any]:
 
     Args:
       config: an `ExperimentConfig` or a ConfigDict (`configs/r1_zero.py`), frozen once here.
-      workdir: the run directory (created; an existing one is resumed).
+      workdir: the run directory (created and marked as r1jax's; an existing one is resumed;
+        an existing non-empty one that r1jax did not create is refused, see `r1jax.ownership`).
     """
     # ------------------------------------------------------------------ config and workdir
     if not isinstance(config, rl_config.ExperimentConfig):
         config = rl_config.from_config_dict(config)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = str(ownership.claim(workdir, "rl.trainer run"))
     _write_config(config, workdir)
 
     # ------------------------------------------------------------------ mesh, model, data

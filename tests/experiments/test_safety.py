@@ -77,3 +77,22 @@ def test_entry_points_never_touch_directories_they_did_not_create(dirs):
     assert {name: hf_dirs.tree_hash(dirs / name) for name in watched} == before
     assert not (dirs / "missing").exists() and not (dirs / "missing.work").exists()
     assert not (dirs / "unrelated.work").exists()  # no pretraining started beside it
+
+
+def test_the_trainer_itself_refuses_a_directory_it_did_not_create(tmp_path):
+    """Library callers of `trainer.train` (notebooks) get the same guarantee, before anything
+    is loaded or written."""
+    from conftest import config_preset
+
+    from r1jax import ownership
+    from r1jax.rl import trainer
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "config.json").write_text('{"mine": true}')
+    before = hf_dirs.tree_hash(user)
+    config = config_preset("r1_zero", "smoke")
+    config.base_dir = str(tmp_path / "no-model-needed")
+    with pytest.raises(ownership.NotOwnedError, match="config.json"):
+        trainer.train(config, str(user))
+    assert hf_dirs.tree_hash(user) == before
