@@ -24,7 +24,14 @@ own `save_pretrained` does) gives a config with num_nextn_predict_layers = 0.
 Deviations: the mscale fallbacks and defaults follow transformers 5.x (`rope_parameters`, or the
 legacy `rope_scaling` + `rope_theta`); implementation choices of `ModelConfig` that HF configs do
 not hold (moe_dispatch, remat, scan_layers, aux_loss_alpha, ...) take their defaults on load;
-change them with `config.replace(...)`. Only the scan_layers=False parameter tree is supported.
+change them with `config.replace(...)`.
+
+Sharded, FP8 and scanned. `load_hf(..., mesh=...)` builds each parameter from the slices of the
+checkpoint its devices hold (`r1jax.models.hf_shards`): no process reads or holds more than the
+blocks of one tensor its devices need; FP8 block-quantised weights (DeepSeek-V3's official
+release) are dequantised as they are read; `scan_layers=True` stacks the layers into the scanned
+tree directly. `save_hf` takes either tree, sharded across processes, gathering one tensor at a
+time.
 """
 
 from __future__ import annotations
@@ -38,16 +45,18 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from jax.experimental import multihost_utils
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from r1jax import ownership
+from r1jax import ownership, sharding
 from r1jax.models import config as config_lib
-from r1jax.models import moe, transformer
+from r1jax.models import hf_shards, moe, transformer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -60,6 +69,7 @@ _FLOAT_DTYPES = ("float32", "bfloat16", "float16", "float64")
 # The largest released vocabularies are ~260k; far above that is a corrupt or hostile config.
 MAX_VOCAB = 1 << 24
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
+_SCANNED = ("dense_layers", "moe_layers")  # transformer's scan stacks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,6 +118,22 @@ class _Fields:
                       f"{', '.join(map(repr, allowed))})")
 
 
+def fp8_block(f: _Fields) -> tuple[int, int] | None:
+    """The (bm, bn) weight block of an FP8 block-quantised checkpoint (DeepSeek-V3's
+    `quantization_config`: quant_method "fp8", fmt "e4m3", weight_block_size [128, 128]);
+    None when the checkpoint is not quantised. Other quantisation schemes are refused."""
+    if f.values.get("quantization_config") is None:
+        return None
+    q = _Fields(f.get("quantization_config", dict), f.file, "quantization_config.")
+    q.expect("quant_method", ("fp8",))
+    q.expect("fmt", ("e4m3",), "e4m3")
+    block = q.get("weight_block_size", list)
+    if len(block) != 2 or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0
+                                  for b in block):
+        q.fail("weight_block_size", f"must be two positive integers, got {block!r}")
+    return block[0], block[1]
+
+
 def _architecture(fields: _Fields) -> str:
     archs = fields.get("architectures", list)
     if len(archs) != 1 or archs[0] not in ARCHITECTURES:
@@ -119,9 +145,7 @@ def _architecture(fields: _Fields) -> str:
 def _common_fields(f: _Fields) -> dict[str, Any]:
     f.expect("hidden_act", ("silu",), "silu")
     f.expect("partial_rotary_factor", (1, 1.0), 1.0)
-    if f.values.get("quantization_config") is not None:
-        f.fail("quantization_config", "is set: quantized (e.g. FP8) checkpoints are not supported; "
-               "dequantize to bfloat16 first")
+    fp8_block(f)  # validated here, used by the reader
     heads = f.get("num_attention_heads", int)
     hidden = f.get("hidden_size", int)
     vocab = f.get("vocab_size", int)
@@ -335,9 +359,27 @@ def hf_names(path: tuple[str, ...], config: config_lib.ModelConfig) -> tuple[lis
     raise ValueError(f"no HF name for parameter {'/'.join(path)}")
 
 
-def _hf_shape(shape: tuple[int, ...], transpose: bool, stacked: bool) -> tuple[int, ...]:
-    per_tensor = shape[1:] if stacked else shape
-    return tuple(reversed(per_tensor)) if transpose else tuple(per_tensor)
+def layout(path: tuple[str, ...], shape: tuple[int, ...],
+           config: config_lib.ModelConfig) -> hf_shards.Layout:
+    """The HF tensors of our param at `path` (of `shape`), scanned or not: a scanned stack's
+    leaf [L, ...] maps layer i to `layers_{offset + i}` (offset = the dense prefix's length for
+    `moe_layers`); stacked experts add an expert axis of names."""
+    if path[0] in _SCANNED:
+        offset = 0 if path[0] == "dense_layers" else (
+            config.first_k_dense_replace if config.is_moe else config.num_hidden_layers)
+        per_layer = [layout((f"layers_{offset + i}",) + path[1:], shape[1:], config)
+                     for i in range(shape[0])]
+        return hf_shards.Layout(np.stack([p.names for p in per_layer]), per_layer[0].transpose)
+    names, transpose = hf_names(path, config)
+    grid = np.empty(len(names), object)
+    grid[:] = names
+    return hf_shards.Layout(grid if path[-2] == "experts" else grid[0:1].reshape(()), transpose)
+
+
+def _hf_shape(shape: tuple[int, ...], lay: hf_shards.Layout) -> tuple[int, ...]:
+    """The shape of each HF tensor of a param of `shape` laid out as `lay`."""
+    per_tensor = shape[lay.names.ndim:]
+    return tuple(reversed(per_tensor)) if lay.transpose else tuple(per_tensor)
 
 
 def _ignorable(name: str, config: config_lib.ModelConfig) -> bool:
@@ -387,21 +429,6 @@ class _Checkpoint:
                 return list(f.keys())
         except (SafetensorError, OSError) as e:
             raise ValueError(f"{full}: not a readable safetensors file ({e})") from None
-
-    def read(self, name: str) -> np.ndarray:
-        """The tensor `name`; ValueError naming file and tensor if unreadable or non-finite."""
-        full = os.path.join(self.path, self.files[name])
-        try:
-            with safe_open(full, framework="np") as f:
-                array = f.get_tensor(name)
-        except (SafetensorError, OSError, TypeError) as e:
-            raise ValueError(f"{full}: cannot read tensor {name!r} ({e})") from None
-        if array.dtype.kind == "f" or array.dtype.name in _FLOAT_DTYPES:
-            bad = array.size - int(np.count_nonzero(np.isfinite(array)))
-            if bad:  # a NaN/inf weight only shows up later as NaN logits, far from its cause
-                raise ValueError(f"{full}: tensor {name!r} has {bad} non-finite value(s) "
-                                 f"(NaN or inf) of {array.size}")
-        return array
 
     def shape(self, name: str) -> tuple[int, ...]:
         full = os.path.join(self.path, self.files[name])
@@ -456,27 +483,36 @@ def _mtp_present(config: config_lib.ModelConfig, names: Iterable[str]) -> bool:
     return any(n.startswith(prefix) and not _ignorable(n, config) for n in names)
 
 
-def _load_leaf(ckpt: _Checkpoint, path, leaf, config, dtype) -> np.ndarray:
-    names, transpose = hf_names(path, config)
-    stacked = path[-2] == "experts"
-    want = _hf_shape(leaf.shape, transpose, stacked)
-    arrays = []
-    for name in names:
-        if name not in ckpt.files:
-            raise ValueError(f"{ckpt.path}: tensor {name!r} is missing (expected shape "
-                             f"{list(want)}, for parameter {'/'.join(path)})")
-        found = ckpt.shape(name)
-        if found != want:
-            raise ValueError(f"{ckpt.path}: tensor {name!r} has shape {list(found)}, expected "
-                             f"{list(want)}")
-        array = ckpt.read(name)
-        if array.dtype.name not in _FLOAT_DTYPES:
-            raise ValueError(f"{ckpt.path}: tensor {name!r} has dtype {array.dtype.name}; "
-                             f"expected one of {_FLOAT_DTYPES}")
-        arrays.append(array.T if transpose else array)
-    value = np.stack(arrays) if stacked else arrays[0]
-    keep_f32 = path[-1] == moe.BIAS  # The balancing bias stays float32 (see moe.Router).
-    return jnp.asarray(value, jnp.float32 if keep_f32 else dtype)
+def _check_tensor(reader: hf_shards.Reader, name: str, want: tuple[int, ...], param: str,
+                  used: set[str]) -> None:
+    """Checks one HF tensor's header (present, shape, float dtype; an FP8 weight's block scales)
+    before any data is read; adds it and its scale to `used`."""
+    if name not in reader.files:
+        raise ValueError(f"{reader.path}: tensor {name!r} is missing (expected shape "
+                         f"{list(want)}, for parameter {param})")
+    stored, found = reader.header(name)
+    if found != want:
+        raise ValueError(f"{reader.path}: tensor {name!r} has shape {list(found)}, expected "
+                         f"{list(want)}")
+    if stored not in hf_shards.FLOAT_STORED:
+        raise ValueError(f"{reader.path}: tensor {name!r} has dtype {stored}; expected one of "
+                         f"{list(hf_shards.FLOAT_STORED)}")
+    used.add(name)
+    if stored != hf_shards.FP8:
+        return
+    scale = name + hf_shards.SCALE_SUFFIX
+    if reader.block is None or len(want) != 2:
+        raise ValueError(f"{reader.path}: tensor {name!r} is FP8 but "
+                         + ("config.json has no quantization_config" if reader.block is None
+                            else f"has {len(want)} dimensions (block scales need 2)"))
+    blocks = [-(-n // b) for n, b in zip(want, reader.block)]
+    if scale not in reader.files:
+        raise ValueError(f"{reader.path}: FP8 tensor {name!r} has no {scale!r}")
+    stored, found = reader.header(scale)
+    if list(found) != blocks or stored not in ("F32", "BF16", "F16"):
+        raise ValueError(f"{reader.path}: tensor {scale!r} is {stored} {list(found)}, expected "
+                         f"float {blocks} ({list(reader.block)} blocks of {list(want)})")
+    used.add(scale)
 
 
 _SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
@@ -508,16 +544,34 @@ def load_hf_config(path: str, dtype: Any = None) -> config_lib.ModelConfig:
     return config
 
 
-def load_hf(path: str, dtype: Any = jnp.float32) -> tuple[config_lib.ModelConfig, dict]:
-    """Reads an HF checkpoint directory into (ModelConfig, params).
+def param_shardings(config: config_lib.ModelConfig, mesh: jax.sharding.Mesh):
+    """NamedShardings of the parameter tree of `config` on `mesh` (the logical-axis rules)."""
+    def init():
+        return transformer.Transformer(config).init(jax.random.key(0),
+                                                     jnp.zeros((1, 1), jnp.int32))["params"]
+
+    return sharding.logical_shardings(nn.get_partition_spec(jax.eval_shape(init)), mesh)
+
+
+def load_hf(path: str, dtype: Any = jnp.float32, *, mesh: jax.sharding.Mesh | None = None,
+            shardings=None, scan_layers: bool = False,
+            stats: hf_shards.ReadStats | None = None) -> tuple[config_lib.ModelConfig, dict]:
+    """Reads an HF checkpoint directory into (ModelConfig, params), each device's block alone.
 
     Args:
       path: a local directory with config.json and model.safetensors (or a sharded index).
       dtype: the dtype of the returned params (and of config.dtype / config.param_dtype);
         None keeps the checkpoint's own (`checkpoint_dtype`: a bfloat16 checkpoint stays
-        bfloat16); the MoE balancing bias stays float32.
+        bfloat16); the MoE balancing bias stays float32. FP8 weights (with block scales,
+        `quantization_config`) are dequantised to it as they are read.
+      mesh: shard the params on this mesh by the logical-axis rules (`param_shardings`).
+      shardings: or an explicit tree of shardings matching the params; neither: the first
+        local device.
+      scan_layers: return the scanned tree (layers stacked per stack; config.scan_layers set).
+      stats: filled with the host buffer sizes of the read (`hf_shards.ReadStats`).
     Returns:
-      (config, params): params is the scan_layers=False tree of `transformer.Transformer`.
+      (config, params): every leaf a global jax.Array; each process reads only the slices its
+      own devices hold.
     Raises:
       ValueError naming the file and field / tensor for unsupported or malformed input.
     """
@@ -526,89 +580,121 @@ def load_hf(path: str, dtype: Any = jnp.float32) -> tuple[config_lib.ModelConfig
         raise ValueError(f"{path}: not a directory")
     if dtype is None:
         dtype = checkpoint_dtype(path)
-    config = config_from_hf(_read_json(config_file), config_file, dtype)
+    values = _read_json(config_file)
+    config = config_from_hf(values, config_file, dtype).replace(scan_layers=scan_layers)
     ckpt = _Checkpoint(path)
     _check_sizes(config, ckpt, config_file)
     if config.num_nextn_predict_layers and not _mtp_present(config, ckpt.files):
         config = config.replace(num_nextn_predict_layers=0)  # Announced but not shipped.
-    flat = traverse_util.flatten_dict(transformer.abstract_params(config))
-    params, used = {}, set()
-    for leaf_path, leaf in flat.items():
-        params[leaf_path] = _load_leaf(ckpt, leaf_path, leaf, config, jnp.dtype(dtype))
-        used.update(hf_names(leaf_path, config)[0])
+    reader = hf_shards.Reader(path, ckpt.files, fp8_block(_Fields(values, config_file)), stats)
+    abstract = traverse_util.flatten_dict(transformer.abstract_params(config))
+    targets = _target_shardings(config, mesh, shardings, abstract)
+    layouts, used = {}, set()
+    for leaf_path, leaf in abstract.items():  # every header checked before any data is read
+        layouts[leaf_path] = lay = layout(leaf_path, leaf.shape, config)
+        for name in lay.names.flat:
+            _check_tensor(reader, name, _hf_shape(leaf.shape, lay), "/".join(leaf_path), used)
     extra = sorted(n for n in ckpt.files if n not in used and not _ignorable(n, config))
     if extra:
         raise ValueError(f"{path}: unexpected tensor(s) {extra[:5]}{' ...' if len(extra) > 5 else ''}"
                          f" ({len(extra)} in all) that this config does not use")
+    params = {}
+    for leaf_path, leaf in abstract.items():
+        keep_f32 = leaf_path[-1] == moe.BIAS  # The balancing bias stays float32 (moe.Router).
+        params[leaf_path] = hf_shards.build(reader, layouts[leaf_path], leaf.shape,
+                                           jnp.float32 if keep_f32 else jnp.dtype(dtype),
+                                           targets[leaf_path])
+    reader.close()
     return config, traverse_util.unflatten_dict(params)
+
+
+def _target_shardings(config, mesh, shardings, abstract: Mapping) -> dict:
+    """Flat path -> Sharding: from `shardings`, else `mesh`'s rules, else the first local device."""
+    if shardings is None and mesh is not None:
+        shardings = param_shardings(config, mesh)
+    if shardings is None:
+        one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return dict.fromkeys(abstract, one)
+    flat = traverse_util.flatten_dict(dict(shardings))
+    if flat.keys() != abstract.keys():
+        missing = sorted(set(abstract) - set(flat))
+        raise ValueError(f"load_hf: shardings do not match the parameter tree (missing "
+                         f"{['/'.join(p) for p in missing[:3]]}; scan_layers={config.scan_layers})")
+    return flat
 
 
 # ---------------------------------------------------------------------------------------------
 # save_hf.
 
 
-def _hf_tensors(config: config_lib.ModelConfig, params: Mapping) -> dict[str, np.ndarray]:
-    """Our params -> {HF name: array}, after checking the tree against the config."""
-    if config.scan_layers:
-        raise ValueError("save_hf: only the scan_layers=False parameter tree is supported")
+_Entry = tuple[tuple[str, ...], tuple[int, ...], bool]  # (param path, stack position, transpose)
+
+
+def _entries(config: config_lib.ModelConfig, flat: Mapping) -> dict[str, _Entry]:
+    """HF name -> where its values live in our flat params, in file order, after checking the
+    tree against the config (scanned or not)."""
     expected = traverse_util.flatten_dict(transformer.abstract_params(config))
-    flat = traverse_util.flatten_dict(dict(params))
     missing, extra = sorted(set(expected) - set(flat)), sorted(set(flat) - set(expected))
     if missing or extra:
         raise ValueError(f"save_hf: params do not match the config (missing "
                          f"{['/'.join(p) for p in missing[:3]]}, unexpected "
-                         f"{['/'.join(p) for p in extra[:3]]}); only scan_layers=False trees")
+                         f"{['/'.join(p) for p in extra[:3]]}; scan_layers={config.scan_layers})")
     out = {}
     for path, leaf in flat.items():
         if tuple(leaf.shape) != tuple(expected[path].shape):
             raise ValueError(f"save_hf: parameter {'/'.join(path)} has shape {list(leaf.shape)}, "
                              f"expected {list(expected[path].shape)}")
-        array = np.asarray(jax.device_get(leaf))
-        names, transpose = hf_names(path, config)
-        parts = list(array) if path[-2] == "experts" else [array]
-        for name, part in zip(names, parts, strict=True):
-            out[name] = np.ascontiguousarray(part.T if transpose else part)
-    return out | _mtp_copies(config, out)
-
-
-def _mtp_copies(config: config_lib.ModelConfig, tensors: Mapping[str, np.ndarray]) -> dict:
-    """The embedding and output head that the released checkpoints repeat in each MTP layer."""
-    head = tensors["model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"]
-    copies = {}
+        lay = layout(path, leaf.shape, config)
+        for pos in np.ndindex(*lay.names.shape):
+            out[str(lay.names[pos])] = (path, pos, lay.transpose)
+    # The embedding and output head that the released checkpoints repeat in each MTP layer.
+    head = "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
     for k in range(config.num_nextn_predict_layers):
         prefix = f"model.layers.{config.num_hidden_layers + k}."
-        copies[prefix + "embed_tokens.weight"] = tensors["model.embed_tokens.weight"]
-        copies[prefix + "shared_head.head.weight"] = head
-    return copies
+        out[prefix + "embed_tokens.weight"] = out["model.embed_tokens.weight"]
+        out[prefix + "shared_head.head.weight"] = out[head]
+    return out
 
 
-def _shards(tensors: Mapping[str, np.ndarray], max_shard_bytes: int) -> list[list[str]]:
+def _fetch(flat: Mapping, entry: _Entry) -> np.ndarray:
+    """One HF tensor on the host, gathered alone (every process must call this in order)."""
+    path, pos, transpose = entry
+    leaf = flat[path]
+    array = hf_shards.gather(leaf[pos] if pos else leaf)
+    return np.ascontiguousarray(array.T if transpose else array)
+
+
+def _shards(sizes: Mapping[str, int], max_shard_bytes: int) -> list[list[str]]:
     """Groups tensor names, in order, into shards of at most `max_shard_bytes` (one tensor
     larger than that gets a shard of its own)."""
     shards, size = [[]], 0
-    for name, array in tensors.items():
-        if shards[-1] and size + array.nbytes > max_shard_bytes:
+    for name, nbytes in sizes.items():
+        if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
         shards[-1].append(name)
-        size += array.nbytes
+        size += nbytes
     return shards
 
 
-def _write_weights(tensors: dict[str, np.ndarray], directory: str, max_shard_bytes: int):
-    shards = _shards(tensors, max_shard_bytes)
-    if len(shards) == 1:
-        save_file(tensors, os.path.join(directory, WEIGHTS_FILE), metadata={"format": "pt"})
-        return
+def _write_weights(flat: Mapping, entries: Mapping[str, _Entry], directory: str | None,
+                   max_shard_bytes: int):
+    """Writes the weights shard file by shard file, gathering one tensor at a time; host memory
+    holds at most one output file. `directory` None: gather only (processes other than 0)."""
+    sizes = {n: int(np.prod(flat[p].shape[len(pos):])) * jnp.dtype(flat[p].dtype).itemsize
+             for n, (p, pos, _) in entries.items()}
+    shards = _shards(sizes, max_shard_bytes)
     weight_map = {}
     for i, names in enumerate(shards, start=1):
-        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file({n: tensors[n] for n in names}, os.path.join(directory, file),
-                  metadata={"format": "pt"})
+        file = WEIGHTS_FILE if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {n: _fetch(flat, entries[n]) for n in names}
+        if directory is not None:
+            save_file(tensors, os.path.join(directory, file), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(names, file))
-    index = {"metadata": {"total_size": sum(a.nbytes for a in tensors.values())},
-             "weight_map": weight_map}
-    _write_json(index, os.path.join(directory, INDEX_FILE))
+        del tensors
+    if len(shards) > 1 and directory is not None:
+        index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}
+        _write_json(index, os.path.join(directory, INDEX_FILE))
 
 
 def _write_json(values: Mapping, file: str):
@@ -625,7 +711,10 @@ def save_hf(config: config_lib.ModelConfig, params: Mapping, path: str, *,
     """Writes an HF checkpoint directory that `transformers.AutoModelForCausalLM` loads.
 
     Args:
-      config, params: the model (scan_layers=False tree); params keep their dtypes.
+      config, params: the model (the scanned tree when config.scan_layers); params keep their
+        dtypes. Arrays may be sharded across processes: every process must call save_hf; each
+        HF tensor is gathered alone (`hf_shards.gather`) and process 0 writes, holding at most
+        one output file (`max_shard_bytes`) on the host; the others wait for it to finish.
       path: the directory to create, marked as r1jax's (`r1jax.ownership`). An existing
         non-empty one is an error unless `overwrite` and it is marked (an earlier save_hf):
         a directory r1jax did not create is never replaced.
@@ -643,8 +732,13 @@ def save_hf(config: config_lib.ModelConfig, params: Mapping, path: str, *,
         ownership.check_owned(path, "overwrite the checkpoint directory")
         if not overwrite:
             raise FileExistsError(f"save_hf: {path} exists and is not empty; pass overwrite=True")
-    tensors = _hf_tensors(config, params)
+    flat = traverse_util.flatten_dict(dict(params))
+    entries = _entries(config, flat)
     hf_config = dict(config_to_hf(config), **dict(config_extra or {}))
+    if jax.process_index() != 0:  # gathers alongside process 0, which writes
+        _write_weights(flat, entries, None, max_shard_bytes)
+        multihost_utils.sync_global_devices(f"save_hf {path}")
+        return
     tmp = str(ownership.temp_dir(os.path.dirname(path), os.path.basename(path),
                                  "models.hf.save_hf"))
     try:
@@ -653,12 +747,14 @@ def save_hf(config: config_lib.ModelConfig, params: Mapping, path: str, *,
             _write_json(generation_config, os.path.join(tmp, "generation_config.json"))
         for file in files:
             shutil.copyfile(file, os.path.join(tmp, os.path.basename(file)))
-        _write_weights(tensors, tmp, max_shard_bytes)
+        _write_weights(flat, entries, tmp, max_shard_bytes)
         ownership.ordinary_permissions(tmp)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"save_hf {path}")
 
 
 def _replace_dir(src: str, dst: str):
