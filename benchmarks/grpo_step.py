@@ -4,7 +4,7 @@
   python benchmarks/grpo_step.py --presets=tiny --rows=16 --prompt_len=64 --new_tokens=64
 
 Part 1 times the jitted, sharded GRPO update (`r1jax.rl.step`) on random inputs for each model
-preset and reports tokens/s and MFU: model FLOPs (`trainer.forward_flops`: 2 x activated params
+preset and reports tokens/s and MFU: model FLOPs (`summary.forward_flops`: 2 x activated params
 per token plus attention, x3 for forward + backward) against the peak FLOP/s of a float32
 matmul measured in this process (`trainer.measure_peak_flops`).
 
@@ -26,7 +26,7 @@ from r1jax import sharding
 from r1jax.data import tasks, templates
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.models import config as model_config_lib
-from r1jax.models import presets, transformer
+from r1jax.models import presets, summary, transformer
 from r1jax.rl import config as rl_config
 from r1jax.rl import step, trainer
 from r1jax.train import base, metrics
@@ -78,7 +78,7 @@ def time_train_step(preset: str, peak: float) -> dict[str, float]:
             times.append(time.perf_counter() - start)
     seconds = float(np.median(times))
     tokens = _ROWS.value * (_PROMPT.value + _NEW.value)
-    flops = 3 * trainer.forward_flops(model, _ROWS.value, _PROMPT.value + _NEW.value)
+    flops = 3 * summary.forward_flops(model, _ROWS.value, _PROMPT.value + _NEW.value)
     return {"step_s": seconds, "tokens_per_s": tokens / seconds, "mfu": flops / seconds / peak}
 
 

@@ -69,6 +69,25 @@ def count_params(config: config_lib.ModelConfig) -> dict[str, int]:
     return counts
 
 
+def forward_flops(config: config_lib.ModelConfig, rows: int, length: int) -> float:
+    """Model FLOPs of one forward over rows x length tokens (the MFU numerator's forward part).
+
+    2 * activated params per token (`count_params`) plus the attention score and value
+    products over the full T x T, as computed: 2 * layers * heads * T * (d_qk + d_v) per token.
+
+    Args:
+      config: the model; rows: sequences; length: T, tokens per sequence.
+    Returns:
+      FLOPs of the forward pass (a backward costs about twice as much).
+    """
+    active = count_params(config)["activated"]
+    # MLA's values have their own width; GQA's share head_dim with the keys.
+    v_dim = config.v_head_dim if config.attention_type == "mla" else config.head_dim
+    attention = 2 * config.num_hidden_layers * config.num_attention_heads * length * (
+        config.qk_head_dim + v_dim)
+    return float(rows * length * (2 * active + attention))
+
+
 def format_summary(config: config_lib.ModelConfig) -> str:
     c = count_params(config)
     kv = c["kv_cache_bytes_per_token"]

@@ -11,7 +11,7 @@ data) and compares with the same base trained by large-scale R1-Zero-style RL. H
                 unless `distill.rl.total_steps` is set
 
 Stages run under a manifest in `<workdir>/distill/` exactly like the R1 pipeline's.
-FLOPs are estimates from `rl.trainer.forward_flops` (2 x activated params per token + attention):
+FLOPs are estimates from `models.summary.forward_flops` (2 x activated params per token + attention):
 SFT 3 x forward per step; a GRPO step = sampling (one forward over prompt + completion) +
 3 x forward per pass (mu passes) + 1 forward for the reference when beta > 0.
 """
@@ -23,10 +23,10 @@ import pathlib
 
 import numpy as np
 
+from r1jax.models import summary as model_summary
 from r1jax.r1 import common, data, pipeline
 from r1jax.r1 import manifest as manifest_lib
 from r1jax.rl import config as rl_config
-from r1jax.rl import trainer
 from r1jax.train import base
 
 STAGES = ("student_base", "distill_sft", "distill_rl")
@@ -34,13 +34,13 @@ STAGES = ("student_base", "distill_sft", "distill_rl")
 
 def sft_flops(model_config, section) -> float:
     cfg, _ = common.sft_config(section)
-    return 3.0 * trainer.forward_flops(model_config, cfg.batch_size, cfg.seq_len) * cfg.steps
+    return 3.0 * model_summary.forward_flops(model_config, cfg.batch_size, cfg.seq_len) * cfg.steps
 
 
 def rl_step_flops(model_config, rl: rl_config.ExperimentConfig, prompt_len: int) -> float:
     g = rl.grpo
     rows, length = g.prompts_per_step * g.group_size, prompt_len + rl.sampling.max_new_tokens
-    fwd = trainer.forward_flops(model_config, rows, length)
+    fwd = model_summary.forward_flops(model_config, rows, length)
     return fwd * (1 + 3 * g.num_iterations + (1 if g.beta > 0 else 0))
 
 

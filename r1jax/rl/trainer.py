@@ -91,19 +91,6 @@ def measure_peak_flops(n: int = 1024, repeats: int = 5) -> float:
     return 2.0 * n**3 / best
 
 
-def forward_flops(model_config, rows: int, length: int) -> float:
-    """Model FLOPs of one forward over rows x length tokens: 2 * activated params per token
-    plus the attention score and value products (full T x T, as computed)."""
-    active = summary.count_params(model_config)["activated"]
-    qk = model_config.qk_head_dim if model_config.attention_type == "mla" \
-        else model_config.head_dim
-    v = model_config.v_head_dim if model_config.attention_type == "mla" \
-        else model_config.head_dim
-    attention = (2 * model_config.num_hidden_layers * model_config.num_attention_heads
-                 * length * (qk + v))
-    return float(rows * length * (2 * active + attention))
-
-
 def _truncate_jsonl(path: str, step: int) -> None:
     """Drops records with step > `step` (atomically), as `MetricsWriter.truncate_after`."""
     if jax.process_index() == 0:
@@ -232,7 +219,7 @@ class _Run:
             self.peak_flops = measure_peak_flops()
         rows, p = ro["prompt_tokens"].shape
         length = p + ro["completion_tokens"].shape[1]
-        fwd = forward_flops(self.ctx.model, rows, length)
+        fwd = summary.forward_flops(self.ctx.model, rows, length)
         flops = 3 * fwd * self.config.grpo.num_iterations + (fwd if self.config.grpo.beta else 0)
         sampled = float(np.sum(ro["lengths"]))
         return {"perf/sample_s": timings["sample"], "perf/reward_s": timings["reward"],

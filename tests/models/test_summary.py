@@ -41,6 +41,18 @@ def test_dense_models_activate_everything():
     assert abs(counts["total"] / 494e6 - 1) < 0.01
 
 
+def test_forward_flops_counts_each_attention_types_head_widths():
+    # Per sequence of T tokens: 2 * activated * T + 2 * layers * heads * T^2 * (d_qk + d_v).
+    t = 4096
+    v3 = config_lib.ModelConfig.from_dict(presets.get("deepseek_v3_671b"))
+    attention = summary.forward_flops(v3, 1, t) - 2 * _counts("deepseek_v3_671b")["activated"] * t
+    assert attention == 2 * 61 * 128 * t * t * (128 + 64 + 128)  # MLA: d_h + d_h^R, d_v
+    qwen = config_lib.ModelConfig.from_dict(presets.get("qwen2_5_0_5b"))
+    attention = summary.forward_flops(qwen, 1, t) - 2 * _counts("qwen2_5_0_5b")["activated"] * t
+    assert attention == 2 * 24 * 14 * t * t * (64 + 64)  # GQA: head_dim for keys and values
+    assert summary.forward_flops(qwen, 3, t) == 3 * summary.forward_flops(qwen, 1, t)
+
+
 def test_cli_prints_the_summary():
     result = subprocess.run(
         [sys.executable, "-m", "r1jax.models.summary", "--config=configs/model.py:tiny",
