@@ -1,7 +1,7 @@
 """The R1 pipeline's SFT data: cold-start CoTs, prompt/completion records -> (tokens, weights).
 
 Records are dicts with a templated `prompt` and a `completion` (the rejection-sampling JSONL of
-`r1jax.rl.rejection`, or `cold_start_records`). SFT trains on the completion only: weight 0 on
+`r1jax.r1.rejection`, or `cold_start_records`). SFT trains on the completion only: weight 0 on
 the prompt's tokens, 1 on the completion's and on the EOS that ends it. The prompt and the
 completion are encoded separately and concatenated, which is exactly the token sequence a
 sampler produces when it continues the encoded prompt.
@@ -40,7 +40,7 @@ import numpy as np
 from r1jax.data import pipeline, tasks, templates
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.tasks import preference
-from r1jax.rl import rejection
+from r1jax.r1 import rejection
 from r1jax.train import metrics
 
 

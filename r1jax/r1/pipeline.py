@@ -33,11 +33,10 @@ from r1jax import config_utils
 from r1jax.data import pipeline as data_pipeline
 from r1jax.data import tasks, templates
 from r1jax.models import config as config_lib
-from r1jax.r1 import common, data
+from r1jax.r1 import common, data, rejection
 from r1jax.r1 import manifest as manifest_lib
 from r1jax.rewards import registry
 from r1jax.rewards import reward_model as rm
-from r1jax.rl import rejection
 from r1jax.train import base, pretrain, reward
 from r1jax.train import state as state_lib
 

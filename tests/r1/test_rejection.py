@@ -8,8 +8,8 @@ import pytest
 
 from r1jax.data import templates
 from r1jax.data.tasks import arithmetic, preference
+from r1jax.r1 import rejection
 from r1jax.rewards import format as format_lib
-from r1jax.rl import rejection
 from r1jax.train import base
 
 GOOD = "<think>three plus four is seven</think> <answer>7</answer>"
