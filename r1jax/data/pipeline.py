@@ -11,9 +11,8 @@ replayed. The global stream (source indices, shuffled per epoch, repeated) is de
 to the hosts: with P hosts, host h takes stream positions h, h + P, ..., so the hosts' batches at
 one step partition the global batch of a single-host loader with P times the batch size.
 
-Sources are any random-access Sequence of example dicts: a list (user JSONL), a tfds split
-(`tfds_builders.examples`), or an unlimited generated task (`generated_source`), which needs
-no tfds at all and is read in order (it is random already).
+Sources are any random-access Sequence of example dicts: a list (user JSONL) or an unlimited
+generated task (`generated_source`), which is read in order (it is random already).
 
 Batch keys: `prompt_tokens` int32 [B, P] (P = the longest prompt rounded up to a multiple of
 `bucket`, at most `max_prompt_len`), `prompt_lengths` int32 [B], `prompt_truncated` bool [B],
