@@ -242,7 +242,10 @@ class ExperimentConfig:
     base_dir is this directory (and holds no model yet) do the entry points pretrain the toy
     base into it (None: base_dir must already hold a model); seed: every random stream derives
     from it; total_steps: GRPO steps; mesh: ((axis, size), ...) over data/fsdp/expert/tensor
-    (-1 takes the remaining devices); model_overrides: ModelConfig fields replaced after
+    (-1 takes the remaining devices); num_slices: TPU slices (or GPU hosts) the `data` axis
+    spans (`trainer.make_mesh`: a hybrid mesh when > 1); compilation_cache_dir: JAX's
+    persistent compilation cache directory (None: off), so restarts skip recompiling;
+    model_overrides: ModelConfig fields replaced after
     loading (e.g. remat_policy, dtype); rewards: the weighted reward sum (R1-Zero: accuracy +
     format, Sec. 2.2.2); reward_workers: processes for pooled rewards; checkpoint_every,
     keep_checkpoints, async_checkpoints: orbax checkpointing (metrics are logged every step);
@@ -263,6 +266,8 @@ class ExperimentConfig:
     rewards: registry.Spec = registry.Spec.from_dict({"countdown": 1.0, "format_strict": 1.0})
     reward_workers: int = 2
     mesh: tuple[tuple[str, int], ...] = (("fsdp", -1),)
+    num_slices: int = 1
+    compilation_cache_dir: str | None = None
     model_overrides: tuple[tuple[str, Any], ...] = ()
     checkpoint_every: int = 50
     keep_checkpoints: int = 3
@@ -277,7 +282,7 @@ class ExperimentConfig:
         if not isinstance(self.base_dir, str) or not self.base_dir:
             _fail(s, "base_dir", self.base_dir, "must name a base-model directory")
         _at_least(s, self, 1, "total_steps", "checkpoint_every", "keep_checkpoints",
-                  "reward_workers")
+                  "reward_workers", "num_slices")
         unknown = sorted({axis for axis, _ in self.mesh} - set(sharding.MESH_AXES))
         if unknown:
             _fail(s, "mesh", dict(self.mesh), f"unknown axes {unknown}; use {sharding.MESH_AXES}")

@@ -40,13 +40,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from jax.experimental import mesh_utils
 
 from r1jax import config_utils, distributed, ownership, preemption, sharding
 from r1jax.data import pipeline, tasks, templates
 from r1jax.data.tasks import jsonl
+from r1jax.evals import rollout
 from r1jax.models import summary
 from r1jax.rl import config as rl_config
-from r1jax.rl import grpo, rollout, step
+from r1jax.rl import grpo, step
 from r1jax.train import base, checkpoint, guard, metrics
 
 SAMPLES_NAME = "samples.jsonl"
@@ -65,8 +67,18 @@ NonFiniteError = guard.NonFiniteError
 
 
 def make_mesh(config: rl_config.ExperimentConfig) -> jax.sharding.Mesh:
-    """The configured global mesh; without a -1 axis it uses the first prod(sizes) devices,
-    which with several processes must be all of them (every process drives its devices)."""
+    """The configured global mesh, its devices placed by the hardware topology.
+
+    Without a -1 axis it uses the first prod(sizes) devices, which with several processes must
+    be all of them (every process drives its devices). Devices are ordered by
+    `mesh_utils.create_device_mesh` (on TPU: neighbouring chips along the inner, most
+    communicating axes; elsewhere the plain device order), or with `config.num_slices` > 1 by
+    `create_hybrid_device_mesh`: the `data` axis spans the slices (or hosts, on GPU: one
+    granule per process) over the slow network, every other axis stays inside one. Also turns
+    on the persistent compilation cache when `config.compilation_cache_dir` is set.
+    """
+    if config.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
     shape = dict(config.mesh)
     devices = jax.devices()
     if -1 not in shape.values():
@@ -75,7 +87,25 @@ def make_mesh(config: rl_config.ExperimentConfig) -> jax.sharding.Mesh:
             raise ValueError(f"config.mesh={shape} uses {len(devices)} of the "
                              f"{jax.device_count()} devices of {jax.process_count()} processes;"
                              " a multi-process mesh must use them all (set one axis to -1)")
-    return sharding.make_mesh(shape, devices)
+    sizes = sharding.make_mesh(shape, devices).devices.shape  # validates; resolves -1
+    return sharding.make_mesh(dict(zip(sharding.MESH_AXES, sizes)),
+                              _topology_order(sizes, devices, config.num_slices))
+
+
+def _topology_order(sizes: tuple[int, ...], devices: list, num_slices: int) -> list:
+    """`devices` in the order that `sharding.make_mesh` reshapes into a topology-aware grid."""
+    if num_slices == 1:
+        grid = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+        return list(grid.flat)
+    if sizes[0] % num_slices:
+        raise ValueError(f"config.mesh data={sizes[0]} must be a multiple of "
+                         f"config.num_slices={num_slices} (the data axis spans the slices)")
+    ici = (sizes[0] // num_slices,) + tuple(sizes[1:])
+    dcn = (num_slices,) + (1,) * (len(sizes) - 1)
+    by_process = not hasattr(devices[0], "slice_index")  # GPU hosts: one granule per process
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                                process_is_granule=by_process)
+    return list(grid.flat)
 
 
 def measure_peak_flops(n: int = 1024, repeats: int = 5) -> float:
@@ -231,13 +261,19 @@ class _Run:
 
     def evaluate(self, params, s: int) -> tuple[dict[str, float], list[dict]]:
         e = self.config.eval
-        rng = _stream_key(self.key, _EVAL_SALT, s)
+        rng = eval_key(self.key, s)
         out, samples = rollout.evaluate(
             self.ctx, params, self.eval_batch, rng, num_samples=e.num_samples,
             temperature=e.temperature, top_p=e.top_p, greedy=e.greedy,
             max_new_tokens=e.max_new_tokens or self.config.sampling.max_new_tokens,
             num_logged=e.num_logged_samples)
         return out, [dict(r, step=s) for r in samples]
+
+
+def eval_key(seed_key, step: int) -> jax.Array:
+    """The key of the evaluation at `step`: fold_in(fold_in(seed key, evaluation stream), step);
+    `rl.runs` rebuilds it to reproduce a run's logged `eval/` numbers."""
+    return _stream_key(seed_key, _EVAL_SALT, step)
 
 
 def _stream_key(key, *indices: int) -> jax.Array:
