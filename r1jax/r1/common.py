@@ -13,10 +13,13 @@ from typing import Any
 
 import jax
 import ml_collections
+from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from r1jax import preemption
 from r1jax.data import pipeline, tasks, templates
 from r1jax.evals import evaluate
+from r1jax.models import hf_shards
 from r1jax.r1 import data
 from r1jax.rewards import registry
 from r1jax.rl import trainer
@@ -37,9 +40,22 @@ def sft_config(section) -> tuple[sft.SFTConfig, state_lib.OptimConfig]:
 
 
 def save_model(directory: pathlib.Path, model_config, params, tokenizer_dir) -> pathlib.Path:
-    """Saves a stage's model (kept as is when a killed attempt already finished saving it)."""
+    """Saves a stage's model (kept as is when a killed attempt already finished saving it).
+
+    Every process calls it: `params` may be sharded across processes, so each leaf is gathered
+    alone (`hf_shards.gather`, in the same order everywhere); process 0 keeps the host copies
+    and writes, the others drop theirs and wait for the directory to be complete."""
     if not base.exists(directory):
-        base.save_base(directory, model_config, params, base.tokenizer_files(tokenizer_dir))
+        host = {}
+        for path, leaf in traverse_util.flatten_dict(params).items():
+            value = hf_shards.gather(leaf)
+            if jax.process_index() == 0:
+                host[path] = value
+        if jax.process_index() == 0:
+            base.save_base(directory, model_config, traverse_util.unflatten_dict(host),
+                           base.tokenizer_files(tokenizer_dir))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"save_model {directory}")
     return directory
 
 
@@ -74,7 +90,7 @@ def grpo_stage(stage_dir: pathlib.Path, start_dir, section: ml_collections.Confi
     if summary["preempted"]:
         raise preemption.Preempted(summary["step"], f"GRPO in {run_dir}")
     final = evaluate.load_run(run_dir)
-    save_model(model_dir, final.config, jax.device_get(final.params), start_dir)
+    save_model(model_dir, final.config, final.params, start_dir)
     summary = {"step": summary["step"], "eval": summary["eval"],
                "nonfinite_total": summary.get("nonfinite_total", 0)}
     return model_dir, summary
