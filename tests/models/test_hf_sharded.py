@@ -12,6 +12,8 @@ dequantisation reference.
 import json
 import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -250,4 +252,59 @@ def test_save_from_sharded_and_scanned_trees(checkpoints, tmp_path):
     assert config2 == config
     for path, leaf in flat(params).items():
         assert flat(params2)[path].dtype == leaf.dtype, path
+        np.testing.assert_array_equal(np.asarray(flat(params2)[path]), np.asarray(leaf))
+
+
+# ---------------------------------------------------------------------------------- two processes
+
+_RUNNER = """
+import json, sys
+from r1jax import distributed
+distributed.initialize()  # R1JAX_* environment variables
+import jax
+from r1jax import sharding
+from r1jax.models import hf, hf_shards
+stats = hf_shards.ReadStats()
+config, params = hf.load_hf(sys.argv[1], None, mesh=sharding.make_mesh({"fsdp": 8}),
+                            scan_layers=True, stats=stats)
+assert not params["moe_layers"]["mlp"]["experts"]["up_proj"].is_fully_addressable
+hf.save_hf(config, params, sys.argv[2], max_shard_bytes=100_000)
+print("RESULT " + json.dumps({"slices": stats.slices_read}), flush=True)
+"""
+
+
+def test_two_processes_load_their_slices_and_save(checkpoints, tmp_path):
+    """Two jax.distributed processes of 4 devices each: each reads only its devices' slices
+    (fewer reads than one process driving all 8), and save_hf of the scanned tree sharded
+    across both writes the checkpoint that the unscanned single-process load reads back."""
+    import portpicker
+
+    stats = hf_shards.ReadStats()
+    hf.load_hf(checkpoints["bf16"], None, mesh=sharding.make_mesh({"fsdp": 8}),
+               scan_layers=True, stats=stats)
+    port = portpicker.pick_unused_port()
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", _RUNNER, checkpoints["bf16"], str(tmp_path / "out")],
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+                 JAX_PLATFORMS="cpu", R1JAX_COORDINATOR=f"127.0.0.1:{port}",
+                 R1JAX_NUM_PROCESSES="2", R1JAX_PROCESS_ID=str(i)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=repo) for i in range(2)]
+    outputs = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=300)
+            assert p.returncode == 0, out[-4000:]
+            outputs.append(json.loads(out.split("RESULT ", 1)[1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    slices = [o["slices"] for o in outputs]
+    assert all(s < stats.slices_read for s in slices) and sum(slices) >= stats.slices_read
+    config, params = hf.load_hf(checkpoints["bf16"], None)
+    config2, params2 = hf.load_hf(str(tmp_path / "out"), None)
+    assert config2 == config
+    for path, leaf in flat(params).items():
         np.testing.assert_array_equal(np.asarray(flat(params2)[path]), np.asarray(leaf))
