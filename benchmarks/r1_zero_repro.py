@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from r1jax.evals import report
+from r1jax.rl import report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LIMIT_S = 20 * 60

@@ -21,6 +21,7 @@ from absl import app, flags, logging
 
 from r1jax import ownership
 from r1jax.evals import evaluate
+from r1jax.rl import runs
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "R1-Zero run directory or HF directory.",
                                   required=True)
@@ -46,7 +47,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON result.")
 def _output_path(model: evaluate.Model, prompts: str) -> str:
     if _OUTPUT.value:
         return _OUTPUT.value
-    if model.run is not None:
+    if runs.run_of(model) is not None:
         return os.path.join(_CHECKPOINT.value, "eval", f"{prompts}-step{model.step}.json")
     ownership.claim("eval", "experiments/eval.py results")  # never someone else's eval/
     return os.path.join("eval", f"{os.path.basename(os.path.abspath(_CHECKPOINT.value))}"
@@ -56,8 +57,8 @@ def _output_path(model: evaluate.Model, prompts: str) -> str:
 def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)  # orbax warns that read-only means no saves
-    model = evaluate.load(_CHECKPOINT.value, step_=_STEP.value, template=_TEMPLATE.value)
-    examples, prompts = evaluate.select_examples(
+    model = runs.load(_CHECKPOINT.value, step_=_STEP.value, template=_TEMPLATE.value)
+    examples, prompts = runs.select_examples(
         model, task=_TASK.value, knobs=json.loads(_KNOBS.value) if _KNOBS.value else None,
         split=_SPLIT.value, seed=_TASK_SEED.value, jsonl=_DATA.value, jsonl_format=_FORMAT.value,
         num_prompts=_NUM_PROMPTS.value)
@@ -65,10 +66,10 @@ def main(argv):
     overrides = {"num_samples": _K.value, "temperature": _TEMPERATURE.value, "top_p": _TOP_P.value,
                  "greedy": _GREEDY.value, "max_new_tokens": _MAX_NEW.value,
                  "batch_size": _BATCH.value}
-    settings = evaluate.default_settings(model).replace(
+    settings = runs.default_settings(model).replace(
         **{k: v for k, v in overrides.items() if v is not None})
-    max_prompt_len, bucket = evaluate.prompt_padding(model)
-    result = evaluate.evaluate(model, examples, settings, evaluate.default_key(model, _SEED.value),
+    max_prompt_len, bucket = runs.prompt_padding(model)
+    result = evaluate.evaluate(model, examples, settings, runs.default_key(model, _SEED.value),
                                max_prompt_len=max_prompt_len, bucket=bucket)
     evaluate.write_result(path, result, checkpoint=model.source, prompts=prompts,
                           num_prompts=len(examples), settings=dataclasses.asdict(settings))

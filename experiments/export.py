@@ -11,7 +11,7 @@ that r1jax wrote: a directory it did not create is never replaced).
 
 from absl import app, flags, logging
 
-from r1jax.evals import export
+from r1jax.rl import export
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "R1-Zero / GRPO run directory.",
                                   required=True)

@@ -32,8 +32,7 @@ import jax
 from absl import flags, logging
 
 from r1jax import config_utils, distributed, ownership
-from r1jax.evals import report
-from r1jax.rl import trainer
+from r1jax.rl import report, trainer
 from r1jax.train import base, pretrain
 
 _CONFIG = config_utils.define_config_file("config", "configs/r1_zero.py:tiny")

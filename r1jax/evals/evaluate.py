@@ -1,24 +1,17 @@
-"""Offline evaluation of a checkpoint: pass@1 over k samples, cons@k, greedy accuracy, and more.
+"""Offline evaluation of a policy: pass@1 over k samples, cons@k, greedy accuracy, and more.
 
 DeepSeek-R1 (arXiv:2501.12948), Sec. 3 "Evaluation Setup": k responses per question at
 temperature 0.6 and top-p 0.95; pass@1 = 1/k sum_i p_i; cons@k is the accuracy of the
-majority-vote answer. A checkpoint is either
+majority-vote answer. A `Model` is a policy with its tokenizer, template, rewards and mesh;
+`r1jax.rl.runs` builds one from an R1-Zero run directory or a local HF directory, and knows a
+run's own prompts, settings and sampling key.
 
-  * an R1-Zero run directory (`r1jax.rl.trainer`: config.json + checkpoints/): the policy params
-    of its newest (or a chosen) checkpoint, with the base model's config and tokenizer and the
-    run's template, rewards, mesh and evaluation settings; or
-  * a local Hugging Face directory (`r1jax.models.hf.load_hf` + `HFTokenizer`).
-
-Prompts are a generated task split (name + knobs), a user JSONL file (GSM8K, MATH-500, AIME via
-`r1jax.data.tasks.jsonl`) or, for a run, the run's own held-out evaluation prompts. Sampling and
-scoring are the trainer's (`r1jax.rl.rollout.sample` / `score`), so every number means what the
-run's `eval/` metrics mean; answers for the vote are read by `templates.extract_answer`, the
-reader the accuracy rewards use.
-
-Reproducing a run: with the run's prompts in one batch of the run's `eval.num_prompts`, its mesh
-and the key the trainer used at that step (fold_in(fold_in(seed key, eval stream), step)), the
-greedy accuracy and pass@1 equal the values the run logged at the checkpoint's step. Batch b > 0
-of a multi-batch evaluation samples with fold_in(key, b); batch 0 with the key itself.
+Prompts are a generated task split (name + knobs) or a user JSONL file (GSM8K, MATH-500, AIME
+via `r1jax.data.tasks.jsonl`). Sampling, scoring and the shared metrics are the trainer's
+(`rollout.sample` / `score` / `eval_metrics`), so every number means what a run's `eval/`
+metrics mean; answers for the vote are read by `templates.extract_answer`, the reader the
+accuracy rewards use. Batch b > 0 of a multi-batch evaluation samples with fold_in(key, b);
+batch 0 with the key itself.
 """
 
 from __future__ import annotations
@@ -32,18 +25,13 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import tqdm
 
 from r1jax.data import pipeline, tasks, templates
 from r1jax.data import tokenizer as tokenizer_lib
-from r1jax.evals import passk
+from r1jax.evals import passk, rollout
 from r1jax.models import config as config_lib
-from r1jax.models import hf, transformer
 from r1jax.rewards import registry
-from r1jax.rl import config as rl_config
-from r1jax.rl import rollout, step, trainer
-from r1jax.train import base, checkpoint
 
 #: Rewards for prompts that lack the fields of a run's own rewards (and for HF checkpoints):
 #: the task-dispatching accuracy checker (countdown, code tests, else math) plus strict format.
@@ -78,8 +66,7 @@ class Settings:
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A policy ready to evaluate. `run` (the run's ExperimentConfig), `step` and `seed_key`
-    are set for R1-Zero runs and None for HF checkpoints."""
+    """A policy ready to evaluate (`rl.runs.RunModel` adds a run's config, step and key)."""
 
     config: config_lib.ModelConfig
     params: Any
@@ -88,104 +75,6 @@ class Model:
     rewards: registry.Spec
     mesh: jax.sharding.Mesh | None
     source: str
-    run: rl_config.ExperimentConfig | None = None
-    step: int | None = None
-    seed_key: np.ndarray | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading checkpoints
-# ---------------------------------------------------------------------------------------------
-
-
-def is_run_dir(path: str | os.PathLike) -> bool:
-    """True for an r1jax GRPO run directory (config.json with a `grpo` section + checkpoints/)."""
-    path = pathlib.Path(path)
-    if not (path / "config.json").is_file() or not (path / "checkpoints").is_dir():
-        return False
-    return "grpo" in json.loads((path / "config.json").read_text())
-
-
-def run_config(workdir: str | os.PathLike) -> rl_config.ExperimentConfig:
-    """The run's ExperimentConfig, rebuilt from the config.json the trainer wrote."""
-    values = json.loads((pathlib.Path(workdir) / "config.json").read_text())
-    spec = values.pop("rewards")
-    values["rewards"] = dict(spec["weights"])
-    values["reward_options"] = {name: dict(opts) for name, opts in spec["options"]}
-    values["reward_routes"] = {task: list(names) for task, names in spec.get("routes", ())}
-    values["data"]["task_knobs"] = dict(values["data"]["task_knobs"])
-    values["mesh"] = dict(values["mesh"])
-    values["model_overrides"] = dict(values["model_overrides"])
-    return rl_config.from_config_dict(values)
-
-
-def _restore_state(directory: str, abstract_state, step_: int | None):
-    """(state, step) from a checkpoint directory, opened read-only: an evaluation never
-    deletes or renames anything there, even while the run is still writing to it. Only the
-    leaves of `abstract_state` are read (a partial restore: no optimizer state or reference)."""
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    with ocp.CheckpointManager(directory, options=options, item_names=("state", "meta")) as mgr:
-        step_ = mgr.latest_step() if step_ is None else step_
-        if step_ is None or step_ not in mgr.all_steps():
-            raise FileNotFoundError(f"{directory}: no checkpoint for step {step_} "
-                                    f"(have {sorted(mgr.all_steps())})")
-        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
-        args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=abstract_state, restore_args=restore_args, partial_restore=True))
-        return mgr.restore(step_, args=args).state, step_
-
-
-def load_run(workdir: str | os.PathLike, step_: int | None = None) -> Model:
-    """The policy of an R1-Zero run at its newest checkpoint (or `step_`), placed on the run's
-    mesh exactly as the trainer held it."""
-    workdir = os.path.abspath(workdir)
-    config = run_config(workdir)
-    # An r1jax base or an HF checkpoint (its stored dtype, as the trainer loaded it).
-    model_config = base.load_config(config.base_dir)
-    if config.model_overrides:
-        model_config = model_config.replace(**dict(config.model_overrides))
-    step_config = step.StepConfig(model_config, config.grpo, config.optim,
-                                  config.sampling.temperature, config.sampling.max_new_tokens)
-    mesh = trainer.make_mesh(config)
-    shapes = jax.eval_shape(lambda p: step.init_state(p, step_config, config.seed),
-                            transformer.abstract_params(model_config))
-    abstract = checkpoint.abstract_tree(shapes, step.state_shardings(step_config, mesh))
-    abstract = {"params": abstract["params"], "rng": abstract["rng"]}
-    state, restored_step = _restore_state(os.path.join(workdir, "checkpoints"), abstract, step_)
-    return Model(model_config, state["params"], base.load_tokenizer(config.base_dir, model_config),
-                 templates.get(config.data.template), config.rewards, mesh,
-                 source=f"{workdir}@{restored_step}", run=config, step=restored_step,
-                 seed_key=np.asarray(jax.device_get(state["rng"])))
-
-
-def load_hf_dir(path: str | os.PathLike, template: str = "r1_zero") -> Model:
-    """A local HF checkpoint (config.json + safetensors + tokenizer.json) on one device, in its
-    stored dtype."""
-    path = os.path.abspath(path)
-    model_config = hf.load_hf_config(path)
-    tok = base.load_tokenizer(path, model_config)  # checked before the weights are read
-    _, params = hf.load_hf(path, dtype=model_config.param_dtype)
-    return Model(model_config, params, tok, templates.get(template),
-                 DEFAULT_REWARDS, mesh=None, source=path)
-
-
-def load(path: str | os.PathLike, *, step_: int | None = None,
-         template: str = "r1_zero") -> Model:
-    """A run directory (`load_run`) or an HF directory (`load_hf_dir`), told apart by their
-    files; `template` applies to HF checkpoints only (a run keeps its own)."""
-    if is_run_dir(path):
-        return load_run(path, step_)
-    if (pathlib.Path(path) / hf.CONFIG_FILE).is_file():
-        return load_hf_dir(path, template)
-    raise ValueError(f"{path}: neither an r1jax run directory (config.json + checkpoints/) nor "
-                     "a Hugging Face checkpoint directory (config.json + safetensors)")
-
-
-def run_eval_key(model: Model) -> jax.Array:
-    """The key the trainer sampled its evaluation with at the checkpoint's step:
-    fold_in(fold_in(seed key, the trainer's evaluation stream), step)."""
-    key = jax.random.fold_in(jax.numpy.asarray(model.seed_key), trainer._EVAL_SALT)
-    return jax.random.fold_in(key, model.step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,18 +96,6 @@ def jsonl_examples(path: str | os.PathLike, fmt: str, num: int | None = None,
     return examples[:num] if num else examples
 
 
-def run_examples(config: rl_config.ExperimentConfig) -> list[dict[str, Any]]:
-    """The run's held-out evaluation prompts (what the trainer's `eval/` metrics used): its
-    test JSONL (else its train JSONL's test split) when it trained on user data."""
-    d = config.data
-    if d.train_jsonl is not None:
-        path = d.test_jsonl or d.train_jsonl
-        examples = tasks.jsonl.load(path, d.jsonl_format, on_error=d.jsonl_on_error,
-                                    split="test").examples
-        return examples[:config.eval.num_prompts]
-    return generated_examples(d.task, dict(d.task_knobs), "test", d.seed, config.eval.num_prompts)
-
-
 def prompt_batches(examples: Sequence[dict], model: Model, batch_size: int,
                    max_prompt_len: int = 512, bucket: int = 32) -> list[dict[str, Any]]:
     """Pipeline batches of at most `batch_size` prompts, in order, the last one possibly
@@ -232,60 +109,6 @@ def prompt_batches(examples: Sequence[dict], model: Model, batch_size: int,
                                         cfg, process_index=0, process_count=1)
         batches.append(loader.batch(0))
     return batches
-
-
-def select_examples(model: Model, *, task: str | None = None, knobs: dict | None = None,
-                    split: str = "test", seed: int | None = None, jsonl: str | None = None,
-                    jsonl_format: str = "math",
-                    num_prompts: int | None = None) -> tuple[list[dict[str, Any]], str]:
-    """The prompts to evaluate and a short name for them.
-
-    Precedence: a JSONL file; else a generated task (for a run, its own knobs and data seed
-    when it is the run's task); else, for a run, its held-out evaluation prompts.
-    """
-    if jsonl:
-        return jsonl_examples(jsonl, jsonl_format, num_prompts), pathlib.Path(jsonl).stem
-    run = model.run
-    if task is None and run is not None:
-        config = run if num_prompts is None else dataclasses.replace(
-            run, eval=dataclasses.replace(run.eval, num_prompts=num_prompts))
-        d = run.data
-        name = pathlib.Path(d.test_jsonl or d.train_jsonl).stem if d.train_jsonl else d.task
-        return run_examples(config), f"{name}-heldout"
-    if task is None:
-        raise ValueError("an HF checkpoint needs prompts: pass a task or a JSONL file")
-    same_task = run is not None and run.data.task == task
-    if knobs is None:
-        knobs = dict(run.data.task_knobs) if same_task else {}
-    if seed is None:
-        seed = run.data.seed if same_task else 0
-    return generated_examples(task, knobs, split, seed, num_prompts or 64), f"{task}-{split}"
-
-
-def default_settings(model: Model) -> Settings:
-    """A run's own evaluation settings (all its held-out prompts in one batch, as the trainer
-    sampled them); the paper's for an HF checkpoint."""
-    if model.run is None:
-        return Settings()
-    e, s = model.run.eval, model.run.sampling
-    return Settings(num_samples=e.num_samples, temperature=e.temperature, top_p=e.top_p,
-                    greedy=e.greedy, max_new_tokens=e.max_new_tokens or s.max_new_tokens,
-                    batch_size=e.num_prompts)
-
-
-def default_key(model: Model, seed: int | None) -> jax.Array:
-    """PRNGKey(seed) when given; else the run's evaluation key at its step (`run_eval_key`),
-    or PRNGKey(0) for an HF checkpoint."""
-    if seed is not None:
-        return jax.random.PRNGKey(seed)
-    return run_eval_key(model) if model.run is not None else jax.random.PRNGKey(0)
-
-
-def prompt_padding(model: Model) -> tuple[int, int]:
-    """(max_prompt_len, bucket): the run's data settings, else 1024 and 32."""
-    if model.run is None:
-        return 1024, 32
-    return model.run.data.max_prompt_len, model.run.data.bucket
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,24 +207,16 @@ def sample_and_score(ctx: rollout.Context, params, batches: Sequence[dict], rng,
 
 def compute_metrics(sampled: dict[str, Any], greedy: dict[str, Any] | None,
                     k: int) -> dict[str, float]:
-    """The evaluation metrics, named and computed as the trainer's `eval/` metrics (plus cons@k
-    and language consistency), from `sample_and_score`'s output."""
-    correct_nk = sampled["accuracy"].reshape(-1, k)
+    """The trainer's evaluation metrics (`rollout.eval_metrics`, without the `eval/` prefix)
+    plus cons@k and language consistency, from `sample_and_score`'s output."""
+    metrics = rollout.eval_metrics(sampled, greedy, k)
     answers_nk = [sampled["answers"][i:i + k] for i in range(0, len(sampled["answers"]), k)]
-    metrics = {
-        "pass@1": passk.pass_at_1_mean(correct_nk),
-        f"pass@{k}": float(np.mean(passk.pass_at_k(k, correct_nk.sum(1), k))),
-        f"cons@{k}": cons_at_k(answers_nk, correct_nk),
-        "lenient_accuracy": float(np.mean(sampled["lenient_accuracy"])),
-        "format_rate": float(np.mean(sampled["format"])),
-        "language_consistency": float(np.mean(sampled["language"])),
-        "response_length": float(np.mean(sampled["lengths"])),
-        "reward": float(np.mean(sampled["rewards"])),
-    }
-    if greedy is not None:
-        metrics["greedy_accuracy"] = float(np.mean(greedy["accuracy"]))
-        metrics["greedy_lenient_accuracy"] = float(np.mean(greedy["lenient_accuracy"]))
-    return metrics
+    metrics[f"cons@{k}"] = cons_at_k(answers_nk, sampled["accuracy"].reshape(-1, k))
+    metrics["language_consistency"] = float(np.mean(sampled["language"]))
+    # The report's order: pass@k, vote, then the per-sample rates.
+    first = ("pass@1", f"pass@{k}", f"cons@{k}", "lenient_accuracy", "format_rate",
+             "language_consistency")
+    return {name: metrics[name] for name in first} | metrics
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from r1jax.evals import evaluate
 from r1jax.models import hf_shards
 from r1jax.r1 import data
 from r1jax.rewards import registry
-from r1jax.rl import trainer
+from r1jax.rl import runs, trainer
 from r1jax.train import base, sft
 from r1jax.train import state as state_lib
 
@@ -89,7 +89,7 @@ def grpo_stage(stage_dir: pathlib.Path, start_dir, section: ml_collections.Confi
     summary = trainer.train(section, str(run_dir))
     if summary["preempted"]:
         raise preemption.Preempted(summary["step"], f"GRPO in {run_dir}")
-    final = evaluate.load_run(run_dir)
+    final = runs.load_run(run_dir)
     save_model(model_dir, final.config, final.params, start_dir)
     summary = {"step": summary["step"], "eval": summary["eval"],
                "nonfinite_total": summary.get("nonfinite_total", 0)}

@@ -43,12 +43,12 @@ import tqdm
 
 from r1jax.data import pipeline, templates
 from r1jax.data import tokenizer as tokenizer_lib
+from r1jax.evals import rollout
 from r1jax.models import config as config_lib
 from r1jax.rewards import format as format_lib
 from r1jax.rewards import language as language_lib
 from r1jax.rewards import pool as pool_lib
 from r1jax.rewards import registry
-from r1jax.rl import rollout
 from r1jax.train import metrics
 
 FILTERS = ("overlong", "format", "language", "incorrect", "duplicate")

@@ -19,6 +19,7 @@ from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.evals import evaluate
 from r1jax.models import config as model_config_lib
 from r1jax.models import transformer
+from r1jax.rl import runs
 from r1jax.train import base, metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -110,12 +111,12 @@ def hf_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("hf_qwen2")
     shutil.copytree(REPO / "tests/fixtures/hf/qwen2", path, dirs_exist_ok=True)
     word_tokenizer(path, 96)
-    return evaluate.load(path)
+    return runs.load(path)
 
 
 def test_generated_prompts_batch_like_the_trainer(hf_model):
     knobs = {"min_digits": 1, "max_digits": 2}
-    examples, name = evaluate.select_examples(hf_model, task="arithmetic", knobs=knobs,
+    examples, name = runs.select_examples(hf_model, task="arithmetic", knobs=knobs,
                                               num_prompts=5)
     assert name == "arithmetic-test" and len(examples) == 5
     batches = evaluate.prompt_batches(examples, hf_model, batch_size=2, max_prompt_len=256)
@@ -128,14 +129,14 @@ def test_generated_prompts_batch_like_the_trainer(hf_model):
     np.testing.assert_array_equal(ours["prompt_tokens"], loader.batch(0)["prompt_tokens"])
     assert ours["question"] == loader.batch(0)["question"]
     with pytest.raises(ValueError, match="needs prompts"):
-        evaluate.select_examples(hf_model)
+        runs.select_examples(hf_model)
 
 
 def test_hf_directory_end_to_end_on_jsonl(hf_model, tmp_path):
     data = tmp_path / "gsm8k.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {i} + 1 ?",
                                         "answer": f"so #### {i + 1}"}) + "\n" for i in range(3)))
-    examples, name = evaluate.select_examples(hf_model, jsonl=str(data), jsonl_format="gsm8k")
+    examples, name = runs.select_examples(hf_model, jsonl=str(data), jsonl_format="gsm8k")
     assert name == "gsm8k" and [e["answer"] for e in examples] == ["1", "2", "3"]
     settings = evaluate.Settings(num_samples=2, max_new_tokens=4, batch_size=2)
     assert evaluate.rewards_for(hf_model, examples) == evaluate.DEFAULT_REWARDS
@@ -153,7 +154,7 @@ def test_hf_directory_end_to_end_on_jsonl(hf_model, tmp_path):
 
 def test_load_names_what_it_cannot_read(tmp_path):
     with pytest.raises(ValueError, match="neither an r1jax run directory"):
-        evaluate.load(tmp_path)
+        runs.load(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from r1jax import ownership
-from r1jax.evals import evaluate, export
 from r1jax.models import hf, transformer
+from r1jax.rl import export, runs
 from r1jax.train import base
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ def test_export_reloads_with_the_trained_logits(trained):
     hf_config = json.loads((out / "config.json").read_text())
     assert hf_config["eos_token_id"] == 0 and hf_config["bos_token_id"] is None
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 0
-    model = evaluate.load_run(trained / "run")
+    model = runs.load_run(trained / "run")
     config, params = hf.load_hf(str(out), dtype=None)
     assert config.param_dtype == "float32" and config.vocab_size == model.config.vocab_size
     tokens = jnp.asarray([model.tokenizer.encode("Tom has 3 apples and buys 5 more.")])

@@ -21,10 +21,10 @@ import pytest
 from conftest import config_preset, small_model
 
 from r1jax import sharding
-from r1jax.evals import evaluate
+from r1jax.evals import rollout
 from r1jax.models import transformer
 from r1jax.rl import config as rl_config
-from r1jax.rl import rollout, step
+from r1jax.rl import runs, step
 from r1jax.train import base, checkpoint, metrics
 from r1jax.train import state as state_lib
 
@@ -397,7 +397,7 @@ def run_to_end(process, timeout=600):
 
 def restore_all_checkpoints(workdir):
     """{step: state} of every checkpoint of a run, each verified (checksums and finiteness)."""
-    config = evaluate.run_config(workdir)
+    config = runs.run_config(workdir)
     model = base.load_config(config.base_dir)
     step_config = step.StepConfig(model, config.grpo, config.optim, config.sampling.temperature,
                                   config.sampling.max_new_tokens)

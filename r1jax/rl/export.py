@@ -18,9 +18,9 @@ import pathlib
 
 import jax
 
-from r1jax.evals import evaluate
 from r1jax.models import config as config_lib
 from r1jax.models import hf
+from r1jax.rl import runs
 from r1jax.train import base
 
 
@@ -44,7 +44,7 @@ def export_run(run_dir: str | os.PathLike, output: str | os.PathLike, *, step: i
       The absolute output directory.
     """
     output = pathlib.Path(output).absolute()
-    model = evaluate.load_run(pathlib.Path(run_dir).absolute(), step)
+    model = runs.load_run(pathlib.Path(run_dir).absolute(), step)
     params, model_config = jax.device_get(model.params), model.config
     if dtype is not None:
         if dtype not in config_lib.DTYPES:

@@ -1,4 +1,7 @@
-"""Rollouts for GRPO: sample G completions per prompt, score them, fill the batch, evaluate.
+"""Rollouts: sample G completions per prompt, score them, fill the batch, evaluate.
+
+Shared by the RL trainer (`r1jax.rl.trainer`: its rollouts and its `eval/` metrics) and the
+offline evaluation (`r1jax.evals.evaluate`), so a metric means the same in both.
 
 DeepSeek-R1 (arXiv:2501.12948), Sec. 2.2: for each question the old policy samples a group of
 G outputs, which rule-based rewards score (accuracy + format for R1-Zero, Sec. 2.2.2). A
@@ -249,34 +252,53 @@ def rollout_metrics(rollout: Rollout, max_new_tokens: int) -> dict[str, float]:
     return metrics
 
 
+def eval_metrics(sampled: Rollout, greedy: Rollout | None, k: int) -> dict[str, float]:
+    """The evaluation metrics of k sampled (and, optionally, one greedy) completions per prompt.
+
+    The one place they are computed: the trainer logs them under `eval/`, `evals.evaluate`
+    adds cons@k and language consistency.
+
+    Args:
+      sampled: a scored rollout of [num_prompts * k] rows, a prompt's k samples consecutive.
+      greedy: a scored rollout of [num_prompts] temperature-0 rows, or None.
+      k: samples per prompt.
+    Returns:
+      pass@1 (R1 Sec. 3: mean over the k samples), pass@k, lenient_accuracy, format_rate,
+      response_length, reward; with `greedy`, greedy_accuracy and greedy_lenient_accuracy.
+    """
+    correct_nk = np.asarray(sampled["accuracy"]).reshape(-1, k)
+    metrics = {
+        "pass@1": passk.pass_at_1_mean(correct_nk),
+        f"pass@{k}": float(np.mean(passk.pass_at_k(k, correct_nk.sum(1), k))),
+        "lenient_accuracy": float(np.mean(sampled["lenient_accuracy"])),
+        "format_rate": float(np.mean(sampled["format"])),
+        "response_length": float(np.mean(sampled["lengths"])),
+        "reward": float(np.mean(sampled["rewards"])),
+    }
+    if greedy is not None:
+        metrics["greedy_accuracy"] = float(np.mean(greedy["accuracy"]))
+        metrics["greedy_lenient_accuracy"] = float(np.mean(greedy["lenient_accuracy"]))
+    return metrics
+
+
 def evaluate(ctx: Context, params, batch, rng, *, num_samples: int, temperature: float,
              top_p: float | None, greedy: bool, max_new_tokens: int,
              num_logged: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """pass@1 over `num_samples` samples (R1 paper Sec. 3: temperature 0.6, top-p 0.95),
-    greedy accuracy, format rate and mean length on a held-out prompt batch.
+    greedy accuracy, format rate and mean length on a held-out prompt batch (`eval_metrics`).
 
     Returns (metrics with an `eval/` prefix, the first `num_logged` sampled completions).
     """
     sampled = score_across_hosts(ctx, sample(
         ctx, params, batch, rng, num_samples=num_samples, max_new_tokens=max_new_tokens,
         temperature=temperature, top_p=top_p))
-    correct_nk = sampled["accuracy"].reshape(-1, num_samples)
-    metrics = {
-        "eval/pass@1": passk.pass_at_1_mean(correct_nk),
-        f"eval/pass@{num_samples}": float(np.mean(passk.pass_at_k(num_samples,
-                                                                    correct_nk.sum(1), num_samples))),
-        "eval/lenient_accuracy": float(np.mean(sampled["lenient_accuracy"])),
-        "eval/format_rate": float(np.mean(sampled["format"])),
-        "eval/response_length": float(np.mean(sampled["lengths"])),
-        "eval/reward": float(np.mean(sampled["rewards"])),
-    }
+    greedy_rollout = None
     if greedy:
         greedy_rollout = score_across_hosts(ctx, sample(
             ctx, params, batch, rng, num_samples=1, max_new_tokens=max_new_tokens,
             temperature=0.0))
-        metrics["eval/greedy_accuracy"] = float(np.mean(greedy_rollout["accuracy"]))
-        metrics["eval/greedy_lenient_accuracy"] = float(
-            np.mean(greedy_rollout["lenient_accuracy"]))
+    metrics = {f"eval/{name}": value
+               for name, value in eval_metrics(sampled, greedy_rollout, num_samples).items()}
     logged = [{"prompt": sampled["prompts"][i], "completion": sampled["texts"][i],
                "reward": float(sampled["rewards"][i]), "correct": bool(sampled["accuracy"][i]),
                "length": int(sampled["lengths"][i])}

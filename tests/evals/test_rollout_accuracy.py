@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from r1jax.data import templates
+from r1jax.evals import rollout
 from r1jax.rewards import length, registry
 from r1jax.rewards import pool as pool_lib
-from r1jax.rl import rollout
 
 NAME = "test_says_correct"
 # Both are well-formed R1-Zero answers of 7, so a math or numeric checker (or the generic
