@@ -20,7 +20,7 @@ from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from r1jax import ownership
-from r1jax.models import hf, transformer
+from r1jax.models import hf, hf_config, transformer
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "hf")
 FAMILIES = ("deepseek_v3", "qwen2", "llama")
@@ -183,7 +183,7 @@ def test_checkpoint_dtype_is_kept_when_asked(tmp_path):
 def test_save_rejects_unrepresentable_config():
     config, params = loaded("qwen2")
     with pytest.raises(ValueError, match="rope_interleave"):
-        hf.config_to_hf(config.replace(rope_interleave=True))
+        hf_config.config_to_hf(config.replace(rope_interleave=True))
 
 
 # ------------------------------------------------------------------------------------ hostile input

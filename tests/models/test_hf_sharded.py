@@ -295,7 +295,7 @@ def test_two_processes_load_their_slices_and_save(checkpoints, tmp_path):
         for p in procs:
             out, _ = p.communicate(timeout=300)
             assert p.returncode == 0, out[-4000:]
-            outputs.append(json.loads(out.split("RESULT ", 1)[1]))
+            outputs.append(json.loads(out.split("RESULT ", 1)[1].splitlines()[0]))
     finally:
         for p in procs:
             if p.poll() is None:
