@@ -340,12 +340,14 @@ def load_hf(path: str, dtype: Any = jnp.float32, *, mesh: jax.sharding.Mesh | No
         raise ValueError(f"{path}: unexpected tensor(s) {extra[:5]}{' ...' if len(extra) > 5 else ''}"
                          f" ({len(extra)} in all) that this config does not use")
     params = {}
-    for leaf_path, leaf in abstract.items():
-        keep_f32 = leaf_path[-1] == moe.BIAS  # The balancing bias stays float32 (moe.Router).
-        params[leaf_path] = hf_shards.build(reader, layouts[leaf_path], leaf.shape,
-                                           jnp.float32 if keep_f32 else jnp.dtype(dtype),
-                                           targets[leaf_path])
-    reader.close()
+    try:
+        for leaf_path, leaf in abstract.items():
+            keep_f32 = leaf_path[-1] == moe.BIAS  # The balancing bias stays float32 (moe.Router).
+            params[leaf_path] = hf_shards.build(reader, layouts[leaf_path], leaf.shape,
+                                               jnp.float32 if keep_f32 else jnp.dtype(dtype),
+                                               targets[leaf_path])
+    finally:
+        reader.close()
     return config, traverse_util.unflatten_dict(params)
 
 

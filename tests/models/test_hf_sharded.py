@@ -187,7 +187,10 @@ def test_sharded_load_matches_single_device(checkpoints, key, mesh_shape):
     """8-device loads: float32 params equal the single-device load bit for bit; bf16 logits
     equal its float32 logits within bf16 rounding; no parameter is whole on any device; the
     reader never held more than one parameter plus one block on the host."""
-    config32, ref = hf.load_hf(checkpoints[key], jnp.float32)
+    whole = hf_shards.ReadStats()
+    config32, ref = hf.load_hf(checkpoints[key], jnp.float32, stats=whole)
+    # On one device each block is a whole parameter: the measure sees it (the mesh's must not).
+    assert whole.largest_buffer_bytes == max(a.size for a in flat(ref).values()) * 4
     ref_logits = forward(config32, ref, TOKENS)
     mesh = sharding.make_mesh(mesh_shape)
     _, sharded32 = hf.load_hf(checkpoints[key], jnp.float32, mesh=mesh)
