@@ -227,7 +227,12 @@ def test_truncated_safetensors(tmp_path):
     (lambda c: c["rope_parameters"].update(rope_type="dynamic"), r"rope_parameters\.'rope_type'"),
     (lambda c: c.update(n_group="4"), "'n_group' must be int"),
     (lambda c: c.update(scoring_func="softmax"), "'scoring_func'"),
-    (lambda c: c.update(quantization_config={"quant_method": "fp8"}), "quantization_config"),
+    (lambda c: c.update(quantization_config={"quant_method": "fp8"}),
+     r"quantization_config\.'weight_block_size' is missing"),
+    (lambda c: c.update(quantization_config={"quant_method": "fp8", "weight_block_size": [128]}),
+     r"quantization_config\.'weight_block_size' must be two positive integers"),
+    (lambda c: c.update(quantization_config={"quant_method": "awq"}),
+     r"quantization_config\.'quant_method' = 'awq' is not supported"),
     (lambda c: c.update(topk_group=8), "topk_group"),
 ])
 def test_bad_config(tmp_path, edit, match):
