@@ -109,3 +109,59 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """Sharding constraint by logical names; a no-op when no mesh is set."""
     return nn.with_logical_constraint(x, tuple(logical_axes), rules=RULES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter and optimizer-state shardings: the one helper every trainer, sampler and scorer uses.
+
+
+def boxed_shardings(boxed, mesh: Mesh):
+    """Shardings of a parameter tree whose leaves carry logical-axis boxes.
+
+    Args:
+      boxed: the tree of `jax.eval_shape` of a linen `init` (leaves `nn.LogicallyPartitioned`
+        around ShapeDtypeStructs); nothing is allocated.
+      mesh: the device mesh (a concrete or an abstract one).
+    Returns:
+      (abstract, shardings): the unboxed tree as ShapeDtypeStructs that carry their sharding,
+      and the same tree of NamedShardings.
+    """
+    shardings = logical_shardings(nn.get_partition_spec(boxed), mesh)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            nn.unbox(boxed), shardings)
+    return abstract, shardings
+
+
+def _dict_keys(path) -> tuple[str, ...]:
+    return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def like_params(tree, params_abstract, mesh: Mesh):
+    """Shardings for a pytree whose array leaves are parameters or follow one.
+
+    The one rule: a leaf whose dict-key path ends with a parameter's path and whose shape is
+    that parameter's shape takes the parameter's sharding (Adam's mu and nu, a reference copy,
+    a gradient accumulator); every other leaf (step, counts, RNG keys, a factored statistic of
+    another shape) is replicated on `mesh`.
+
+    Args:
+      tree: a pytree of arrays or ShapeDtypeStructs (e.g. `jax.eval_shape` of `optimizer.init`).
+      params_abstract: the parameter tree as ShapeDtypeStructs with shardings (`boxed_shardings`).
+      mesh: the mesh whose replicated sharding the other leaves get.
+    Returns:
+      A pytree of NamedShardings with `tree`'s structure.
+    """
+    by_path = {_dict_keys(path): leaf for path, leaf in
+               jax.tree_util.tree_flatten_with_path(params_abstract)[0]}
+    depth = max(map(len, by_path), default=0)
+    replicated_sharding = replicated(mesh)
+
+    def pick(path, leaf):
+        keys = _dict_keys(path)
+        for n in range(min(depth, len(keys)), 0, -1):  # the longest matching suffix wins
+            param = by_path.get(keys[-n:])
+            if param is not None and tuple(param.shape) == tuple(getattr(leaf, "shape", ())):
+                return param.sharding
+        return replicated_sharding
+
+    return jax.tree_util.tree_map_with_path(pick, tree)

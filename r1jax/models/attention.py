@@ -98,6 +98,13 @@ def masked_softmax(logits_bhts: jax.Array, mask_bts: jax.Array, scale: float) ->
     return jax.nn.softmax(logits_bhts, axis=-1)
 
 
+def _scores(subscripts: str, q: jax.Array, k: jax.Array,
+            config: config_lib.ModelConfig) -> jax.Array:
+    """Attention logits q . k, summed in accum_dtype and kept in float32 for the softmax (with
+    accum_dtype bfloat16 they are rounded to bf16 first, the pre-policy numerics)."""
+    return layers.matmul(subscripts, q, k, config, jnp.float32)
+
+
 def _split_kv_b(w_kv_b: jax.Array, config: config_lib.ModelConfig) -> tuple[jax.Array, jax.Array]:
     """kv_b_proj kernel [d_c, H * (d_h + d_v)] -> W^UK [d_c, H, d_h], W^UV [d_c, H, d_v]."""
     w_khx = w_kv_b.reshape(config.kv_lora_rank, config.num_attention_heads, -1)
@@ -110,13 +117,13 @@ def mla_naive(q_nope_bthn, q_rope_bthr, latent_bsk, k_rope_bsr, w_kv_b, mask_bts
 
     Returns the per-head outputs o_bthv [B, T, H, d_v]."""
     w_uk_khn, w_uv_khv = _split_kv_b(w_kv_b, config)
-    k_nope_bshn = jnp.einsum("bsk,khn->bshn", latent_bsk, w_uk_khn)
-    v_bshv = jnp.einsum("bsk,khv->bshv", latent_bsk, w_uv_khv)
-    logits_bhts = (jnp.einsum("bthn,bshn->bhts", q_nope_bthn, k_nope_bshn)
-                   + jnp.einsum("bthr,bsr->bhts", q_rope_bthr, k_rope_bsr))
+    k_nope_bshn = layers.matmul("bsk,khn->bshn", latent_bsk, w_uk_khn, config)
+    v_bshv = layers.matmul("bsk,khv->bshv", latent_bsk, w_uv_khv, config)
+    logits_bhts = (_scores("bthn,bshn->bhts", q_nope_bthn, k_nope_bshn, config)
+                   + _scores("bthr,bsr->bhts", q_rope_bthr, k_rope_bsr, config))
     logits_bhts = sharding.constrain(logits_bhts, _LOGIT_AXES)
     probs_bhts = masked_softmax(logits_bhts, mask_bts, layers.softmax_scale(config))
-    return jnp.einsum("bhts,bshv->bthv", probs_bhts.astype(v_bshv.dtype), v_bshv)
+    return layers.matmul("bhts,bshv->bthv", probs_bhts.astype(v_bshv.dtype), v_bshv, config)
 
 
 def mla_absorbed(q_nope_bthn, q_rope_bthr, latent_bsk, k_rope_bsr, w_kv_b, mask_bts,
@@ -126,13 +133,14 @@ def mla_absorbed(q_nope_bthn, q_rope_bthr, latent_bsk, k_rope_bsr, w_kv_b, mask_
 
     Same signature and result as `mla_naive`."""
     w_uk_khn, w_uv_khv = _split_kv_b(w_kv_b, config)
-    q_latent_bthk = jnp.einsum("bthn,khn->bthk", q_nope_bthn, w_uk_khn)
-    logits_bhts = (jnp.einsum("bthk,bsk->bhts", q_latent_bthk, latent_bsk)
-                   + jnp.einsum("bthr,bsr->bhts", q_rope_bthr, k_rope_bsr))
+    q_latent_bthk = layers.matmul("bthn,khn->bthk", q_nope_bthn, w_uk_khn, config)
+    logits_bhts = (_scores("bthk,bsk->bhts", q_latent_bthk, latent_bsk, config)
+                   + _scores("bthr,bsr->bhts", q_rope_bthr, k_rope_bsr, config))
     logits_bhts = sharding.constrain(logits_bhts, _LOGIT_AXES)
     probs_bhts = masked_softmax(logits_bhts, mask_bts, layers.softmax_scale(config))
-    o_latent_bthk = jnp.einsum("bhts,bsk->bthk", probs_bhts.astype(latent_bsk.dtype), latent_bsk)
-    return jnp.einsum("bthk,khv->bthv", o_latent_bthk, w_uv_khv)
+    o_latent_bthk = layers.matmul("bhts,bsk->bthk", probs_bhts.astype(latent_bsk.dtype),
+                                  latent_bsk, config)
+    return layers.matmul("bthk,khv->bthv", o_latent_bthk, w_uv_khv, config)
 
 
 MLA_CORES = {"naive": mla_naive, "absorbed": mla_absorbed}
@@ -143,11 +151,11 @@ def gqa_core(q_bthd, k_bsgd, v_bsgd, mask_bts, config: config_lib.ModelConfig) -
     b, t, h, d = q_bthd.shape
     g = k_bsgd.shape[2]
     q_btgqd = q_bthd.reshape(b, t, g, h // g, d)
-    logits_bgqts = jnp.einsum("btgqd,bsgd->bgqts", q_btgqd, k_bsgd)
+    logits_bgqts = _scores("btgqd,bsgd->bgqts", q_btgqd, k_bsgd, config)
     logits_bhts = sharding.constrain(logits_bgqts.reshape(b, h, t, -1), _LOGIT_AXES)
     probs_bhts = masked_softmax(logits_bhts, mask_bts, layers.softmax_scale(config))
     probs_bgqts = probs_bhts.reshape(b, g, h // g, t, -1).astype(v_bsgd.dtype)
-    return jnp.einsum("bgqts,bsgd->btgqd", probs_bgqts, v_bsgd).reshape(b, t, h, d)
+    return layers.matmul("bgqts,bsgd->btgqd", probs_bgqts, v_bsgd, config).reshape(b, t, h, d)
 
 
 # ---------------------------------------------------------------------------------------------

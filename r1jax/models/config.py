@@ -20,6 +20,38 @@ MLA_DECODE = ("absorbed", "naive")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
 
+#: Named precision policies: ModelConfig fields (param_dtype, dtype, accum_dtype) plus the
+#: dtype of Adam's moments (`OptimConfig` follows the params). Bytes per parameter held by
+#: training, for P parameters (activations not counted):
+#:   "accelerator" (the default on GPU/TPU presets): float32 master params (4) + float32 Adam
+#:       mu and nu (8) + a float32 gradient (4) = 16 bytes, plus a transient bf16 copy of each
+#:       weight inside its matmul (2, one layer at a time). bf16 compute, float32 accumulation.
+#:       An AdamW step at lr 3e-6 moves a float32 weight of size 0.02 by ~1,600 ulps, so every
+#:       update lands (`tests/models/test_precision.py`).
+#:   "float32" (CPU presets, tests): everything float32, 16 bytes; the same numbers as before
+#:       the policy existed.
+#:   "bfloat16_params" (what the presets used before; kept to measure against): bf16 params,
+#:       moments and gradients, 2 + 4 + 2 = 8 bytes. A bf16 weight of size 0.02 has a spacing of
+#:       ~1.2e-4, so a 3e-6 update rounds away for most weights: one AdamW step at lr 3e-6
+#:       changed only 4-13% of them (issue 21). Not for training.
+PRECISION_POLICIES = {
+    "accelerator": {"param_dtype": "float32", "dtype": "bfloat16", "accum_dtype": "float32"},
+    "float32": {"param_dtype": "float32", "dtype": "float32", "accum_dtype": "float32"},
+    "bfloat16_params": {"param_dtype": "bfloat16", "dtype": "bfloat16",
+                        "accum_dtype": "bfloat16"},
+}
+
+
+def _itemsize(name: str) -> int:
+    return {"float32": 4, "bfloat16": 2, "float16": 2}[name]
+
+
+def precision(name: str) -> dict[str, str]:
+    """The ModelConfig dtype fields of the named policy (`PRECISION_POLICIES`)."""
+    if name not in PRECISION_POLICIES:
+        raise ValueError(f"unknown precision policy {name!r}; known: {sorted(PRECISION_POLICIES)}")
+    return dict(PRECISION_POLICIES[name])
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -49,6 +81,13 @@ class ModelConfig:
       `moe_dispatch` "dropless" (sort + grouped matmul), "dense" (every expert, every token)
       or "expert_parallel" (experts sharded over the `expert` mesh axis, all-to-all exchange);
       `mla_decode` "absorbed" or "naive" for cached decoding; `remat_policy`; `scan_layers`.
+    Precision (`PRECISION_POLICIES`, documented there with their bytes per parameter):
+      `param_dtype` stores the parameters (the optimizer's master weights; Adam's moments take
+      the same dtype); `dtype` is the compute dtype of activations and of the weights' transient
+      copy inside each matmul; `accum_dtype` is the result dtype of every matmul that sums many
+      terms (`preferred_element_type`: attention scores and outputs, projections, expert
+      down-projections and their weight gradients summed across blocks). Logits, log-probs,
+      softmax, norms, the router and the loss are float32 whatever the policy.
     """
 
     vocab_size: int = 512
@@ -105,6 +144,7 @@ class ModelConfig:
     # Numerics and implementation choices.
     dtype: str = "float32"
     param_dtype: str = "float32"
+    accum_dtype: str = "float32"
     initializer_range: float = 0.02
     moe_dispatch: str = "dropless"
     moe_block_size: int = 64
@@ -160,6 +200,10 @@ class ModelConfig:
         choice("remat_policy", REMAT_POLICIES)
         choice("dtype", DTYPES)
         choice("param_dtype", DTYPES)
+        choice("accum_dtype", DTYPES)
+        if _itemsize(self.accum_dtype) < _itemsize(self.dtype):
+            fail("accum_dtype", f"{self.accum_dtype!r} is narrower than the compute dtype "
+                 f"{self.dtype!r}; matmul results would lose what their inputs hold")
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size",
                       "num_attention_heads", "max_position_embeddings", "moe_block_size"):
             if getattr(self, field) <= 0:

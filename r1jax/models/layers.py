@@ -31,6 +31,42 @@ def dtype_of(name: str):
     return jnp.dtype(name)
 
 
+def accumulating_einsum(subscripts: str, a: jax.Array, b: jax.Array, accum_dtype,
+                        out_dtype) -> jax.Array:
+    """`jnp.einsum` whose products are summed in `accum_dtype`, rounded once to `out_dtype`.
+
+    On GPU/TPU this is one matmul with `preferred_element_type=accum_dtype` (bf16 inputs,
+    float32 accumulators in the MXU / tensor cores). XLA:CPU implements that mix for some dot
+    layouts only (a batched bf16 x bf16 -> f32 dot fails with "Unsupported element type for
+    DotThunk"), so on the CPU the operands are widened first: a bf16 x bf16 product is exact in
+    float32, so the result is the same sum, formed in the same dtype.
+    """
+    accum_dtype = jnp.dtype(accum_dtype)
+    if jax.default_backend() == "cpu" and jnp.result_type(a, b) != accum_dtype:
+        a, b = a.astype(accum_dtype), b.astype(accum_dtype)
+    y = jnp.einsum(subscripts, a, b, preferred_element_type=accum_dtype)
+    return y.astype(out_dtype)
+
+
+def matmul(subscripts: str, a: jax.Array, b: jax.Array, config: config_lib.ModelConfig,
+           out_dtype=None) -> jax.Array:
+    """`jnp.einsum` of two compute-dtype operands whose sums are formed in `config.accum_dtype`.
+
+    With bf16 compute the products are accumulated in float32 (`accumulating_einsum`) and the
+    result is rounded once, to `out_dtype` (default: the compute dtype; pass jnp.float32 where
+    the result feeds a softmax or the loss). The backward pass inherits the accumulation dtype,
+    so the weight gradient's sum over tokens is float32 too. With float32 compute this is a
+    plain einsum.
+
+    Args:
+      subscripts: the einsum equation.
+      a, b: operands, already in the compute dtype.
+      out_dtype: dtype of the returned array (None = `config.dtype`).
+    """
+    return accumulating_einsum(subscripts, a, b, dtype_of(config.accum_dtype),
+                               dtype_of(config.dtype) if out_dtype is None else out_dtype)
+
+
 def param(module: nn.Module, name: str, shape: Sequence[int], axes: Sequence[str | None],
           config: config_lib.ModelConfig, init=None) -> jax.Array:
     """Creates a parameter with logical axis names; default init N(0, initializer_range)."""
@@ -40,22 +76,28 @@ def param(module: nn.Module, name: str, shape: Sequence[int], axes: Sequence[str
 
 
 class Dense(nn.Module):
-    """y = x @ kernel (+ bias); kernel `[in, out]` with the given logical axes."""
+    """y = x @ kernel (+ bias); kernel `[in, out]` with the given logical axes.
+
+    The product is accumulated in `config.accum_dtype` (`matmul`) and returned in `out_dtype`
+    (None: the compute dtype; the output head asks for "float32", so logits are never rounded to
+    bf16)."""
 
     features: int
     axes: tuple[str | None, str | None]
     config: config_lib.ModelConfig
     use_bias: bool = False
+    out_dtype: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = param(self, "kernel", (x.shape[-1], self.features), self.axes, self.config)
         dtype = dtype_of(self.config.dtype)
-        y = jnp.einsum("...i,io->...o", x.astype(dtype), kernel.astype(dtype))
+        out_dtype = dtype if self.out_dtype is None else dtype_of(self.out_dtype)
+        y = matmul("...i,io->...o", x.astype(dtype), kernel.astype(dtype), self.config, out_dtype)
         if self.use_bias:
             bias = param(self, "bias", (self.features,), (self.axes[1],), self.config,
                          init=nn.initializers.zeros)
-            y = y + bias.astype(dtype)
+            y = y + bias.astype(out_dtype)
         return y
 
 
@@ -103,10 +145,10 @@ class Embed(nn.Module):
         return sharding.constrain(x_btd, ("act_batch", "act_length", "act_embed"))
 
     def attend(self, x_btd: jax.Array) -> jax.Array:
-        """Tied output head: logits = x @ embedding^T, in float32."""
+        """Tied output head: logits = x @ embedding^T, summed in accum_dtype, float32 out."""
         dtype = dtype_of(self.config.dtype)
-        logits_btv = jnp.einsum("btd,vd->btv", x_btd.astype(dtype), self.embedding.astype(dtype))
-        return logits_btv.astype(jnp.float32)
+        return matmul("btd,vd->btv", x_btd.astype(dtype), self.embedding.astype(dtype),
+                      self.config, jnp.float32)
 
 
 class Weight(nn.Module):

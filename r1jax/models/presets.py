@@ -12,6 +12,11 @@ import ml_collections
 from r1jax import config_utils
 from r1jax.models import config as config_lib
 
+#: The public models' precision (`config.PRECISION_POLICIES["accelerator"]`): float32 master
+#: weights and Adam moments, bf16 compute, float32 accumulation. The toy presets keep the
+#: float32 default (they run on the CPU, where bf16 buys nothing).
+_ACCELERATOR = config_lib.precision("accelerator")
+
 
 def _preset(**overrides) -> ml_collections.ConfigDict:
     """Every ModelConfig field, typed (so a None field such as `q_lora_rank` stays
@@ -55,7 +60,7 @@ def deepseek_v3_671b():
         first_k_dense_replace=3, rope_theta=10000.0, rope_type="yarn", rope_factor=40.0,
         original_max_position_embeddings=4096, beta_fast=32.0, beta_slow=1.0, mscale=1.0,
         mscale_all_dim=1.0, max_position_embeddings=163840, num_nextn_predict_layers=1,
-        rms_norm_eps=1e-6, dtype="bfloat16", param_dtype="bfloat16")
+        rms_norm_eps=1e-6, **_ACCELERATOR)
 
 
 def deepseek_v2_lite():
@@ -68,8 +73,7 @@ def deepseek_v2_lite():
         routed_scaling_factor=1.0, norm_topk_prob=False, scoring_func="softmax",
         first_k_dense_replace=1, aux_loss_alpha=0.001, rope_type="yarn", rope_factor=40.0,
         original_max_position_embeddings=4096, beta_fast=32.0, beta_slow=1.0, mscale=0.707,
-        mscale_all_dim=0.707, max_position_embeddings=163840, dtype="bfloat16",
-        param_dtype="bfloat16")
+        mscale_all_dim=0.707, max_position_embeddings=163840, **_ACCELERATOR)
 
 
 def _dense(**overrides):
@@ -82,7 +86,7 @@ def qwen2_5_0_5b():
                   intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,
                   head_dim=64, attention_bias=True, tie_word_embeddings=True,
                   rope_theta=1000000.0, max_position_embeddings=32768, rms_norm_eps=1e-6,
-                  dtype="bfloat16", param_dtype="bfloat16")
+                  **_ACCELERATOR)
 
 
 def qwen2_5_3b():
@@ -90,7 +94,7 @@ def qwen2_5_3b():
                   intermediate_size=11008, num_attention_heads=16, num_key_value_heads=2,
                   head_dim=128, attention_bias=True, tie_word_embeddings=True,
                   rope_theta=1000000.0, max_position_embeddings=32768, rms_norm_eps=1e-6,
-                  dtype="bfloat16", param_dtype="bfloat16")
+                  **_ACCELERATOR)
 
 
 def llama3_2_1b():
@@ -99,8 +103,7 @@ def llama3_2_1b():
                   head_dim=64, tie_word_embeddings=True, rope_theta=500000.0,
                   rope_type="llama3", rope_factor=32.0, low_freq_factor=1.0,
                   high_freq_factor=4.0, original_max_position_embeddings=8192,
-                  max_position_embeddings=131072, rms_norm_eps=1e-5, dtype="bfloat16",
-                  param_dtype="bfloat16")
+                  max_position_embeddings=131072, rms_norm_eps=1e-5, **_ACCELERATOR)
 
 
 PRESETS = {

@@ -188,14 +188,15 @@ class Transformer(nn.Module):
         self.blocks = _blocks(cfg)
         self.norm = layers.RMSNorm(cfg)
         if not cfg.tie_word_embeddings:
-            self.lm_head = layers.Dense(cfg.vocab_size, ("embed", "vocab"), cfg)
+            self.lm_head = layers.Dense(cfg.vocab_size, ("embed", "vocab"), cfg,
+                                        out_dtype="float32")
         self.mtp = [MTPModule(cfg, name=f"mtp_{k}") for k in range(cfg.num_nextn_predict_layers)]
 
     def _head(self, x_btd: jax.Array) -> jax.Array:
         if self.config.tie_word_embeddings:
             logits_btv = self.embed_tokens.attend(x_btd)
         else:
-            logits_btv = self.lm_head(x_btd).astype(jnp.float32)
+            logits_btv = self.lm_head(x_btd)
         return sharding.constrain(logits_btv, ("act_batch", "act_length", "act_vocab"))
 
     def _backbone(self, x_btd, positions_bt, mask_bts, caches, cache_index):
@@ -258,13 +259,29 @@ class Transformer(nn.Module):
         return self._head(self.norm(h_btd)), Cache(caches, valid_bs, cache.index + t)
 
 
-def abstract_params(config: config_lib.ModelConfig) -> dict:
-    """The parameter tree as `jax.ShapeDtypeStruct`s, logical-axis boxes removed (no memory)."""
+def boxed_params(config: config_lib.ModelConfig) -> dict:
+    """The parameter tree as ShapeDtypeStructs in their logical-axis boxes (no memory)."""
     def init():
         tokens_bt = jnp.zeros((1, 1), jnp.int32)
         return Transformer(config).init(jax.random.key(0), tokens_bt)["params"]
 
-    return nn.unbox(jax.eval_shape(init))
+    return jax.eval_shape(init)
+
+
+def abstract_params(config: config_lib.ModelConfig) -> dict:
+    """The parameter tree as `jax.ShapeDtypeStruct`s, logical-axis boxes removed (no memory)."""
+    return nn.unbox(boxed_params(config))
+
+
+def param_shardings(config: config_lib.ModelConfig, mesh: jax.sharding.Mesh):
+    """Where each parameter lives on `mesh`, from its logical axis names (`sharding.RULES`).
+
+    Returns:
+      (abstract, shardings): ShapeDtypeStructs carrying their NamedSharding, and the tree of
+      NamedShardings (`sharding.boxed_shardings`). Optimizer states and other trees that follow
+      the parameters get theirs from `sharding.like_params(tree, abstract, mesh)`.
+    """
+    return sharding.boxed_shardings(boxed_params(config), mesh)
 
 
 def random_params(config: config_lib.ModelConfig, seed: int = 0) -> dict:

@@ -45,7 +45,7 @@ from r1jax.data import templates
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.models import config as config_lib
 from r1jax.models import layers, transformer
-from r1jax.train import base, partition
+from r1jax.train import base
 
 SPANS = ("summary", "response")
 HEAD = "score_head"
@@ -143,7 +143,7 @@ def _init(config: config_lib.ModelConfig, key: jax.Array):
 def param_shardings(config: config_lib.ModelConfig, mesh: jax.sharding.Mesh):
     """(abstract params with shardings, NamedSharding tree) under the policy's logical rules."""
     boxed = jax.eval_shape(lambda: _init(config, jax.random.key(0)))
-    return partition.boxed_shardings(boxed, mesh)
+    return sharding.boxed_shardings(boxed, mesh)
 
 
 def init_params(config: config_lib.ModelConfig, seed: int = 0, trunk=None) -> dict:

@@ -167,7 +167,11 @@ def make_train_step(config: StepConfig):
 
 
 def init_state(params, config: StepConfig, seed: int) -> dict[str, Any]:
-    """The initial train state: the policy and the reference both start from `params`."""
+    """The initial train state: the policy and the reference both start from `params`.
+
+    A pure function: `jit_init_state` compiles it with the state's shardings, so that a large
+    model's state is built shard by shard where it lives, never whole on one device.
+    """
     state = state_lib.create_train_state(params, config.optim, jax.random.PRNGKey(seed))
     state["ref_params"] = jax.tree.map(jnp.copy, params)
     state["skipped"] = jnp.zeros((), jnp.int32)
@@ -180,50 +184,26 @@ def init_state(params, config: StepConfig, seed: int) -> dict[str, Any]:
 
 
 def param_shardings(model_config: config_lib.ModelConfig, mesh):
-    """NamedShardings of the parameter tree under the logical rules (no memory allocated)."""
-    def init():
-        tokens_bt = jnp.zeros((1, 1), jnp.int32)
-        return transformer.Transformer(model_config).init(jax.random.key(0), tokens_bt)["params"]
-
-    return sharding.logical_shardings(nn.get_partition_spec(jax.eval_shape(init)), mesh)
-
-
-def _key_names(path) -> tuple[str, ...]:
-    return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
-
-
-def like_params(tree, params_abstract, params_sh, default):
-    """Shardings for a tree (e.g. an optimizer state) whose leaves mirror parameters.
-
-    A leaf whose dict-key path ends with a parameter's path and has that parameter's shape
-    gets the parameter's sharding (Adam's mu and nu); anything else gets `default`.
-    """
-    by_path = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params_abstract)[0]:
-        by_path[_key_names(path)] = leaf.shape
-    shardings = {_key_names(p): s for p, s in jax.tree_util.tree_flatten_with_path(params_sh)[0]}
-    depth = max(map(len, by_path))
-
-    def pick(path, leaf):
-        names = _key_names(path)
-        for n in range(1, depth + 1):
-            if by_path.get(names[-n:]) == getattr(leaf, "shape", None):
-                return shardings[names[-n:]]
-        return default
-
-    return jax.tree_util.tree_map_with_path(pick, tree)
+    """The NamedSharding tree of `transformer.param_shardings` (no memory allocated)."""
+    return transformer.param_shardings(model_config, mesh)[1]
 
 
 def state_shardings(config: StepConfig, mesh) -> dict[str, Any]:
-    """Shardings of the train state: params and reference by the rules, Adam moments like
-    their parameters, scalars and the key replicated."""
-    params_sh = param_shardings(config.model, mesh)
-    abstract = transformer.abstract_params(config.model)
-    opt_shape = jax.eval_shape(state_lib.make_optimizer(config.optim).init, abstract)
-    replicated = sharding.replicated(mesh)
-    opt_sh = like_params(opt_shape, abstract, params_sh, replicated)
-    return {"step": replicated, "params": params_sh, "opt_state": opt_sh, "rng": replicated,
-            "ref_params": params_sh, "skipped": replicated}
+    """Shardings of the train state (`sharding.like_params`): params by the rules, the
+    reference and Adam's moments like their parameters, scalars and the key replicated."""
+    abstract, _ = transformer.param_shardings(config.model, mesh)
+    state = jax.eval_shape(lambda p: init_state(p, config, 0), abstract)
+    return sharding.like_params(state, abstract, mesh)
+
+
+def jit_init_state(config: StepConfig, mesh, seed: int):
+    """`init_state` compiled with in/out shardings: params (placed by `param_shardings`) ->
+    the sharded state. The reference copy and the moments are created on the devices that
+    hold their shards; nothing is gathered on one device. The params are not donated (the
+    caller may keep them, e.g. a loaded checkpoint)."""
+    return jax.jit(lambda p: init_state(p, config, seed),
+                   in_shardings=(param_shardings(config.model, mesh),),
+                   out_shardings=state_shardings(config, mesh))
 
 
 _BATCH_NDIM = {"prompt_tokens": 2, "prompt_lengths": 1, "completion_tokens": 2,

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -299,12 +298,8 @@ def sample_fn(config: config_lib.ModelConfig, sampling: SamplingConfig, params,
 
 
 def param_shardings(config: config_lib.ModelConfig, mesh: jax.sharding.Mesh):
-    """NamedShardings of the parameter tree under the logical rules (no memory allocated)."""
-    def init():
-        return transformer.Transformer(config).init(jax.random.key(0),
-                                                    jnp.zeros((1, 1), jnp.int32))["params"]
-
-    return sharding.logical_shardings(nn.get_partition_spec(jax.eval_shape(init)), mesh)
+    """The NamedSharding tree of `transformer.param_shardings` (no memory allocated)."""
+    return transformer.param_shardings(config, mesh)[1]
 
 
 def _axes(spec_entry) -> tuple[str, ...]:

@@ -154,10 +154,10 @@ def _train(model_config, optim_config, config, train_data, workdir, init_params,
     optimizer = state_lib.make_optimizer(optim_config)
     batch_fn = pair_batches(train_data, config.batch_size, config.seed)
     # ---- state
-    abstract_params, param_sh = rm.param_shardings(model_config, mesh)
+    abstract_params, _ = rm.param_shardings(model_config, mesh)
     create = lambda p: state_lib.create_train_state(p, optim_config, jax.random.key(config.seed))
     abstract_state = jax.eval_shape(create, abstract_params)
-    state_sh = partition.state_shardings(abstract_state, param_sh, mesh)
+    state_sh = partition.state_shardings(abstract_state, abstract_params, mesh)
     # ---- step
     step_fn = jax.jit(functools.partial(_train_step, model=model, optimizer=optimizer),
                       in_shardings=(state_sh, {"tokens": sharding.batch_sharding(mesh, 2),

@@ -231,11 +231,11 @@ def _train(model_config, optim_config, config, batch_fn, workdir, init_params, m
     model = transformer.Transformer(model_config)
     optimizer = state_lib.make_optimizer(optim_config)
     # ---- state
-    abstract_params, param_sh = partition.param_shardings(model_config, mesh)
+    abstract_params, _ = partition.param_shardings(model_config, mesh)
     abstract_state = jax.eval_shape(
         lambda p: state_lib.create_train_state(p, optim_config, jax.random.key(config.seed)),
         abstract_params)
-    state_sh = partition.state_shardings(abstract_state, param_sh, mesh)
+    state_sh = partition.state_shardings(abstract_state, abstract_params, mesh)
     batch_sh = sharding.batch_sharding(mesh)
     # ---- step
     step_fn = jax.jit(

@@ -149,7 +149,7 @@ def test_state_shardings_follow_params():
     optim = state_lib.OptimConfig()
     abstract_state = jax.eval_shape(
         lambda p: state_lib.create_train_state(p, optim, jax.random.key(0)), abstract)
-    state_sh = partition.state_shardings(abstract_state, param_sh, mesh)
+    state_sh = partition.state_shardings(abstract_state, abstract, mesh)
     flat_params = dict(jax.tree_util.tree_flatten_with_path(param_sh)[0])
     kernel = [p for p in flat_params if "down_proj" in str(p)][0]
     assert flat_params[kernel].spec != jax.sharding.PartitionSpec()

@@ -8,6 +8,11 @@ experts) -> y_td`. All are exact (no token is dropped) and give the same numbers
   dropless.py           sort by expert into padded blocks (prefill and training);
   expert_parallel.py    experts over the `expert` mesh axis, tokens sent by all-to-all.
 `take_rows` is the row move (a gather both ways) that the last two share.
+
+Precision: every matmul sums its products in `accum_dtype` (float32 by default, whatever the
+compute dtype of x and the weights; `config.accum_dtype` through `layer.get_dispatch`) and rounds
+the result to the compute dtype once (`dot`); the dropless backward sums each expert's weight
+gradient across blocks in `accum_dtype` too.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from r1jax.models import layers
+
 
 class ExpertParams(NamedTuple):
     """Stacked routed-expert weights, already in the compute dtype."""
@@ -28,12 +35,20 @@ class ExpertParams(NamedTuple):
     down_efd: jax.Array
 
 
-# Signature shared by every dispatch: (x_td, idx_tk, weight_tk, experts) -> y_td.
+def dot(subscripts: str, a: jax.Array, b: jax.Array, accum_dtype, out_dtype=None) -> jax.Array:
+    """einsum accumulated in `accum_dtype` (`preferred_element_type`), returned in `out_dtype`
+    (default a's dtype, the compute dtype)."""
+    return layers.accumulating_einsum(subscripts, a, b, accum_dtype,
+                                      a.dtype if out_dtype is None else out_dtype)
+
+
+# Signature shared by every dispatch: (x_td, idx_tk, weight_tk, experts) -> y_td; each also
+# takes a keyword `accum_dtype` (default float32).
 Dispatch = Callable[[jax.Array, jax.Array, jax.Array, ExpertParams], jax.Array]
 
 
 def dense_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
-                   experts: ExpertParams) -> jax.Array:
+                   experts: ExpertParams, *, accum_dtype=jnp.float32) -> jax.Array:
     """Every expert on every token, weighted by a dense [T, E] gate matrix (exact; tiny E).
 
     Compute and memory grow with T * E; use it for small expert counts and as a reference.
@@ -41,10 +56,10 @@ def dense_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
     num_experts = experts.gate_edf.shape[0]
     gate_te = jnp.einsum("tke,tk->te", jax.nn.one_hot(idx_tk, num_experts, dtype=jnp.float32),
                          weight_tk)
-    h_tef = (nn.silu(jnp.einsum("td,edf->tef", x_td, experts.gate_edf))
-             * jnp.einsum("td,edf->tef", x_td, experts.up_edf))
+    h_tef = (nn.silu(dot("td,edf->tef", x_td, experts.gate_edf, accum_dtype))
+             * dot("td,edf->tef", x_td, experts.up_edf, accum_dtype))
     h_tef = h_tef * gate_te[:, :, None].astype(h_tef.dtype)
-    return jnp.einsum("tef,efd->td", h_tef, experts.down_efd)
+    return dot("tef,efd->td", h_tef, experts.down_efd, accum_dtype)
 
 
 def _with_zero_row(x_sd: jax.Array) -> jax.Array:
@@ -76,7 +91,7 @@ take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
 
 
 def gather_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
-                    experts: ExpertParams) -> jax.Array:
+                    experts: ExpertParams, *, accum_dtype=jnp.float32) -> jax.Array:
     """One SwiGLU matvec per assignment with its own expert's [d, f] weight slices (exact).
 
     No sort and no padding: compute and weight reads are T*K slices, the cheapest dropless
@@ -92,8 +107,10 @@ def gather_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
         x_1d = jax.lax.dynamic_slice_in_dim(x_td, n // k, 1)
         gate_df, up_df, down_fd = (jax.lax.dynamic_index_in_dim(w, expert_n[n], 0, False)
                                    for w in experts)
-        h_1f = nn.silu(x_1d @ gate_df) * (x_1d @ up_df)
-        return jax.lax.dynamic_update_slice_in_dim(y_nd, h_1f @ down_fd, n, 0)
+        h_1f = (nn.silu(dot("td,df->tf", x_1d, gate_df, accum_dtype))
+                * dot("td,df->tf", x_1d, up_df, accum_dtype))
+        return jax.lax.dynamic_update_slice_in_dim(
+            y_nd, dot("tf,fd->td", h_1f, down_fd, accum_dtype), n, 0)
 
     y_nd = jax.lax.fori_loop(0, t * k, one_assignment, jnp.zeros((t * k, d), x_td.dtype))
     y_td = jnp.einsum("tkd,tk->td", y_nd.reshape(t, k, d).astype(jnp.float32), weight_tk)

@@ -66,7 +66,7 @@ def _exchange(x, axis_name: str, num_devices: int):
 
 
 def _ep_local(x_td, idx_tk, weight_tk, experts: dispatch.ExpertParams, *, block_size: int,
-              num_devices: int):
+              num_devices: int, accum_dtype):
     """One device's share of `expert_parallel_dispatch` (inside shard_map): send rows to the
     experts' devices, run the local experts (dropless), send the outputs back, combine."""
     t, d = x_td.shape
@@ -83,7 +83,8 @@ def _ep_local(x_td, idx_tk, weight_tk, experts: dispatch.ExpertParams, *, block_
     keep_r = _exchange(1.0 - padding_r.astype(jnp.float32), EP_AXIS, num_devices)
     # The received rows are tokens with one expert each; padding rows get gate 0.
     y_rd = dropless.dropless_dispatch(x_rd, local_r[:, None], keep_r[:, None], experts,
-                                      block_size=block_size, constrain=False)
+                                      block_size=block_size, constrain=False,
+                                      accum_dtype=accum_dtype)
     y_rd = _exchange(y_rd, EP_AXIS, num_devices)
     y_nd = dispatch.take_rows(y_rd, layout.slot_nk.reshape(-1), layout.row_assign_r[:, None])
     y_td = jnp.einsum("tkd,tk->td", y_nd.reshape(t, k, d).astype(jnp.float32), weight_tk)
@@ -96,7 +97,8 @@ def _axes_size(mesh, axes) -> int:
 
 
 def expert_parallel_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
-                             experts: dispatch.ExpertParams, *, block_size: int) -> jax.Array:
+                             experts: dispatch.ExpertParams, *, block_size: int,
+                             accum_dtype=jnp.float32) -> jax.Array:
     """Routed experts sharded over the `expert` mesh axis, tokens exchanged by all-to-all.
 
     DeepSeek-V3 report Sec. 3.2.2 (expert parallelism with all-to-all dispatch and combine).
@@ -114,7 +116,8 @@ def expert_parallel_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.
     tokens = sharding.logical_to_spec(("act_batch", None))
     if (mesh.empty or mesh.shape.get(EP_AXIS, 1) == 1
             or x_td.shape[0] % _axes_size(mesh, tokens[0])):
-        return dropless.dropless_dispatch(x_td, idx_tk, weight_tk, experts, block_size=block_size)
+        return dropless.dropless_dispatch(x_td, idx_tk, weight_tk, experts, block_size=block_size,
+                                          accum_dtype=accum_dtype)
     num_devices = mesh.shape[EP_AXIS]
     if experts.gate_edf.shape[0] % num_devices:
         raise ValueError(f"expert_parallel_dispatch: {experts.gate_edf.shape[0]} experts do "
@@ -122,6 +125,7 @@ def expert_parallel_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.
     ffn_in, ffn_out = PartitionSpec(EP_AXIS, None, "tensor"), PartitionSpec(EP_AXIS, "tensor")
     experts_spec = dispatch.ExpertParams(ffn_in, ffn_in, ffn_out)
     local = jax.shard_map(
-        functools.partial(_ep_local, block_size=block_size, num_devices=num_devices),
+        functools.partial(_ep_local, block_size=block_size, num_devices=num_devices,
+                          accum_dtype=accum_dtype),
         mesh=mesh, in_specs=(tokens, tokens, tokens, experts_spec), out_specs=tokens)
     return local(x_td, idx_tk, weight_tk, experts)

@@ -24,12 +24,14 @@ _BTD = ("act_batch", "act_length", "act_embed")
 
 def get_dispatch(config: config_lib.ModelConfig) -> dispatch.Dispatch:
     """The dispatch function named by `config.moe_dispatch` (chosen once, at module build)."""
+    accum_dtype = layers.dtype_of(config.accum_dtype)
     if config.moe_dispatch == "dense":
-        return dispatch.dense_dispatch
+        return functools.partial(dispatch.dense_dispatch, accum_dtype=accum_dtype)
     if config.moe_dispatch == "expert_parallel":
         return functools.partial(expert_parallel.expert_parallel_dispatch,
-                                 block_size=config.moe_block_size)
-    return functools.partial(dropless.dropless_dispatch, block_size=config.moe_block_size)
+                                 block_size=config.moe_block_size, accum_dtype=accum_dtype)
+    return functools.partial(dropless.dropless_dispatch, block_size=config.moe_block_size,
+                             accum_dtype=accum_dtype)
 
 
 class Experts(nn.Module):
