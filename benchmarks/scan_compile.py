@@ -9,8 +9,10 @@ the layers under `nn.scan`; printed: `lower` and `compile` seconds (a fresh jit 
 persistent compilation cache off) and the step time after compiling, with the ratio. An
 unrolled program holds a copy of every layer; a scanned one holds one layer body per stack
 (dense, MoE) inside a while loop, whose compile may cost more per body. Measured on the 2-core
-development CPU (load ~3.6), lower + compile seconds, unrolled vs scanned: 4 layers 8.5 vs 9.5,
-16 layers 11.2 vs 15.3; steps ran 24 vs 15 ms and 92 vs 73 ms. V3 has 61 layers.
+development CPU shared with other jobs (load average 3.6-5.6), lower + compile seconds,
+unrolled vs scanned: 4 layers 8.5 vs 9.5; 16 layers 11.2 vs 15.3 and, rerun, 11.1 vs 12.3;
+32 layers 88.8 vs 29.7 (3.0x). Compiled step times, unrolled vs scanned: 24 vs 15 ms (4 layers),
+92 vs 73 and 112 vs 136 ms (16), 205 vs 397 ms (32). V3 has 61 layers.
 """
 
 from __future__ import annotations
