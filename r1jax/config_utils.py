@@ -133,12 +133,13 @@ def set_entries(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in dict(mapping or {}).items() if v is not None}
 
 
-def mesh_pairs(mesh: Mapping[str, int | None]) -> tuple[tuple[str, int], ...]:
+def mesh_pairs(mesh: Mapping[str, int | None] | Sequence[tuple[str, int]]
+               ) -> tuple[tuple[str, int], ...]:
     """A {axis: size} mesh map (every axis declared, so the command line can set any) frozen
     as pairs: unset axes are dropped, and so are size-1 axes beside a -1 axis (the same mesh:
     a missing axis has size 1 and the -1 axis takes the rest), which keeps the recorded form
     of a plain `{"fsdp": -1}` mesh unchanged."""
-    sizes = set_entries(mesh)
+    sizes = set_entries(dict(mesh))
     if -1 in sizes.values():
         sizes = {axis: size for axis, size in sizes.items() if size != 1}
     return tuple(sizes.items())
@@ -163,6 +164,110 @@ def assign(section: ml_collections.ConfigDict, values: Mapping[str, Any], *,
             section[key] = config_dict.placeholder(type(value))
     for key in list(section):
         section[key] = values.get(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# ConfigDict -> frozen dataclass (the one converter every stage's entry point uses)
+# ---------------------------------------------------------------------------------------------
+
+#: Field metadata key: a function that freezes the field's ConfigDict value (see `converted`).
+FREEZE = "r1jax.freeze"
+
+
+def converted(default: Any, convert: Callable[[Any], Any]) -> Any:
+    """A dataclass field whose ConfigDict value `freeze` passes through `convert` (a value
+    that is already frozen must come out unchanged) instead of the type-driven rules."""
+    return dataclasses.field(default=default, metadata={FREEZE: convert})
+
+
+def mesh_field(default: tuple[tuple[str, int], ...] = (("fsdp", -1),)) -> Any:
+    """The device-mesh field of every stage: ((axis, size), ...), from the ConfigDict's
+    {axis: size} map by `mesh_pairs` (the one place a mesh is frozen)."""
+    return converted(default, mesh_pairs)
+
+
+def sorted_pairs(value: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> tuple:
+    """A {name: value} map (or pairs) as pairs sorted by name (task knobs: the same knobs in
+    any order are the same config)."""
+    return tuple(sorted(dict(value).items()))
+
+
+def _plain(values: Any) -> dict[str, Any]:
+    """A section's values as a dict: a ConfigDict, a mapping, a dataclass instance or None."""
+    if hasattr(values, "to_dict"):
+        return values.to_dict()
+    return _as_mapping(values)
+
+
+def _union_arg(annotation) -> Any:
+    """`X | None` -> X; None when `annotation` is no union (several non-None args: Any)."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if len(args) == 1 else Any
+
+
+def _convert(annotation, value, path: str):
+    """`value` frozen to `annotation`: nested dataclasses by `freeze`, {name: value} maps of
+    pairs fields as (name, value) pairs (placeholders left None dropped), lists as tuples,
+    dicts converted entry by entry; scalars as they are."""
+    if value is None or annotation is Any:
+        return value
+    inner = _union_arg(annotation)
+    if inner is not None:
+        return _convert(inner, value, path)
+    if dataclasses.is_dataclass(annotation):
+        return freeze(annotation, value, path)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if _is_pairs(annotation):
+        items = set_entries(value).items() if isinstance(value, Mapping) else value
+        (_, value_type) = typing.get_args(args[0])
+        return tuple((k, _convert(value_type, v, f"{path}.{k}")) for k, v in items)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is tuple:
+        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        return {k: _convert(args[1], v, f"{path}.{k}") for k, v in dict(value).items()}
+    return value
+
+
+def freeze(cls, values: Any, path: str, **extra):
+    """The frozen dataclass `cls` built from a ConfigDict section, recursively.
+
+    The type hints drive it: nested dataclass fields are frozen from their sections,
+    `tuple[tuple[str, X], ...]` fields from {name: value} maps (entries left None dropped),
+    other tuples from lists, `X | None` as X unless None; a field with `converted` metadata
+    (the mesh) uses its own function. Fields absent from `values` keep their dataclass
+    default, so every default is written once, in the dataclass; each class validates itself
+    in `__post_init__`.
+
+    Args:
+      cls: the dataclass.
+      values: its section: a ConfigDict, a mapping, an instance of `cls` (returned as is)
+        or None (all defaults).
+      path: the section's name in errors (`grpo`, `cold_start.sft`).
+      extra: fields already built by the caller (they replace `values`' entries).
+    Returns:
+      An instance of `cls`.
+    Raises:
+      ValueError: an unknown key ("<path>: unknown field 'x'; did you mean ...?") or what
+        the dataclass' validation says.
+    """
+    if isinstance(values, cls) and not extra:
+        return values
+    values = _plain(values)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in fields:
+            raise ValueError(f"{path}: unknown field {key!r}; {closest_hint(key, list(fields))}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        convert = fields[name].metadata.get(FREEZE)
+        kwargs[name] = (convert(value) if convert is not None and value is not None
+                        else _convert(hints[name], value, f"{path}.{name}"))
+    return cls(**{**kwargs, **extra})
 
 
 # ---------------------------------------------------------------------------------------------

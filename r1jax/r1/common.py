@@ -16,7 +16,7 @@ import ml_collections
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from r1jax import preemption
+from r1jax import config_utils, preemption
 from r1jax.data import pipeline, tasks, templates
 from r1jax.evals import evaluate
 from r1jax.models import hf_shards
@@ -33,10 +33,11 @@ COLUMNS = (("pass@1", "pass@1", True), ("format_rate", "format", True),
            ("language_consistency", "language", True), ("response_length", "length", False))
 
 
-def sft_config(section) -> tuple[sft.SFTConfig, state_lib.OptimConfig]:
-    d = dict(section["sft"])
-    d["mesh"] = tuple(dict(d["mesh"]).items())
-    return sft.SFTConfig(**d), state_lib.OptimConfig(**dict(section["optim"]))
+def sft_config(section, name: str = "sft") -> tuple[sft.SFTConfig, state_lib.OptimConfig]:
+    """The frozen (SFTConfig, OptimConfig) of an SFT stage's section {sft: ..., optim: ...}
+    (`config_utils.freeze`; errors name `<name>.sft.<field>`)."""
+    return (config_utils.freeze(sft.SFTConfig, section["sft"], f"{name}.sft"),
+            config_utils.freeze(state_lib.OptimConfig, section["optim"], f"{name}.optim"))
 
 
 def save_model(directory: pathlib.Path, model_config, params, tokenizer_dir) -> pathlib.Path:

@@ -23,10 +23,12 @@ import pathlib
 
 import numpy as np
 
+from r1jax import config_utils
 from r1jax.models import summary as model_summary
 from r1jax.r1 import common, data, pipeline
 from r1jax.r1 import manifest as manifest_lib
 from r1jax.rl import config as rl_config
+from r1jax.sampling import sampler
 from r1jax.train import base
 
 STAGES = ("student_base", "distill_sft", "distill_rl")
@@ -37,21 +39,24 @@ def sft_flops(model_config, section) -> float:
     return 3.0 * model_summary.forward_flops(model_config, cfg.batch_size, cfg.seq_len) * cfg.steps
 
 
-def rl_step_flops(model_config, rl: rl_config.ExperimentConfig, prompt_len: int) -> float:
-    g = rl.grpo
-    rows, length = g.prompts_per_step * g.group_size, prompt_len + rl.sampling.max_new_tokens
+def rl_step_flops(model_config, g: rl_config.GRPOConfig, max_new_tokens: int,
+                  prompt_len: int) -> float:
+    """Estimated FLOPs of one GRPO step of G x prompts_per_step rows of prompt_len +
+    max_new_tokens tokens: sampling, mu passes of forward + backward, the reference."""
+    rows, length = g.prompts_per_step * g.group_size, prompt_len + max_new_tokens
     fwd = model_summary.forward_flops(model_config, rows, length)
     return fwd * (1 + 3 * g.num_iterations + (1 if g.beta > 0 else 0))
 
 
 def rl_steps_for_budget(budget: float, model_config, rl_section, prompt_len: int) -> int:
-    """GRPO steps whose estimated FLOPs are closest to `budget` (at least 1)."""
-    section = rl_section.to_dict()
-    section.update(base_dir="unused", total_steps=1)
-    # A step's FLOPs do not depend on the lr schedule; a cosine one needs more than 1 step.
-    section["optim"] = dict(section["optim"], schedule="constant", total_steps=None)
-    rl = rl_config.from_config_dict(section)
-    return max(1, int(round(budget / rl_step_flops(model_config, rl, prompt_len))))
+    """GRPO steps whose estimated FLOPs are closest to `budget` (at least 1). Only the
+    section's `grpo` and `sampling` are frozen: a step's FLOPs depend on nothing else (not
+    on the base directory or the lr schedule, which the stage sets later)."""
+    g = config_utils.freeze(rl_config.GRPOConfig, rl_section.grpo, "distill.rl.grpo")
+    sampling = config_utils.freeze(sampler.SamplingOptions, rl_section.sampling,
+                                   "distill.rl.sampling")
+    per_step = rl_step_flops(model_config, g, sampling.max_new_tokens, prompt_len)
+    return max(1, int(round(budget / per_step)))
 
 
 def _mean_prompt_len(tok, records) -> int:
@@ -89,10 +94,10 @@ def _distill_rl(config, data_path, m, stage_dir):
     section.checkpoint_every = max(1, min(section.checkpoint_every, steps))
     model_dir, summary = common.grpo_stage(stage_dir, start, section, config.seed)
     rl = rl_config.from_config_dict(dict(section.to_dict(), base_dir=str(start)))
+    flops = steps * rl_step_flops(model_config, rl.grpo, rl.sampling.max_new_tokens, prompt_len)
     return {"model": model_dir}, {"eval": common.evaluate_model(model_dir, config.eval,
                                                                 config.seed),
-                                  "steps": steps, "grpo": summary,
-                                  "flops": steps * rl_step_flops(model_config, rl, prompt_len)}
+                                  "steps": steps, "grpo": summary, "flops": flops}
 
 
 def run(config, workdir, data_path=None, start: str | None = None) -> manifest_lib.Manifest:

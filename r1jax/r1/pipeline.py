@@ -207,14 +207,14 @@ def train_reward_model(config, policy_dir, work: pathlib.Path) -> tuple[rm.Score
     if not base.exists(model_dir):
         tok = base.load_tokenizer(policy_dir)
         model_config, init = reward_model_init(c, policy_dir)
-        train_cfg = reward.RMConfig(**dict(c.train.to_dict(),
-                                           mesh=tuple(dict(c.train.mesh).items())))
+        train_cfg = config_utils.freeze(reward.RMConfig, c.train, "reward_model.train")
         template = templates.get(common.TEMPLATE)
         train_pairs, test_pairs = _preference_pairs(config, template)
         train_data = reward.encode_pairs(tok, train_pairs, train_cfg.max_len, train_cfg.span)
         test_data = reward.encode_pairs(tok, test_pairs, train_cfg.max_len, train_cfg.span)
         params, evaluated = reward.train(
-            model_config, state_lib.OptimConfig(**dict(c.optim)), train_cfg, train_data,
+            model_config, config_utils.freeze(state_lib.OptimConfig, c.optim,
+                                              "reward_model.optim"), train_cfg, train_data,
             work / "train", init, eval_data=test_data)
         rm.save(model_dir, model_config, params, base.tokenizer_files(policy_dir),
                 span=train_cfg.span, max_len=train_cfg.max_len, info=evaluated)

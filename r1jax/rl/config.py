@@ -18,7 +18,6 @@ import dataclasses
 import inspect
 import json
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -29,6 +28,7 @@ from r1jax.data import tasks, templates
 from r1jax.models import config as model_config_lib
 from r1jax.rewards import registry
 from r1jax.rl import grpo
+from r1jax.sampling import sampler
 from r1jax.train import guard
 from r1jax.train import state as state_lib
 
@@ -137,28 +137,6 @@ class GRPOConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-    """Rollout sampling: max_new_tokens (completion budget L_max), temperature (R1-Zero: 1),
-    optional top_k / top_p truncation (the old log-probs are those before truncation)."""
-
-    max_new_tokens: int = 1024
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-
-    def __post_init__(self):
-        _at_least("sampling", self, 1, "max_new_tokens")
-        _finite("sampling", self, "temperature", "top_p")
-        if not self.temperature > 0:
-            _fail("sampling", "temperature", self.temperature,
-                  "must be > 0 (the policy's log-probs are taken at this temperature)")
-        if self.top_k is not None and self.top_k < 1:
-            _fail("sampling", "top_k", self.top_k, "must be >= 1 or None")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            _fail("sampling", "top_p", self.top_p, "must be in (0, 1] or None")
-
-
-@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Prompts: a generated task (`r1jax.data.tasks`) with knobs, wrapped in a template.
 
@@ -171,7 +149,7 @@ class DataConfig:
     """
 
     task: str = "countdown"
-    task_knobs: tuple[tuple[str, Any], ...] = ()
+    task_knobs: tuple[tuple[str, Any], ...] = config_utils.converted((), config_utils.sorted_pairs)
     template: str = "r1_zero"
     seed: int = 0
     max_prompt_len: int = 256
@@ -260,12 +238,12 @@ class ExperimentConfig:
     seed: int = 0
     optim: state_lib.OptimConfig = state_lib.OptimConfig(learning_rate=3e-6)
     grpo: GRPOConfig = GRPOConfig()
-    sampling: SamplingConfig = SamplingConfig()
+    sampling: sampler.SamplingOptions = sampler.SamplingOptions()
     data: DataConfig = DataConfig()
     eval: EvalConfig = EvalConfig()
     rewards: registry.Spec = registry.Spec.from_dict({"countdown": 1.0, "format_strict": 1.0})
     reward_workers: int = 2
-    mesh: tuple[tuple[str, int], ...] = (("fsdp", -1),)
+    mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field()
     num_slices: int = 1
     compilation_cache_dir: str | None = None
     model_overrides: tuple[tuple[str, Any], ...] = ()
@@ -286,6 +264,9 @@ class ExperimentConfig:
         unknown = sorted({axis for axis, _ in self.mesh} - set(sharding.MESH_AXES))
         if unknown:
             _fail(s, "mesh", dict(self.mesh), f"unknown axes {unknown}; use {sharding.MESH_AXES}")
+        if not self.sampling.temperature > 0:  # greedy sampling has no policy log-probs
+            _fail("sampling", "temperature", self.sampling.temperature,
+                  "must be > 0 (the policy's log-probs are taken at this temperature)")
         _finite(s, self, "peak_flops")
         if self.peak_flops is not None and not self.peak_flops > 0:
             _fail(s, "peak_flops", self.peak_flops, "must be > 0 or None")
@@ -302,10 +283,6 @@ class ExperimentConfig:
 # ---------------------------------------------------------------------------------------------
 # ConfigDict -> ExperimentConfig
 # ---------------------------------------------------------------------------------------------
-
-_SECTIONS = {"grpo": GRPOConfig, "sampling": SamplingConfig, "data": DataConfig,
-             "eval": EvalConfig, "optim": state_lib.OptimConfig}
-
 
 def config_dict(**values) -> ml_collections.ConfigDict:
     """The ConfigDict of a GRPO run with every field of `ExperimentConfig` declared, so that
@@ -368,53 +345,31 @@ def reward_option_types(name: str) -> dict[str, type]:
     return types
 
 
-def _section(cls, values: Mapping[str, Any], name: str, **extra):
-    known = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in known:
-            raise ValueError(f"{name}: unknown field {key!r}; "
-                             f"{config_utils.closest_hint(key, known)}")
-    return cls(**{**values, **extra})
-
-
 def from_config_dict(config) -> ExperimentConfig:
-    """Validates a ConfigDict (or plain nested dict) and freezes it into an ExperimentConfig.
+    """Validates a ConfigDict (or plain nested dict) and freezes it into an ExperimentConfig
+    (`config_utils.freeze`: unset fields keep the dataclasses' defaults).
 
     The sections are `grpo`, `sampling`, `data`, `eval`, `optim` (an `OptimConfig`) and
     `rewards` ({name: weight}; entries left None or set to 0 are not used), with optional
     `reward_options` {name: {option: value}} (options left None are dropped) and
-    `reward_routes` {task: [name, ...]}, see `registry.Spec.routes`; `mesh` and `model_overrides` are {name: value} dicts (entries left
-    None are dropped: `config_dict` declares every possible one). optim.total_steps defaults to
-    the run's number of optimizer updates (total_steps * mu * num_minibatches), which a
-    cosine needs.
+    `reward_routes` {task: [name, ...]}, see `registry.Spec.routes`; `mesh` and
+    `model_overrides` are {name: value} dicts (entries left None are dropped: `config_dict`
+    declares every possible one). optim.total_steps defaults to the run's number of optimizer
+    updates (total_steps * mu * num_minibatches), which a cosine needs.
     """
     values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    sections = {}
-    for name in _SECTIONS:
-        if name in values:
-            section = dict(values.pop(name))
-            if name == "data" and "task_knobs" in section:
-                section["task_knobs"] = tuple(sorted(dict(section["task_knobs"]).items()))
-            sections[name] = section
     rewards = values.pop("rewards", None)
     reward_options = values.pop("reward_options", None)
     reward_routes = values.pop("reward_routes", None)
-    if "mesh" in values:
-        values["mesh"] = config_utils.mesh_pairs(values["mesh"])
-    if "model_overrides" in values:
-        values["model_overrides"] = tuple(config_utils.set_entries(values["model_overrides"]).items())
-    grpo_cfg = _section(GRPOConfig, sections.get("grpo", {}), "grpo")
-    optim = sections.get("optim", {})
+    built = {"grpo": config_utils.freeze(GRPOConfig, values.pop("grpo", None), "grpo")}
+    optim = dict(values.pop("optim", None) or {})
     if optim.get("total_steps") is None and "total_steps" in values:
-        updates = grpo_cfg.num_iterations * grpo_cfg.num_minibatches
-        optim = dict(optim, total_steps=int(values["total_steps"]) * updates)
-    built = {name: _section(cls, sections.get(name, {}), name)
-             for name, cls in _SECTIONS.items() if name not in ("grpo", "optim")}
-    built["grpo"] = grpo_cfg
-    built["optim"] = _section(state_lib.OptimConfig, optim, "optim")
+        optim["total_steps"] = int(values["total_steps"]) * (
+            built["grpo"].num_iterations * built["grpo"].num_minibatches)
+    built["optim"] = config_utils.freeze(state_lib.OptimConfig, optim, "optim")
     if rewards is not None:
         weights = {k: w for k, w in config_utils.set_entries(rewards).items() if w != 0}
         options = {k: config_utils.set_entries(v) for k, v in (reward_options or {}).items()}
         built["rewards"] = registry.Spec.from_dict(
             weights, {k: v for k, v in options.items() if v}, reward_routes)
-    return _section(ExperimentConfig, values, "config", **built)
+    return config_utils.freeze(ExperimentConfig, values, "config", **built)

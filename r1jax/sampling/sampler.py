@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import numbers
+from typing import ClassVar
 
 import flax.struct
 import jax
@@ -45,12 +48,50 @@ OVERLONG = ("error", "truncate")
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplingConfig:
+class SamplingOptions:
+    """What a user sets about sampling: the `sampling` section of a GRPO config, and the
+    first fields of every `SamplingConfig` (their defaults are written here only).
+
+    Attributes:
+      max_new_tokens: completion budget N (the GRPO max completion length L_max).
+      temperature: tau (R1-Zero trains at 1); 0 = greedy.
+      top_k, top_p: truncations (None = off); log-probs are those before truncation.
+    """
+
+    #: How errors name the class: `sampling.top_p=0.0: ...` (the config section).
+    _NAME: ClassVar[str] = "sampling"
+
+    max_new_tokens: int = 1024
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self):
+        def bad(field: str, why: str):
+            raise ValueError(f"{self._NAME}.{field}={getattr(self, field)!r}: {why}")
+
+        if not isinstance(self.max_new_tokens, numbers.Integral) or self.max_new_tokens < 1:
+            bad("max_new_tokens", "must be an int >= 1")
+        for field in ("temperature", "top_p"):
+            value = getattr(self, field)
+            if (value is not None or field == "temperature") and not (
+                    isinstance(value, numbers.Real) and math.isfinite(value)):
+                bad(field, "must be a finite number")
+        if self.temperature < 0:
+            bad("temperature", "must be >= 0 (0 = greedy)")
+        if self.top_k is not None and self.top_k < 1:
+            bad("top_k", "must be >= 1 or None")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            bad("top_p", "must be in (0, 1] or None")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig(SamplingOptions):
     """Static sampling settings (hashable: one compiled sampler per distinct value).
 
     Attributes:
-      max_new_tokens: completion budget N (the GRPO max completion length).
-      temperature: tau; 0 = greedy. top_k, top_p, min_p: truncations (None = off).
+      max_new_tokens, temperature, top_k, top_p: see `SamplingOptions`.
+      min_p: truncation (None = off).
       eos_id: stop token (kept in the completion). stop_token_sequences: id tuples that also
         stop a row, the last token included (`stops.stop_token_sequences` builds them).
       num_samples: G completions per prompt; output row b * G + g is sample g of prompt b.
@@ -61,10 +102,8 @@ class SamplingConfig:
       cache_dtype: None = the model's activation dtype.
     """
 
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
+    _NAME: ClassVar[str] = "SamplingConfig"
+
     min_p: float | None = None
     eos_id: int | None = None
     stop_token_sequences: tuple[tuple[int, ...], ...] = ()
@@ -76,13 +115,10 @@ class SamplingConfig:
     cache_dtype: str | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         object.__setattr__(self, "stop_token_sequences",
                            tuple(tuple(int(t) for t in s) for s in self.stop_token_sequences))
         checks = {
-            "max_new_tokens": self.max_new_tokens >= 1,
-            "temperature": self.temperature >= 0,
-            "top_k": self.top_k is None or self.top_k >= 1,
-            "top_p": self.top_p is None or 0 < self.top_p <= 1,
             "min_p": self.min_p is None or 0 <= self.min_p <= 1,
             "num_samples": self.num_samples >= 1,
             "pad_side": self.pad_side in PAD_SIDES,

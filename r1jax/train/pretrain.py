@@ -43,7 +43,8 @@ class PretrainConfig:
     sft: sft.SFTConfig
     optim: state_lib.OptimConfig
     tasks: tuple[str, ...] = ("countdown", "arithmetic", "word_problems")
-    task_knobs: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
+    task_knobs: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = config_utils.converted(
+        (), lambda knobs: tuple((k, config_utils.sorted_pairs(v)) for k, v in dict(knobs).items()))
     num_documents: int = 20000
     instruction_fraction: float = 0.3
     direct_fraction: float = 0.0
@@ -59,23 +60,16 @@ class PretrainConfig:
         d = cd.to_dict()
         model = dict(presets.get(d.pop("model_preset")).to_dict(),
                      **config_utils.set_entries(d.pop("model", {})))
-        knobs = tuple((k, tuple(sorted(v.items()))) for k, v in d.pop("task_knobs", {}).items())
-        train = sft.SFTConfig(**_with_tuples(d.pop("sft")))
-        optim = d.pop("optim")
+        train = config_utils.freeze(sft.SFTConfig, d.pop("sft", None), "pretrain.sft")
+        optim = dict(d.pop("optim", None) or {})
         if optim.get("total_steps") is None:
-            optim = dict(optim, total_steps=train.steps)
-        return cls(model=config_lib.ModelConfig.from_dict(model), sft=train,
-                   optim=state_lib.OptimConfig(**optim),
-                   tasks=tuple(d.pop("tasks")), task_knobs=knobs, **d)
+            optim["total_steps"] = train.steps
+        return config_utils.freeze(
+            cls, d, "pretrain", model=config_lib.ModelConfig.from_dict(model), sft=train,
+            optim=config_utils.freeze(state_lib.OptimConfig, optim, "pretrain.optim"))
 
     def knobs(self) -> dict:
         return {k: dict(v) for k, v in self.task_knobs}
-
-
-def _with_tuples(d: dict) -> dict:
-    if "mesh" in d and isinstance(d["mesh"], dict):
-        d = dict(d, mesh=config_utils.mesh_pairs(d["mesh"]))
-    return d
 
 
 def _documents(cfg: PretrainConfig, count: int, pieces: tuple[str, ...] | None = None) -> list[str]:

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import tqdm
 
-from r1jax import preemption, sharding
+from r1jax import config_utils, preemption, sharding
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.models import config as config_lib
 from r1jax.models import moe
@@ -48,7 +48,7 @@ class RMConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     seed: int = 0
-    mesh: tuple[tuple[str, int], ...] = (("fsdp", -1),)
+    mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field()
     max_consecutive_nonfinite: int = 5
     nonfinite_window: int = 20
     max_nonfinite_fraction: float = 0.25

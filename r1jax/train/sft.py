@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from r1jax import preemption, sharding
+from r1jax import config_utils, preemption, sharding
 from r1jax.models import config as config_lib
 from r1jax.models import moe, transformer
 from r1jax.train import checkpoint, guard, partition, resume
@@ -55,7 +55,7 @@ class SFTConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     seed: int = 0
-    mesh: tuple[tuple[str, int], ...] = (("fsdp", -1),)
+    mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field()
     packing: str = "next_fit"
     max_consecutive_nonfinite: int = 5
     nonfinite_window: int = 20

@@ -48,7 +48,7 @@ def test_rl_steps_for_budget_with_a_cosine_schedule():
     section = config_preset("r1", "tiny").distill.rl
     assert section.optim.schedule == "cosine" and section.optim.warmup_steps > 1
     model_config = config_lib.ModelConfig.from_dict(presets.get("tiny").to_dict())
-    per_step = distill.rl_step_flops(model_config, rl_config.from_config_dict(
-        dict(section.to_dict(), base_dir="unused", total_steps=40)), 100)
+    rl = rl_config.from_config_dict(dict(section.to_dict(), base_dir="unused", total_steps=40))
+    per_step = distill.rl_step_flops(model_config, rl.grpo, rl.sampling.max_new_tokens, 100)
     assert distill.rl_steps_for_budget(7.4 * per_step, model_config, section, 100) == 7
     assert distill.rl_steps_for_budget(0.1 * per_step, model_config, section, 100) == 1
