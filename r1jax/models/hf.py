@@ -53,13 +53,12 @@ from safetensors.numpy import save_file
 
 from r1jax import ownership, sharding
 from r1jax.models import config as config_lib
-from r1jax.models import hf_config, hf_shards, moe, transformer
+from r1jax.models import hf_config, hf_shards, moe, scan_layout, transformer
 
 CONFIG_FILE = hf_config.CONFIG_FILE
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
-_SCANNED = ("dense_layers", "moe_layers")  # transformer's scan stacks
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,9 +103,8 @@ def layout(path: tuple[str, ...], shape: tuple[int, ...],
     """The HF tensors of our param at `path` (of `shape`), scanned or not: a scanned stack's
     leaf [L, ...] maps layer i to `layers_{offset + i}` (offset = the dense prefix's length for
     `moe_layers`); stacked experts add an expert axis of names."""
-    if path[0] in _SCANNED:
-        offset = 0 if path[0] == "dense_layers" else (
-            config.first_k_dense_replace if config.is_moe else config.num_hidden_layers)
+    if path[0] in scan_layout.STACKS:
+        offset = scan_layout.stack_offset(path[0], config)
         per_layer = [layout((f"layers_{offset + i}",) + path[1:], shape[1:], config)
                      for i in range(shape[0])]
         return hf_shards.Layout(np.stack([p.names for p in per_layer]), per_layer[0].transpose)
