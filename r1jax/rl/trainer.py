@@ -46,7 +46,7 @@ from r1jax import config_utils, distributed, ownership, preemption, sharding
 from r1jax.data import pipeline, tasks, templates
 from r1jax.data.tasks import jsonl
 from r1jax.evals import rollout
-from r1jax.models import summary
+from r1jax.models import scan_layout, summary
 from r1jax.rl import config as rl_config
 from r1jax.rl import grpo, step
 from r1jax.train import base, checkpoint, guard, metrics
@@ -292,6 +292,9 @@ def _load_model(config: rl_config.ExperimentConfig):
     model_config, params, tok = base.load_model(config.base_dir)
     if config.model_overrides:
         model_config = model_config.replace(**dict(config.model_overrides))
+    # A checkpoint holds one layer layout; a scan_layers override picks the one that runs.
+    relayout = scan_layout.to_scanned if model_config.scan_layers else scan_layout.to_unrolled
+    params = relayout(model_config, params)
     # Params keep the checkpoint's dtype unless a param_dtype override asks for another.
     return model_config, base.cast_params(jax.device_get(params), model_config.param_dtype), tok
 
