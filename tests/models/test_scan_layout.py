@@ -2,9 +2,8 @@
 
 import os
 
-import numpy as np
 import pytest
-from flax import traverse_util
+from test_hf import assert_trees_equal
 
 from r1jax.models import hf, scan_layout
 
@@ -19,15 +18,8 @@ def test_conversions_match_the_scanned_load(name):
     _, scanned = hf.load_hf(path, scan_layers=True)
     converted = scan_layout.to_scanned(config, unrolled)
     assert scan_layout.is_scanned(converted) and not scan_layout.is_scanned(unrolled)
-    assert_equal(converted, scanned)
-    assert_equal(scan_layout.to_unrolled(config, scanned), unrolled)
+    assert_trees_equal(converted, scanned)
+    assert_trees_equal(scan_layout.to_unrolled(config, scanned), unrolled)
     assert scan_layout.to_scanned(config, scanned) is scanned  # already scanned: unchanged
     assert scan_layout.to_unrolled(config, unrolled) is unrolled
 
-
-def assert_equal(a, b):
-    flat_a, flat_b = traverse_util.flatten_dict(a), traverse_util.flatten_dict(b)
-    assert flat_a.keys() == flat_b.keys()
-    for path, value in flat_a.items():
-        assert value.dtype == flat_b[path].dtype, path
-        np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_b[path]), err_msg=path)
