@@ -276,6 +276,7 @@ print("RESULT " + json.dumps({"slices": stats.slices_read}), flush=True)
 """
 
 
+@pytest.mark.slow  # two interpreters start JAX: ~20 s on 2 cores
 def test_two_processes_load_their_slices_and_save(checkpoints, tmp_path):
     """Two jax.distributed processes of 4 devices each: each reads only its devices' slices
     (fewer reads than one process driving all 8), and save_hf of the scanned tree sharded
