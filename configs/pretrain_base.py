@@ -7,25 +7,20 @@ Presets: `tiny` (the default base of configs/r1_zero.py:tiny; about 12 minutes o
 `smoke` (seconds; for tests).
 """
 
-import ml_collections
-
 from r1jax import config_utils
-from r1jax.models import config as model_config
-from r1jax.train import sft, state
+from r1jax.train import pretrain
 
 
 def get_config(arg=None):
     arg = arg or "tiny"
-    c = ml_collections.ConfigDict()
-    c.model_preset = "tiny"
     # The instruction documents teach copying named tags (r1jax.data.corpus): invented names are
     # random pieces of the 512-piece vocabulary, which also spells "<think>"/"<answer>" with
     # ordinary pieces (th|ink, an|swer), so the copy skill carries over to the R1 tags.
     # `model` declares every ModelConfig field (unset ones keep the preset's value), so
-    # --config.model.<field>=... works for any of them.
-    c.model = config_utils.unset_fields(model_config.ModelConfig)
-    config_utils.assign(c.model, {"num_hidden_layers": 3, "tie_word_embeddings": True})
-    c.tasks = ("arithmetic",)
+    # --config.model.<field>=... works for any of them; every other field is declared too.
+    c = pretrain.PretrainConfig.config_dict(
+        "tiny", model={"num_hidden_layers": 3, "tie_word_embeddings": True},
+        tasks=("arithmetic",))
     # Operand lengths uniform (1 problem in 4 is 2-digit +/- 2-digit, as RL's all are). Three
     # 2-digit operands in four (`length_weights` (1, 3), at 590c7d3) made two bases of three
     # stronger (R1-Zero +51 and +43 points) but left seed 0's unable to read the second operand
@@ -39,21 +34,14 @@ def get_config(arg=None):
     c.instruction_fraction = 0.6
     # Two documents in three give the bare answer: the base often answers from memory.
     c.direct_fraction = 0.65
-    c.piece_names = True
     c.vocab_size = 512
-    c.tokenizer_documents = 3000
-    c.seed = 0
     # 3,300 steps: at 2,500 the bases worked 2-digit problems out correctly only 22-56% of the
     # time, and RL, which makes the base work problems out, could not rise above that.
-    c.sft = config_utils.from_dataclass(
-        sft.SFTConfig, steps=3300, batch_size=8, seq_len=256, micro_batches=1, log_every=20,
-        checkpoint_every=500, keep_checkpoints=2, seed=0,
-        mesh={"data": 1, "fsdp": -1, "expert": 1, "tensor": 1}, packing="best_fit")
-    # total_steps None: the cosine decays over sft.steps (an override of the steps carries it).
-    c.optim = config_utils.from_dataclass(
-        state.OptimConfig, learning_rate=3e-3, warmup_steps=30, schedule="cosine",
-        total_steps=None, end_lr_factor=0.1, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
-        grad_clip_norm=1.0)
+    c.sft.update(steps=3300, batch_size=8, log_every=20, checkpoint_every=500,
+                 packing="best_fit")
+    # total_steps left None: the cosine decays over sft.steps (an override of the steps
+    # carries it).
+    c.optim.update(learning_rate=3e-3, warmup_steps=30, schedule="cosine", end_lr_factor=0.1)
     if arg == "smoke":
         config_utils.assign(c.model, {
             "num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128,
@@ -61,7 +49,6 @@ def get_config(arg=None):
             "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16})
         c.num_documents = 300
         c.tokenizer_documents = 300
-        c.vocab_size = 512
         c.sft.update(steps=4, batch_size=4, seq_len=128, log_every=2, checkpoint_every=2)
         c.optim.update(warmup_steps=1)
     elif arg != "tiny":

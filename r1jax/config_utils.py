@@ -109,7 +109,9 @@ def from_dataclass(cls, **values) -> ml_collections.ConfigDict:
             value = field.default_factory()
         else:
             value = None
-        if dataclasses.is_dataclass(annotation):
+        if DECLARE in field.metadata:
+            out[field.name] = field.metadata[DECLARE](value)
+        elif dataclasses.is_dataclass(annotation):
             out[field.name] = from_dataclass(annotation, **_as_mapping(value))
         elif _is_pairs(annotation):
             out[field.name] = dict(value or ())
@@ -172,6 +174,9 @@ def assign(section: ml_collections.ConfigDict, values: Mapping[str, Any], *,
 
 #: Field metadata key: a function that freezes the field's ConfigDict value (see `converted`).
 FREEZE = "r1jax.freeze"
+#: Field metadata key: a function that gives the field's ConfigDict entry for a value (the
+#: map that declares every key the command line may set; see `from_dataclass`).
+DECLARE = "r1jax.declare"
 
 
 def converted(default: Any, convert: Callable[[Any], Any]) -> Any:
@@ -180,10 +185,18 @@ def converted(default: Any, convert: Callable[[Any], Any]) -> Any:
     return dataclasses.field(default=default, metadata={FREEZE: convert})
 
 
-def mesh_field(default: tuple[tuple[str, int], ...] = (("fsdp", -1),)) -> Any:
-    """The device-mesh field of every stage: ((axis, size), ...), from the ConfigDict's
-    {axis: size} map by `mesh_pairs` (the one place a mesh is frozen)."""
-    return converted(default, mesh_pairs)
+def mesh_field(axes: Sequence[str], default: tuple[tuple[str, int], ...] = (("fsdp", -1),)
+               ) -> Any:
+    """The device-mesh field of every stage: ((axis, size), ...). In the ConfigDict it is an
+    {axis: size} map declaring every one of `axes` (size 1 unless set: the same mesh as
+    leaving it out), so the command line can set any; `freeze` turns it back into pairs by
+    `mesh_pairs`. The one place a mesh is declared and frozen."""
+    def declare(value) -> dict[str, int]:
+        sizes = dict.fromkeys(axes, 1)
+        sizes.update(dict(value or ()))
+        return sizes
+
+    return dataclasses.field(default=default, metadata={FREEZE: mesh_pairs, DECLARE: declare})
 
 
 def sorted_pairs(value: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> tuple:

@@ -243,7 +243,7 @@ class ExperimentConfig:
     eval: EvalConfig = EvalConfig()
     rewards: registry.Spec = registry.Spec.from_dict({"countdown": 1.0, "format_strict": 1.0})
     reward_workers: int = 2
-    mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field()
+    mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field(sharding.MESH_AXES)
     num_slices: int = 1
     compilation_cache_dir: str | None = None
     model_overrides: tuple[tuple[str, Any], ...] = ()
@@ -301,12 +301,10 @@ def config_dict(**values) -> ml_collections.ConfigDict:
     Returns:
       A ConfigDict for `from_config_dict`.
     """
-    mesh = dict.fromkeys(sharding.MESH_AXES, 1)
-    mesh.update(values.pop("mesh", {"fsdp": -1}))
-    rewards = dict(values.pop("rewards", {"countdown": 1.0, "format_strict": 1.0}))
+    default_rewards = _DEFAULT.rewards.weights  # the dataclass' default, written there only
+    rewards = dict(values.pop("rewards", None) or default_rewards)
     overrides = dict(values.pop("model_overrides", {}))
     c = config_utils.from_dataclass(ExperimentConfig, **values)
-    c.mesh = mesh
     c.model_overrides = config_utils.unset_fields(model_config_lib.ModelConfig)
     config_utils.assign(c.model_overrides, overrides)
     # Rewards registered later (the R1 pipeline's reward model) are declared by naming them.
@@ -319,6 +317,9 @@ def config_dict(**values) -> ml_collections.ConfigDict:
     c.reward_routes = {}
     return c
 
+
+#: The defaults of the fields that `config_dict` declares by hand (rewards).
+_DEFAULT = ExperimentConfig(base_dir="unset", total_steps=1)
 
 #: Types of reward options whose default is None (nothing to infer the type from).
 _UNTYPED_OPTIONS = {"max_length": int, "cache_length": int}

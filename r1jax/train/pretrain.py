@@ -68,6 +68,20 @@ class PretrainConfig:
             cls, d, "pretrain", model=config_lib.ModelConfig.from_dict(model), sft=train,
             optim=config_utils.freeze(state_lib.OptimConfig, optim, "pretrain.optim"))
 
+    @staticmethod
+    def config_dict(model_preset: str, model: dict | None = None,
+                    **values) -> ml_collections.ConfigDict:
+        """The ConfigDict of a pretraining run with every field declared (so the command line
+        can set any): `model_preset` names a `presets` model and `model` declares every
+        `ModelConfig` field unset, `model` setting those the run changes; `values` set other
+        fields (sections as dicts). Unset fields keep the dataclass defaults."""
+        c = config_utils.from_dataclass(PretrainConfig, **values)
+        del c["model"]  # a preset plus overrides, not a whole ModelConfig
+        c.model_preset = model_preset
+        c.model = config_utils.unset_fields(config_lib.ModelConfig)
+        config_utils.assign(c.model, dict(model or {}))
+        return c
+
     def knobs(self) -> dict:
         return {k: dict(v) for k, v in self.task_knobs}
 

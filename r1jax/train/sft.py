@@ -55,7 +55,7 @@ class SFTConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     seed: int = 0
-    mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field()
+    mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field(sharding.MESH_AXES)
     packing: str = "next_fit"
     max_consecutive_nonfinite: int = 5
     nonfinite_window: int = 20
