@@ -26,8 +26,8 @@ import numpy as np
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.tasks import preference
 from r1jax.models import config as config_lib
-from r1jax.rewards import reward_model as rm
 from r1jax.train import reward
+from r1jax.train import reward_model as rm
 from r1jax.train import state as state_lib
 
 

@@ -72,7 +72,7 @@ def test_architecture_doc_is_not_stale():
     text = (ROOT / "docs" / "architecture.md").read_text()
     assert "Not implemented yet" not in text
     for module in ("r1jax/r1/pipeline.py", "r1jax/r1/rejection.py", "r1jax/r1/distill.py",
-                   "r1jax/rewards/reward_model.py"):
+                   "r1jax/train/reward_model.py"):
         assert f"`{module}`" in text, module
 
 

@@ -36,8 +36,8 @@ from r1jax.models import config as config_lib
 from r1jax.r1 import common, data, rejection
 from r1jax.r1 import manifest as manifest_lib
 from r1jax.rewards import registry
-from r1jax.rewards import reward_model as rm
 from r1jax.train import base, pretrain, reward
+from r1jax.train import reward_model as rm
 from r1jax.train import state as state_lib
 
 STAGES = ("base", "cold_start", "reasoning_rl", "rejection", "sft", "all_scenario", "r1_zero")

@@ -1,6 +1,6 @@
 """Reward-model training on preference pairs: Bradley-Terry loss, sharded like the policy.
 
-The model, loss and scorer live in `r1jax.rewards.reward_model`; this is the trainer, laid out
+The model, loss and scorer live in `r1jax.train.reward_model`; this is the trainer, laid out
 like `sft.train` (mesh, state, step, checkpoint, loop) and resuming, guarding non-finite
 updates and handling SIGTERM the same way (`r1jax.train.resume`). A batch holds B pairs as 2B rows, row 2i the chosen response y_w and row 2i + 1 the
 rejected y_l of pair i (adjacent, so batch sharding keeps a pair on one device); both rows go
@@ -26,8 +26,8 @@ from r1jax import config_utils, preemption, sharding
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.models import config as config_lib
 from r1jax.models import moe
-from r1jax.rewards import reward_model as rm
 from r1jax.train import checkpoint, guard, partition, resume
+from r1jax.train import reward_model as rm
 from r1jax.train import state as state_lib
 
 
@@ -48,7 +48,7 @@ class RMConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     seed: int = 0
-    mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field(sharding.MESH_AXES)
+    mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field()
     max_consecutive_nonfinite: int = 5
     nonfinite_window: int = 20
     max_nonfinite_fraction: float = 0.25

@@ -89,8 +89,8 @@ def test_reward_model_init_policy_and_scratch(base_dir):
     import pytest
 
     from r1jax.r1 import pipeline
-    from r1jax.rewards import reward_model as rm
     from r1jax.train import base
+    from r1jax.train import reward_model as rm
 
     policy_config, policy, _ = base.load_base(base_dir)
     c = ml_collections.ConfigDict(dict(init="policy", model={}, train=dict(seed=0)))
