@@ -48,7 +48,7 @@ class RMConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     seed: int = 0
-    mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field()
+    mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field(sharding.MESH_AXES)
     max_consecutive_nonfinite: int = 5
     nonfinite_window: int = 20
     max_nonfinite_fraction: float = 0.25
