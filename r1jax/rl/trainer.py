@@ -437,9 +437,10 @@ def train(config, workdir: str) -> dict[str, Any]:
                                   config.sampling.temperature, config.sampling.max_new_tokens)
 
     # ------------------------------------------------------------------ state and checkpoint
-    state = distributed.put_global(jax.device_get(step.init_state(params, step_config,
-                                                                  config.seed)),
-                                   step.state_shardings(step_config, mesh))
+    # Each device reads its shard of the host params; the reference copy and the moments are
+    # then built in place (step.jit_init_state), never whole on one device.
+    params = distributed.put_global(params, step.param_shardings(model_config, mesh))
+    state = step.jit_init_state(step_config, mesh, config.seed)(params)
     del params
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    max_to_keep=config.keep_checkpoints,
