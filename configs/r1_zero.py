@@ -22,6 +22,7 @@ command line: `--config.sampling.top_p=0.95`, `--config.data.train_jsonl=train.j
 import ml_collections
 
 from r1jax import config_utils
+from r1jax.models import config as model_config_lib
 from r1jax.rl import config as rl_config
 
 
@@ -81,6 +82,14 @@ def smoke() -> ml_collections.ConfigDict:
     return c
 
 
+def _accelerator_precision(c: ml_collections.ConfigDict) -> None:
+    """The accelerator precision policy over the checkpoint's own dtypes: float32 master
+    weights and Adam moments (an HF bf16 checkpoint is widened once at load), bf16 compute,
+    float32 accumulation. With bf16 weights an AdamW step at lr 1e-6..3e-6 mostly rounds away
+    (`r1jax.models.config.PRECISION_POLICIES`)."""
+    config_utils.assign(c.model_overrides, model_config_lib.precision("accelerator"))
+
+
 def qwen2_5_3b_countdown() -> ml_collections.ConfigDict:
     """TinyZero: countdown with 3-4 numbers from a local Qwen2.5-3B base (HF directory), one
     GPU host or a small TPU slice. Override --config.base_dir=/path/to/Qwen2.5-3B."""
@@ -94,6 +103,7 @@ def qwen2_5_3b_countdown() -> ml_collections.ConfigDict:
     c.eval.update(every=25, num_prompts=256)
     config_utils.assign(c.rewards, {"countdown": 1.0, "format_strict": 0.1})
     c.checkpoint_every = 25
+    _accelerator_precision(c)
     return c
 
 
@@ -115,6 +125,7 @@ def deepseek_v3_671b() -> ml_collections.ConfigDict:
     c.eval.update(every=100, num_prompts=500, num_samples=16)
     config_utils.assign(c.rewards, {"math": 1.0, "format_strict": 1.0})
     c.checkpoint_every = 50
+    _accelerator_precision(c)
     return c
 
 

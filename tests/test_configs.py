@@ -176,7 +176,9 @@ def test_r1_zero_user_overrides_reach_the_experiment_config(tmp_path):
                                          "overlong": (("cache_length", 256), ("max_length", 1024))}
     assert cfg.rewards.reward("overlong").options == (("cache_length", 256),
                                                       ("max_length", 1024))
-    assert dict(cfg.model_overrides) == {"moe_dispatch": "expert_parallel", "q_lora_rank": 32}
+    # The preset's own overrides (its precision policy) stay beside the command line's.
+    assert dict(cfg.model_overrides) == {"moe_dispatch": "expert_parallel", "q_lora_rank": 32,
+                                         **model_config_lib.precision("accelerator")}
     assert (cfg.sampling.top_p, cfg.sampling.top_k) == (0.9, 40)
     assert cfg.grpo.bias_update_speed == 0.01
     assert dict(cfg.mesh) == {"fsdp": -1, "expert": 2}

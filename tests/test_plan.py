@@ -293,6 +293,7 @@ def test_cli_plans_an_experiment_on_an_hf_directory(tmp_path):
     assert "micro-batch 16 x 1280 tokens from the experiment config" in out
     assert "dtype bfloat16, remat_policy full" in out
     assert "with rematerialisation (the run's remat_policy)" in out
-    expected = plan.make_plan(model.replace(dtype="bfloat16", param_dtype="bfloat16",
+    # The preset's accelerator precision: bf16 compute, float32 master weights and moments.
+    expected = plan.make_plan(model.replace(dtype="bfloat16", param_dtype="float32",
                                             remat_policy="full"), {"fsdp": 1}, 16, 1280)
     assert f"{expected.total(True) / plan.GIB:10.2f} GiB" in out

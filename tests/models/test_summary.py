@@ -115,8 +115,10 @@ def _dense_count(c: config_lib.ModelConfig) -> int:
 def test_resolve_model_applies_the_experiments_overrides(hf_dir, tmp_path):
     config = experiment("qwen2_5_3b_countdown", f"base_dir={hf_dir}",
                         "model_overrides.remat_policy=full", "model_overrides.dtype=float32")
-    assert summary.resolve_model(config) == small_dense().replace(remat_policy="full",
-                                                                  dtype="float32")
+    # The preset's accelerator precision makes the master weights float32 (the checkpoint is
+    # bfloat16); the command line's dtype wins over the preset's bfloat16 compute.
+    assert summary.resolve_model(config) == small_dense().replace(
+        remat_policy="full", dtype="float32", param_dtype="float32")
     base = tmp_path / "base"  # an r1jax base directory: model_config.json
     base.mkdir()
     (base / "model_config.json").write_text(json.dumps(small_dense("float32").to_dict()))
