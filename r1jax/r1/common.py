@@ -9,6 +9,7 @@ trainer (as `base_dir`) all read it the same way.
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -22,6 +23,7 @@ from r1jax.evals import evaluate
 from r1jax.models import hf_shards
 from r1jax.r1 import data
 from r1jax.rewards import registry
+from r1jax.rl import config as rl_config
 from r1jax.rl import runs, trainer
 from r1jax.train import base, sft
 from r1jax.train import state as state_lib
@@ -80,17 +82,19 @@ def sft_stage(stage_dir: pathlib.Path, start_dir, records, section, *,
 
 
 def grpo_stage(stage_dir: pathlib.Path, start_dir, section: ml_collections.ConfigDict,
-               seed: int) -> tuple[pathlib.Path, dict[str, Any]]:
+               seed: int, extra_rewards: Sequence = ()) -> tuple[pathlib.Path, dict[str, Any]]:
     """GRPO (`rl.trainer.train`) from the model in `start_dir`, run in `<stage_dir>/run`
-    (resumable); returns (the saved final model directory, the trainer's summary)."""
+    (resumable); returns (the saved final model directory, the trainer's summary).
+    `extra_rewards` (e.g. the learned reward model) are passed to the run's reward spec
+    (`registry.Spec.extra`), never registered."""
     model_dir, run_dir = stage_dir / "model", stage_dir / "run"
     section = ml_collections.ConfigDict(section.to_dict())
     section.base_dir = str(pathlib.Path(start_dir).absolute())
     section.seed = seed
-    summary = trainer.train(section, str(run_dir))
+    summary = trainer.train(rl_config.from_config_dict(section, extra_rewards), str(run_dir))
     if summary["preempted"]:
         raise preemption.Preempted(summary["step"], f"GRPO in {run_dir}")
-    final = runs.load_run(run_dir)
+    final = runs.load_run(run_dir, extra_rewards=extra_rewards)
     save_model(model_dir, final.config, final.params, start_dir)
     summary = {"step": summary["step"], "eval": summary["eval"],
                "nonfinite_total": summary.get("nonfinite_total", 0)}

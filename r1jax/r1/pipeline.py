@@ -35,7 +35,6 @@ from r1jax.data import tasks, templates
 from r1jax.models import config as config_lib
 from r1jax.r1 import common, data, rejection
 from r1jax.r1 import manifest as manifest_lib
-from r1jax.rewards import registry
 from r1jax.train import base, pretrain, reward
 from r1jax.train import reward_model as rm
 from r1jax.train import state as state_lib
@@ -103,10 +102,11 @@ def _cold_start(config, m, stage_dir):
                                   "examples": len(records)}
 
 
-def _grpo(section_name: str, start_stage: str, config, m, stage_dir):
+def _grpo(section_name: str, start_stage: str, config, m, stage_dir, extra_rewards=()):
     start = m.output(start_stage, "model") if start_stage != "base" else \
         m.entry("base")["metrics"]["base_dir"]
-    model_dir, summary = common.grpo_stage(stage_dir, start, config[section_name], config.seed)
+    model_dir, summary = common.grpo_stage(stage_dir, start, config[section_name], config.seed,
+                                           extra_rewards)
     return {"model": model_dir}, {"eval": _evaluate(config, model_dir),
                                   "grpo": summary}
 
@@ -225,8 +225,8 @@ def train_reward_model(config, policy_dir, work: pathlib.Path) -> tuple[rm.Score
 def _all_scenario(config, m, stage_dir):
     start = m.output("sft", "model")
     scorer, rm_metrics = train_reward_model(config, start, stage_dir / "reward_model")
-    registry.register(scorer, replace=True)
-    outputs, metrics = _grpo("all_scenario", "sft", config, m, stage_dir)
+    # The scorer reaches the stage's reward spec directly; the global registry is untouched.
+    outputs, metrics = _grpo("all_scenario", "sft", config, m, stage_dir, (scorer,))
     outputs["reward_model"] = stage_dir / "reward_model" / "model"
     return outputs, dict(metrics, reward_model=rm_metrics)
 

@@ -255,13 +255,17 @@ def register(reward, *, replace: bool = False) -> None:
     Raises ValueError when the name is taken by another reward and `replace` is False, and
     TypeError naming the attributes of that interface that `reward` lacks.
     """
-    missing = [a for a in _INTERFACE if not hasattr(reward, a)]
-    if missing:
-        raise TypeError(f"register: {reward!r} lacks the reward attribute(s) {missing}")
+    _check_interface(reward, "register")
     taken = _REGISTRY.get(reward.name)
     if taken is not None and taken is not reward and not replace:
         raise ValueError(f"reward {reward.name!r} is already registered; pass replace=True")
     _REGISTRY[reward.name] = reward
+
+
+def _check_interface(reward, where: str) -> None:
+    missing = [a for a in _INTERFACE if not hasattr(reward, a)]
+    if missing:
+        raise TypeError(f"{where}: {reward!r} lacks the reward attribute(s) {missing}")
 
 
 def unregister(name: str) -> None:
@@ -290,19 +294,26 @@ class Spec:
         `task` (R1 Sec. 2.3.4: rule rewards on reasoning prompts, a reward model on general
         ones); a reward scores 0 on the rows it is not routed to. Rows of a task not listed
         (or all rows, without routes or a `task` field) get every reward.
+      extra: rewards the caller passes in rather than registers (the R1 pipeline's learned
+        reward model for its all-scenario stage), each with `register`'s interface; a name
+        resolves to one of them before the registry, so no global table is changed. Left out
+        of equality and hashing (the names in `weights` identify the run's rewards).
     """
 
     weights: tuple[tuple[str, float], ...]
     options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    extra: tuple[Any, ...] = dataclasses.field(default=(), compare=False)
 
     def __post_init__(self):
+        for fn in self.extra:
+            _check_interface(fn, "Spec.extra")
         for name, weight in self.weights:
-            get(name)
+            self._lookup(name)
             if not _math.isfinite(weight):
                 raise ValueError(f"reward weight {name!r} must be finite, got {weight}")
         for name, options in self.options:
-            get(name, **dict(options))  # unknown rewards and options fail here, not mid-run
+            self._lookup(name, **dict(options))  # unknown ones fail here, not mid-run
         weighted = {name for name, _ in self.weights}
         for task, routed in self.routes:
             unknown = sorted(set(routed) - weighted)
@@ -312,14 +323,14 @@ class Spec:
 
     @classmethod
     def from_dict(cls, weights: Mapping[str, float], options: Mapping[str, Mapping] | None = None,
-                  routes: Mapping[str, Sequence[str]] | None = None):
-        """Builds a Spec from `{name: weight}`, `{name: {option: value}}` and
-        `{task: [name, ...]}`."""
+                  routes: Mapping[str, Sequence[str]] | None = None, extra: Sequence = ()):
+        """Builds a Spec from `{name: weight}`, `{name: {option: value}}`,
+        `{task: [name, ...]}` and the caller's own rewards (`extra`)."""
         opts = tuple(
             sorted((k, tuple(sorted(dict(v).items()))) for k, v in (options or {}).items())
         )
         paths = tuple(sorted((k, tuple(v)) for k, v in (routes or {}).items()))
-        return cls(tuple((k, float(w)) for k, w in weights.items()), opts, paths)
+        return cls(tuple((k, float(w)) for k, w in weights.items()), opts, paths, tuple(extra))
 
     def rows_for(self, name: str, task: Sequence[str] | None, n: int) -> np.ndarray | None:
         """Indices of the rows that reward `name` scores; None means all of them."""
@@ -329,13 +340,20 @@ class Spec:
         rows = [i for i, t in enumerate(task) if t not in routes or name in routes[t]]
         return None if len(rows) == n else np.asarray(rows, np.int64)
 
+    def _lookup(self, name: str, **options) -> RewardFn:
+        """The reward `name` of `extra`, else of the registry, with `options`."""
+        fn = next((fn for fn in self.extra if fn.name == name), None)
+        if fn is None:
+            return get(name, **options)
+        return fn.with_options(**options) if options else fn
+
     def reward(self, name: str) -> RewardFn:
-        return get(name, **dict(dict(self.options).get(name, ())))
+        return self._lookup(name, **dict(dict(self.options).get(name, ())))
 
     def accuracy_name(self) -> str | None:
         """The first weighted reward that is a correctness checker (`is_accuracy`), in the order
         of `weights`; None when there is none."""
-        return next((name for name, _ in self.weights if get(name).is_accuracy), None)
+        return next((name for name, _ in self.weights if self._lookup(name).is_accuracy), None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ import dataclasses
 import inspect
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -346,7 +347,7 @@ def reward_option_types(name: str) -> dict[str, type]:
     return types
 
 
-def from_config_dict(config) -> ExperimentConfig:
+def from_config_dict(config, extra_rewards: Sequence = ()) -> ExperimentConfig:
     """Validates a ConfigDict (or plain nested dict) and freezes it into an ExperimentConfig
     (`config_utils.freeze`: unset fields keep the dataclasses' defaults).
 
@@ -356,7 +357,8 @@ def from_config_dict(config) -> ExperimentConfig:
     `reward_routes` {task: [name, ...]}, see `registry.Spec.routes`; `mesh` and
     `model_overrides` are {name: value} dicts (entries left None are dropped: `config_dict`
     declares every possible one). optim.total_steps defaults to the run's number of optimizer
-    updates (total_steps * mu * num_minibatches), which a cosine needs.
+    updates (total_steps * mu * num_minibatches), which a cosine needs. `extra_rewards` are
+    reward objects the caller passes in (`registry.Spec.extra`) instead of registering them.
     """
     values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     rewards = values.pop("rewards", None)
@@ -372,5 +374,5 @@ def from_config_dict(config) -> ExperimentConfig:
         weights = {k: w for k, w in config_utils.set_entries(rewards).items() if w != 0}
         options = {k: config_utils.set_entries(v) for k, v in (reward_options or {}).items()}
         built["rewards"] = registry.Spec.from_dict(
-            weights, {k: v for k, v in options.items() if v}, reward_routes)
+            weights, {k: v for k, v in options.items() if v}, reward_routes, extra_rewards)
     return config_utils.freeze(ExperimentConfig, values, "config", **built)

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -61,8 +62,10 @@ def is_run_dir(path: str | os.PathLike) -> bool:
     return "grpo" in json.loads((path / "config.json").read_text())
 
 
-def run_config(workdir: str | os.PathLike) -> rl_config.ExperimentConfig:
-    """The run's ExperimentConfig, rebuilt from the config.json the trainer wrote."""
+def run_config(workdir: str | os.PathLike,
+               extra_rewards: Sequence = ()) -> rl_config.ExperimentConfig:
+    """The run's ExperimentConfig, rebuilt from the config.json the trainer wrote (with the
+    `extra_rewards` the run was given, e.g. a learned reward model: a Spec's `extra`)."""
     values = json.loads((pathlib.Path(workdir) / "config.json").read_text())
     spec = values.pop("rewards")
     values["rewards"] = dict(spec["weights"])
@@ -71,7 +74,7 @@ def run_config(workdir: str | os.PathLike) -> rl_config.ExperimentConfig:
     values["data"]["task_knobs"] = dict(values["data"]["task_knobs"])
     values["mesh"] = dict(values["mesh"])
     values["model_overrides"] = dict(values["model_overrides"])
-    return rl_config.from_config_dict(values)
+    return rl_config.from_config_dict(values, extra_rewards)
 
 
 def _restore_state(directory: str, abstract_state, step_: int | None):
@@ -90,11 +93,12 @@ def _restore_state(directory: str, abstract_state, step_: int | None):
         return mgr.restore(step_, args=args).state, step_
 
 
-def load_run(workdir: str | os.PathLike, step_: int | None = None) -> RunModel:
+def load_run(workdir: str | os.PathLike, step_: int | None = None, *,
+             extra_rewards: Sequence = ()) -> RunModel:
     """The policy of an R1-Zero run at its newest checkpoint (or `step_`), placed on the run's
-    mesh exactly as the trainer held it."""
+    mesh exactly as the trainer held it (`extra_rewards`: as `run_config`)."""
     workdir = os.path.abspath(workdir)
-    config = run_config(workdir)
+    config = run_config(workdir, extra_rewards)
     # An r1jax base or an HF checkpoint (its stored dtype, as the trainer loaded it).
     model_config = base.load_config(config.base_dir)
     if config.model_overrides:

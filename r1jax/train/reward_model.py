@@ -273,6 +273,16 @@ class Scorer:
         select_span("", copy.span)
         return copy
 
+    def __repr__(self) -> str:
+        # What a run's config.json records for a Spec's `extra` reward: stable across runs.
+        return (f"Scorer(name={self.name!r}, span={self.span!r}, max_len={self.max_len}, "
+                f"batch_size={self.batch_size})")
+
+    def __deepcopy__(self, memo) -> Scorer:
+        # Immutable once built; `dataclasses.asdict` of a config holding it must not copy the
+        # params (or the compiled forward) just to print the config.
+        return self
+
     def score(self, responses: Sequence[str], questions: Sequence[str] | None = None
               ) -> np.ndarray:
         """r_theta(x, y) of each response (its `span`) to its question. Returns float32 [N]."""

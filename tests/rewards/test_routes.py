@@ -34,3 +34,22 @@ def test_mixture_keeps_each_task_and_split():
     assert kinds == {"word_problems", "preference"}
     assert all(e["split"] == "test" for e in examples)
     assert tasks.get("mixture", **task.knobs()).knobs() == task.knobs()
+
+
+def _shout(completion: str) -> float:
+    return float(completion.isupper())
+
+
+def test_a_specs_extra_reward_is_passed_not_registered():
+    # The R1 pipeline hands its learned reward model to the all-scenario stage this way.
+    shout = registry.RewardFn("shout", score=_shout)
+    before = registry.names()
+    with pytest.raises(ValueError, match="unknown reward 'shout'"):
+        registry.Spec.from_dict({"shout": 1.0, "format_strict": 1.0})
+    spec = registry.Spec.from_dict({"shout": 1.0, "format_strict": 1.0}, extra=[shout])
+    assert spec.reward("shout") is shout and spec.accuracy_name() is None
+    scored = registry.combine(spec, ["HI", "hi"])
+    np.testing.assert_array_equal(scored.components["shout"], [1.0, 0.0])
+    assert registry.names() == before  # nothing registered along the way
+    with pytest.raises(TypeError, match=r"Spec.extra: .* lacks the reward attribute"):
+        registry.Spec.from_dict({"format_strict": 1.0}, extra=[object()])

@@ -2,6 +2,7 @@
 last-token head vs a per-example reference with padding, training, sharded == one device,
 save/load, the registry interface, and hostile text."""
 
+import json
 import warnings
 
 import jax
@@ -14,6 +15,7 @@ from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.data.tasks import preference
 from r1jax.models import transformer
 from r1jax.rewards import registry
+from r1jax.rl import config as rl_config
 from r1jax.train import reward
 from r1jax.train import reward_model as rm
 from r1jax.train import state as state_lib
@@ -208,6 +210,21 @@ def test_scorer_spans_and_registry(cfg, tok_file):
     finally:
         registry.unregister("rm_test")
     assert "rm_test" not in registry.names()
+
+
+def test_a_scorer_passed_to_a_grpo_config_is_recorded_not_registered(cfg, tok_file):
+    # What the R1 pipeline's all-scenario stage does: the scorer rides in the reward spec.
+    scorer = rm.Scorer(cfg, random_params(cfg, 8), tokenizer_lib.load(tok_file),
+                       name="rm_test", max_len=MAX_LEN, batch_size=4)
+    values = rl_config.config_dict(base_dir="unused", total_steps=1,
+                                   rewards={"rm_test": 1.0, "format_strict": 1.0})
+    with pytest.raises(ValueError, match="unknown reward 'rm_test'"):
+        rl_config.from_config_dict(values)
+    config = rl_config.from_config_dict(values, extra_rewards=[scorer])
+    assert config.rewards.reward("rm_test") is scorer and "rm_test" not in registry.names()
+    recorded = json.loads(config.to_json())["rewards"]  # the params are neither copied nor dumped
+    assert recorded["extra"] == [repr(scorer)] and "max_len=48" in repr(scorer)
+    assert config.to_json() == config.to_json()  # stable, so a resumed run reports no change
 
 
 def test_hostile_text_never_crashes(cfg, tok_file):
