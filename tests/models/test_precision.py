@@ -156,11 +156,13 @@ def logp_gap(config: config_lib.ModelConfig, seed: int = 0) -> np.ndarray:
 def test_sampler_and_trainer_logps_gap_in_bf16():
     """bf16 compute: the sampler and the trainer take float32 log-probs of float32 logits.
 
-    Measured here (mean / max |gap| over the sampled tokens): with the same attention form in
-    both (naive MLA decoding) they agree to float32 rounding, so what is left with the default
-    absorbed decoding is the re-association over bf16 keys and values, not the log-prob
-    computation; float32 accumulation (and float32 logits) makes it smaller than the
-    pre-policy numerics (bf16 matmul results, `accum_dtype="bfloat16"`)."""
+    With the same attention form in both (naive MLA decoding) they agree to float32 rounding:
+    the log-prob computation is the same. What is left with the default absorbed decoding is
+    the re-association of MLA over bf16 keys and values (the training form rounds K and V to
+    bf16, the absorbed form never builds them); float32 accumulation does not remove it
+    (measured here, mean/max: 0.0064/0.017 with float32 accumulation, 0.0073/0.022 with bf16
+    matmul results; `benchmarks/accelerator.py --small`: 0.0053/0.023 vs 0.0052/0.017), so the
+    bound is the issue's budget, far below its measured 0.36 max."""
     new = logp_gap(model_config("accelerator"))
     old = logp_gap(model_config("accelerator", accum_dtype="bfloat16"))
     same_form = logp_gap(model_config("accelerator", mla_decode="naive"))
@@ -170,4 +172,4 @@ def test_sampler_and_trainer_logps_gap_in_bf16():
           f"{same_form.mean():.1e}/{same_form.max():.1e}, float32 {exact.mean():.1e}/"
           f"{exact.max():.1e}")
     assert exact.max() < 1e-5 and same_form.max() < 1e-5
-    assert new.mean() < old.mean()
+    assert new.mean() < 0.02 and new.max() < 0.1
