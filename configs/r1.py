@@ -12,7 +12,8 @@ Presets:
          consistency reward has mixing to correct. Budget: about 45 minutes on 2 CPU cores.
   smoke  seconds per stage (for the tests; the base model is pretrained for 4 steps).
 
-One section per stage; each GRPO section (`reasoning_rl`, `all_scenario`, `r1_zero`,
+Every section is a dataclass of `r1jax.r1.config` (declared whole by `from_dataclass`, so the
+command line can set any field); a preset lists only what it changes. Each GRPO section (`reasoning_rl`, `all_scenario`, `r1_zero`,
 `distill.rl`) has every field of configs/r1_zero.py, whose presets it starts from, and its
 `base_dir` is set by the pipeline (the previous stage's model). `r1_zero.total_steps = 0`
 leaves out the R1-Zero baseline row.
@@ -22,14 +23,9 @@ import importlib.util
 import pathlib
 
 import ml_collections
-from ml_collections import config_dict
 
 from r1jax import config_utils
-from r1jax.models import config as model_config
-from r1jax.train import reward, sft, state
-
-#: Every mesh axis declared (size 1 is the same as leaving it out), so any can be set.
-_MESH = {"data": 1, "fsdp": -1, "expert": 1, "tensor": 1}
+from r1jax.r1 import config as r1_config
 
 
 def _load(name: str, preset: str) -> ml_collections.ConfigDict:
@@ -83,48 +79,38 @@ def _pretrain(preset: str) -> ml_collections.ConfigDict:
     return c
 
 
-def _sft(steps: int, batch_size: int, seq_len: int, lr: float, every: int):
-    """Every `SFTConfig` field (lr is the optimizer's, see `_optim`)."""
-    del lr
-    return config_utils.from_dataclass(
-        sft.SFTConfig, steps=steps, batch_size=batch_size, seq_len=seq_len, micro_batches=1,
-        log_every=max(1, every // 5), checkpoint_every=every, keep_checkpoints=2, seed=0,
-        mesh=dict(_MESH))
+def _sft(steps: int, batch_size: int, seq_len: int, lr: float, every: int) -> dict:
+    """An SFT stage's `sft` and `optim` sections: a cosine from `lr` over `steps`."""
+    return dict(sft=dict(steps=steps, batch_size=batch_size, seq_len=seq_len,
+                         log_every=max(1, every // 5), checkpoint_every=every),
+                optim=_optim(lr, steps))
 
 
-def _optim(lr: float, steps: int, **changes):
-    """Every `OptimConfig` field: a cosine from `lr` over `steps`."""
+def _optim(lr: float, steps: int, **changes) -> dict:
+    """An `OptimConfig` section: a cosine from `lr` over `steps`, no weight decay."""
     values = dict(learning_rate=lr, warmup_steps=min(10, steps // 10), schedule="cosine",
-                  total_steps=steps, end_lr_factor=0.1, b1=0.9, b2=0.95, eps=1e-8,
-                  weight_decay=0.0, grad_clip_norm=1.0)
-    return config_utils.from_dataclass(state.OptimConfig, **dict(values, **changes))
+                  total_steps=steps, end_lr_factor=0.1, weight_decay=0.0)
+    return dict(values, **changes)
 
 
 def tiny() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.base_dir = "runs/base_r1_tiny/base"
+    c = config_utils.from_dataclass(
+        r1_config.R1Config, base_dir="runs/base_r1_tiny/base",
+        # Held-out evaluation after every stage (the table): mixed-language word problems.
+        eval=dict(max_new_tokens=160, task_knobs=dict(_WORD_PROBLEMS)),
+        # 1. Cold start: long, single-language CoTs from the worked solutions.
+        cold_start=dict(num_examples=2000, **_sft(300, 8, 384, 1e-3, 100)))
     c.toy_base_dir = c.base_dir  # the toy base is pretrained here (only here) when missing
     c.pretrain = _pretrain("tiny")
-    c.seed = 0
-    # Held-out evaluation after every stage (the table): mixed-language word problems.
-    c.eval = dict(num_prompts=64, num_samples=4, temperature=0.6, top_p=0.95,
-                  max_new_tokens=160, task="word_problems", task_knobs=dict(_WORD_PROBLEMS),
-                  max_prompt_len=512)
-    # 1. Cold start: long, single-language CoTs from the worked solutions.
-    c.cold_start = dict(num_examples=2000, sft=_sft(300, 8, 384, 1e-3, 100),
-                        optim=_optim(1e-3, 300))
     # 2. Reasoning RL: accuracy + format + language consistency (R1 Sec. 2.3.2).
     c.reasoning_rl = _grpo("tiny", steps=60)
     c.reasoning_rl.sampling.update(max_new_tokens=160)
     c.reasoning_rl.optim.update(learning_rate=5e-5)
     c.reasoning_rl.eval.update(every=30, num_prompts=32, max_new_tokens=160)
     # 3. Rejection sampling from the stage-2 model, mixed with non-reasoning data (Sec. 2.3.3).
-    c.rejection = dict(num_prompts=512, num_non_reasoning=300, num_samples=4, batch_size=32,
-                       max_new_tokens=160, temperature=1.0,
-                       top_p=config_dict.placeholder(float), max_prompt_len=512,
-                       min_language=1.0, max_per_prompt=2, seed=0)
+    c.rejection.update(batch_size=32, max_new_tokens=160, max_prompt_len=512, max_per_prompt=2)
     # 4. SFT of the *base* model on the stage-3 data.
-    c.sft = dict(sft=_sft(400, 8, 384, 1e-3, 100), optim=_optim(1e-3, 400))
+    c.sft.update(_sft(400, 8, 384, 1e-3, 100))
     # 5. All-scenario RL: rule rewards on word problems, the reward model on instructions.
     # The reward model starts from the stage-4 SFT policy (as DeepSeek-V3's do): 94.0% held-out
     # pairwise accuracy after 1,000 steps with 50 warmup steps (89.4% with 10), where a 2-layer
@@ -132,14 +118,9 @@ def tiny() -> ml_collections.ConfigDict:
     # 96: no preference pair is cut with the policy's tokenizer (64 cut 18% of the rows).
     # `model`: ModelConfig fields of a "scratch" trunk (every field declared, unset ones keep
     # the policy's).
-    c.reward_model = dict(init="policy", model=config_utils.unset_fields(model_config.ModelConfig),
-                          num_train=20000, num_test=500,
-                          train=config_utils.from_dataclass(
-                              reward.RMConfig, steps=1000, batch_size=32, max_len=96,
-                              span="summary", eval_every=250, log_every=25,
-                              checkpoint_every=250, keep_checkpoints=2, seed=0,
-                              mesh=dict(_MESH)),
-                          optim=_optim(1e-3, 1000, warmup_steps=50, weight_decay=0.01))
+    c.reward_model.train.update(steps=1000, max_len=96, eval_every=250, log_every=25,
+                                checkpoint_every=250)
+    c.reward_model.optim.update(_optim(1e-3, 1000, warmup_steps=50, weight_decay=0.01))
     c.all_scenario = _grpo("tiny", task="mixture",
                            knobs=dict(_WORD_PROBLEMS, general_fraction=0.5),
                            rewards=dict(_REASONING_REWARDS, reward_model=1.0), steps=30)
@@ -153,21 +134,16 @@ def tiny() -> ml_collections.ConfigDict:
     c.r1_zero.sampling.update(max_new_tokens=160)
     c.r1_zero.eval.update(every=30, num_prompts=32, max_new_tokens=160)
     c.distill = _distill("tiny")
-    # Your own data for the stages (JSONL; schemas in r1jax/r1/data.py); unset: the toy data.
-    # The GRPO stages read theirs from their sections: reasoning_rl.data.train_jsonl, ...
-    c.data = dict(cold_start_jsonl=config_dict.placeholder(str), cold_start_format="records",
-                  non_reasoning_jsonl=config_dict.placeholder(str),
-                  preference_jsonl=config_dict.placeholder(str),
-                  preference_test_jsonl=config_dict.placeholder(str),
-                  eval_jsonl=config_dict.placeholder(str), eval_jsonl_format="gsm8k")
+    # `data`: your own data for the stages (JSONL; schemas in r1jax/r1/data.py), unset: the toy
+    # data. The GRPO stages read theirs from their sections: reasoning_rl.data.train_jsonl, ...
     return c
 
 
 def _distill(preset: str) -> ml_collections.ConfigDict:
     """A Qwen2-style dense student (qwen2_5_0_5b shrunk), pretrained on the base corpus, then
     SFT on the stage-3 data vs GRPO (R1-Zero style) for the same estimated FLOPs."""
-    c = ml_collections.ConfigDict()
-    c.base_dir = "runs/base_r1_tiny/student"
+    c = config_utils.from_dataclass(r1_config.DistillConfig, base_dir="runs/base_r1_tiny/student",
+                                    sft=_sft(300, 8, 384, 1e-3, 100))
     c.toy_base_dir = c.base_dir
     c.pretrain = _pretrain(preset)
     c.pretrain.model_preset = "qwen2_5_0_5b"
@@ -175,7 +151,6 @@ def _distill(preset: str) -> ml_collections.ConfigDict:
         "hidden_size": 128, "num_hidden_layers": 2, "intermediate_size": 256,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
         "max_position_embeddings": 1024, "dtype": "float32", "param_dtype": "float32"})
-    c.sft = dict(sft=_sft(300, 8, 384, 1e-3, 100), optim=_optim(1e-3, 300))
     c.rl = _grpo(preset, rewards={"numeric": 1.0, "format_strict": 0.5, "format_lenient": 0.5})
     c.rl.total_steps = 0  # 0: as many steps as the SFT's estimated FLOPs buy
     c.rl.sampling.update(max_new_tokens=160 if preset == "tiny" else 12)
@@ -184,7 +159,7 @@ def _distill(preset: str) -> ml_collections.ConfigDict:
         c.pretrain.model.update(hidden_size=32, intermediate_size=64, num_attention_heads=2,
                                 num_key_value_heads=1, head_dim=16)
         # 2 x 128 tokens per step: the SFT's estimated FLOPs buy the RL student 2 steps (not 9).
-        c.sft = dict(sft=_sft(2, 2, 128, 1e-3, 2), optim=_optim(1e-3, 2))
+        c.sft.update(_sft(2, 2, 128, 1e-3, 2))
         c.rl.mesh.update(data=1)  # merged into the GRPO section's {fsdp: -1}
         c.rl.plots = False
         c.rl.eval.update(greedy=False)  # one sampler fewer to compile
@@ -198,7 +173,7 @@ def smoke() -> ml_collections.ConfigDict:
     c.toy_base_dir = c.base_dir
     c.pretrain = _pretrain("smoke")
     c.eval.update(num_prompts=2, num_samples=2, max_new_tokens=12)
-    c.cold_start = dict(num_examples=16, sft=_sft(2, 4, 256, 1e-3, 2), optim=_optim(1e-3, 2))
+    c.cold_start.update(dict(num_examples=16, **_sft(2, 4, 256, 1e-3, 2)))
     for name in ("reasoning_rl", "all_scenario", "r1_zero"):
         section = _grpo("smoke", **_SMOKE_GRPO[name])
         section.total_steps = 1 if name != "r1_zero" else 0
@@ -211,11 +186,11 @@ def smoke() -> ml_collections.ConfigDict:
     c.r1_zero.total_steps = 0  # the baseline row is the reasoning_rl stage's code path
     c.rejection.update(num_prompts=2, num_non_reasoning=8, num_samples=2, batch_size=2,
                        max_new_tokens=12)
-    c.sft = dict(sft=_sft(2, 4, 256, 1e-3, 2), optim=_optim(1e-3, 2))
+    c.sft.update(_sft(2, 4, 256, 1e-3, 2))
     c.reward_model.update(num_train=16, num_test=8)
     c.reward_model.train.update(steps=2, batch_size=4, max_len=32, eval_every=2, log_every=1,
                                 checkpoint_every=2)
-    c.reward_model.optim = _optim(1e-3, 2, weight_decay=0.01)
+    c.reward_model.optim.update(_optim(1e-3, 2, weight_decay=0.01))
     c.distill = _distill("smoke")
     c.distill.base_dir = "runs/base_r1_smoke/student"
     c.distill.toy_base_dir = c.distill.base_dir

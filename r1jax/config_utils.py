@@ -199,6 +199,19 @@ def mesh_field(axes: Sequence[str], default: tuple[tuple[str, int], ...] = (("fs
     return dataclasses.field(default=default, metadata={FREEZE: mesh_pairs, DECLARE: declare})
 
 
+def overrides_field(cls) -> Any:
+    """A field of overrides of dataclass `cls`'s scalar fields, ((field, value), ...), empty
+    by default. In the ConfigDict it declares every field of `cls` unset (`unset_fields`), so
+    the command line can set any; `freeze` keeps the set ones."""
+    def declare(value) -> ml_collections.ConfigDict:
+        section = unset_fields(cls)
+        assign(section, dict(value or ()))
+        return section
+
+    return dataclasses.field(default=(), metadata={
+        FREEZE: lambda value: tuple(set_entries(dict(value)).items()), DECLARE: declare})
+
+
 def sorted_pairs(value: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> tuple:
     """A {name: value} map (or pairs) as pairs sorted by name (task knobs: the same knobs in
     any order are the same config)."""

@@ -1,7 +1,9 @@
 """Every field of every stage config is present in every preset and settable through the real
 absl flag parser; unknown keys are one-line errors; config differences are named."""
 
+import ast
 import dataclasses
+import json
 import pathlib
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from ml_collections import config_flags
 from r1jax import config_utils, sharding
 from r1jax.models import config as model_config_lib
 from r1jax.models import presets
+from r1jax.r1 import config as r1_config
 from r1jax.rewards import registry
 from r1jax.rl import config as rl_config
 from r1jax.train import pretrain, reward, sft
@@ -90,19 +93,25 @@ def _pretrain_paths(prefix: str) -> dict[str, type | None]:
 
 
 def _r1_paths() -> dict[str, type | None]:
-    paths = {}
+    # Every field of r1_config.R1Config but the sections given whole (GRPO dicts, pretraining,
+    # distillation: their own fields are added below).
+    own = ("reasoning_rl", "all_scenario", "r1_zero", "pretrain", "distill", "cold_start",
+           "sft", "reward_model")
+    paths = _dataclass_paths(r1_config.R1Config, "", skip=own)
     for section in ("reasoning_rl", "all_scenario", "r1_zero", "distill.rl"):
         paths.update(_grpo_paths(f"{section}."))
     for section in ("cold_start.", "sft.", "distill.sft."):
         paths.update(_sft_paths(section))
+    paths["cold_start.num_examples"] = int
+    paths.update(_dataclass_paths(r1_config.DistillConfig, "distill.",
+                                  skip=("pretrain", "rl", "sft")))
     paths.update(_pretrain_paths("pretrain."))
     paths.update(_pretrain_paths("distill.pretrain."))
+    paths.update(_dataclass_paths(r1_config.RewardModelConfig, "reward_model.",
+                                  skip=("model", "train")))
     paths.update(_dataclass_paths(reward.RMConfig, "reward_model.train."))
     paths.update(_mesh_paths("reward_model.train.mesh."))
-    paths.update(_dataclass_paths(state_lib.OptimConfig, "reward_model.optim."))
     paths.update(_model_paths("reward_model.model."))
-    paths.update({"rejection.top_p": float, "rejection.temperature": float,
-                  "eval.top_p": float, "eval.max_new_tokens": int})
     return paths
 
 
@@ -374,3 +383,140 @@ def test_training_says_what_it_is_doing_and_what_changed_on_resume(base_dir, tmp
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"note: resuming the GRPO run in {workdir} with a config")
     assert out[1:] == ["  optim.total_steps: 2 -> 4", "  total_steps: 1 -> 2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# One freeze for every stage; every default written once
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    rate: float = 0.5
+    sizes: tuple[int, ...] = (1,)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outer:
+    name: str
+    inner: _Inner = _Inner()
+    maybe: _Inner | None = None
+    knobs: tuple[tuple[str, typing.Any], ...] = ()
+    sorted_knobs: tuple[tuple[str, typing.Any], ...] = config_utils.converted(
+        (), config_utils.sorted_pairs)
+    mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field(sharding.MESH_AXES)
+    table: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+
+def test_freeze_follows_the_type_hints():
+    """Nested dataclasses from sections (unset fields keep their defaults), maps -> pairs with
+    unset entries dropped, lists -> tuples, Optional dataclasses, the mesh by mesh_pairs."""
+    c = config_utils.from_dataclass(_Outer, name="x", knobs={"b": 1, "a": 2})
+    assert dict(c.mesh) == {"data": 1, "fsdp": -1, "expert": 1, "tensor": 1}
+    c.inner.sizes = [2, 3]
+    c.sorted_knobs = {"z": 1, "y": None, "a": 3}
+    c.table = {"t": ["a", "b"]}
+    got = config_utils.freeze(_Outer, c, "outer")
+    # (a ConfigDict keeps its keys sorted; a plain dict's order is kept, see below)
+    assert got == _Outer(name="x", inner=_Inner(0.5, (2, 3)), knobs=(("a", 2), ("b", 1)),
+                         sorted_knobs=(("a", 3), ("y", None), ("z", 1)), mesh=(("fsdp", -1),),
+                         table={"t": ("a", "b")})
+    plain = config_utils.freeze(_Outer, {"name": "y", "maybe": {"rate": 2.0},
+                                         "knobs": {"b": 1, "a": None}}, "o")
+    assert plain.maybe == _Inner(2.0, (1,)) and plain.knobs == (("b", 1),)
+    assert config_utils.freeze(_Outer, got, "o") is got  # a frozen value passes through
+    c.mesh.update(data=2, fsdp=4)
+    # Without a -1 axis every declared axis stays (`mesh_pairs`: the recorded form of a mesh).
+    assert config_utils.freeze(_Outer, c, "o").mesh == (("data", 2), ("expert", 1), ("fsdp", 4),
+                                                        ("tensor", 1))
+
+
+def test_freeze_names_unknown_fields_by_path():
+    with pytest.raises(ValueError, match=r"outer\.inner: unknown field 'rat'; did you mean rate"):
+        config_utils.freeze(_Outer, {"name": "x", "inner": {"rat": 1.0}}, "outer")
+    with pytest.raises(ValueError, match=r"cold_start\.sft: unknown field 'stepz'"):
+        r1_config.from_config_dict(parse("r1", "smoke", "cold_start.sft.steps=3").to_dict()
+                                   | {"cold_start": {"sft": {"stepz": 1}}})
+
+
+def test_every_stage_freezes_its_mesh_the_same_way():
+    """GRPO, SFT, RM and pretraining configs of the r1 preset freeze an {axis: size} map to the
+    same pairs (one handling: config_utils.mesh_field)."""
+    config = parse("r1", "smoke", "sft.sft.mesh.data=2", "reward_model.train.mesh.data=2",
+                   "pretrain.sft.mesh.data=2", "reasoning_rl.mesh.data=2",
+                   "reasoning_rl.mesh.fsdp=-1")
+    frozen = r1_config.from_config_dict(config)
+    grpo = rl_config.from_config_dict(dict(frozen.reasoning_rl, base_dir="b", total_steps=1))
+    meshes = {frozen.sft.sft.mesh, frozen.reward_model.train.mesh, frozen.pretrain.sft.mesh,
+              grpo.mesh}
+    assert meshes == {(("data", 2), ("fsdp", -1))}
+
+
+#: The tiny R1-Zero preset's frozen config (flattened), pinned: a change to the presets, the
+#: dataclass defaults or the freeze that alters it fails here.
+TINY_R1_ZERO = {
+    "async_checkpoints": True, "base_dir": "runs/base_tiny/base", "checkpoint_every": 20,
+    "compilation_cache_dir": None, "data.bucket": 32, "data.jsonl_format": "math",
+    "data.jsonl_on_error": "raise", "data.max_prompt_len": 256, "data.overlong": "error",
+    "data.seed": 0, "data.task": "arithmetic",
+    "data.task_knobs": [["max_digits", 2], ["min_digits", 2], ["ops", "+-"]],
+    "data.template": "r1_zero", "data.test_jsonl": None, "data.train_jsonl": None,
+    "eval.every": 20, "eval.greedy": True, "eval.max_new_tokens": None,
+    "eval.num_logged_samples": 4, "eval.num_prompts": 64, "eval.num_samples": 4,
+    "eval.temperature": 0.6, "eval.top_p": 0.95,
+    "grpo.advantage_scale": "group", "grpo.aggregation": "seq_mean", "grpo.beta": 0.001,
+    "grpo.bias_update_speed": None, "grpo.clip_eps_high": 0.28, "grpo.clip_eps_low": 0.2,
+    "grpo.dynamic_sampling": False, "grpo.group_size": 8, "grpo.kl_estimator": "k3",
+    "grpo.max_consecutive_nonfinite": 5, "grpo.max_extra_draws": 4,
+    "grpo.max_nonfinite_fraction": 0.25, "grpo.nonfinite_window": 20, "grpo.num_iterations": 1,
+    "grpo.num_micro_batches": 1, "grpo.num_minibatches": 2, "grpo.prompts_per_step": 8,
+    "grpo.ref_update_every": 0, "keep_checkpoints": 3, "mesh": [["fsdp", -1]],
+    "model_overrides": [], "num_slices": 1, "optim.b1": 0.9, "optim.b2": 0.95,
+    "optim.end_lr_factor": 0.1, "optim.eps": 1e-08, "optim.grad_clip_norm": 1.0,
+    "optim.learning_rate": 0.0002, "optim.schedule": "cosine", "optim.total_steps": 120,
+    "optim.warmup_steps": 5, "optim.weight_decay": 0.1, "peak_flops": None, "plots": True,
+    "progress_bar": True, "reward_workers": 2, "rewards.options": [], "rewards.routes": [],
+    "rewards.weights": [["format_lenient", 0.5], ["format_strict", 0.5], ["numeric", 1.0]],
+    "sampling.max_new_tokens": 112, "sampling.temperature": 1.0, "sampling.top_k": None,
+    "sampling.top_p": None, "seed": 0, "tensorboard": True, "total_steps": 60,
+    "toy_base_dir": "runs/base_tiny/base",
+}
+
+
+def test_tiny_r1_zero_frozen_config_is_pinned():
+    """Pinned keys keep their values (new fields may be added; they are not pinned)."""
+    frozen = rl_config.from_config_dict(parse("r1_zero", "tiny"))
+    flat = config_utils.flatten(json.loads(json.dumps(dataclasses.asdict(frozen), default=str)))
+    changed = {k: (flat.get(k, "<absent>"), v) for k, v in TINY_R1_ZERO.items()
+               if flat.get(k, "<absent>") != v}
+    assert not changed, changed
+
+
+def _literal_defaults(root: pathlib.Path, names: set[str]) -> dict[tuple[str, object], list]:
+    """{(field, literal default): [file:line, ...]} of dataclass-style field annotations
+    `name: type = <number>` in every module under `root`."""
+    found: dict[tuple[str, object], list] = {}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and node.target.id in names and isinstance(node.value, ast.Constant)):
+                key = (node.target.id, node.value.value)
+                found.setdefault(key, []).append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_each_default_is_written_once():
+    """The sampling and evaluation temperatures, top-p, KL beta, group size and learning
+    rate each have their literal default in one dataclass; others refer to it."""
+    names = {"temperature", "top_p", "beta", "group_size", "learning_rate"}
+    found = {key: where for key, where in _literal_defaults(ROOT / "r1jax", names).items()
+             if key[1] is not None}  # None: the option is off, not a value
+    repeated = {key: where for key, where in found.items() if len(where) > 1}
+    assert not repeated, repeated
+    assert ("temperature", 0.6) in found and ("temperature", 1.0) in found
+    # The presets do not restate the defaults they keep (as keyword arguments).
+    kept = {("temperature", 0.6), ("top_p", 0.95), ("temperature", 1.0), ("beta", 0.001)}
+    for path in sorted((ROOT / "configs").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and isinstance(node.value, ast.Constant):
+                assert (node.arg, node.value.value) not in kept, (path.name, node.arg)

@@ -8,8 +8,9 @@ trainer (as `base_dir`) all read it the same way.
 
 from __future__ import annotations
 
+import copy
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -17,29 +18,22 @@ import ml_collections
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from r1jax import config_utils, preemption
+from r1jax import preemption
 from r1jax.data import pipeline, tasks, templates
 from r1jax.evals import evaluate
 from r1jax.models import hf_shards
+from r1jax.r1 import config as r1_config
 from r1jax.r1 import data
 from r1jax.rewards import registry
 from r1jax.rl import config as rl_config
 from r1jax.rl import runs, trainer
 from r1jax.train import base, sft
-from r1jax.train import state as state_lib
 
 TEMPLATE = "r1_zero"
 EVAL_REWARDS = registry.Spec.from_dict({"numeric": 1.0, "format_strict": 1.0})
 #: The table's columns: (metric, title, shown in percent).
 COLUMNS = (("pass@1", "pass@1", True), ("format_rate", "format", True),
            ("language_consistency", "language", True), ("response_length", "length", False))
-
-
-def sft_config(section, name: str = "sft") -> tuple[sft.SFTConfig, state_lib.OptimConfig]:
-    """The frozen (SFTConfig, OptimConfig) of an SFT stage's section {sft: ..., optim: ...}
-    (`config_utils.freeze`; errors name `<name>.sft.<field>`)."""
-    return (config_utils.freeze(sft.SFTConfig, section["sft"], f"{name}.sft"),
-            config_utils.freeze(state_lib.OptimConfig, section["optim"], f"{name}.optim"))
 
 
 def save_model(directory: pathlib.Path, model_config, params, tokenizer_dir) -> pathlib.Path:
@@ -62,7 +56,7 @@ def save_model(directory: pathlib.Path, model_config, params, tokenizer_dir) -> 
     return directory
 
 
-def sft_stage(stage_dir: pathlib.Path, start_dir, records, section, *,
+def sft_stage(stage_dir: pathlib.Path, start_dir, records, section: r1_config.SFTStage, *,
               desc: str) -> pathlib.Path:
     """SFT of the model in `start_dir` on prompt/completion records (loss on completions);
     resumes from `<stage_dir>/train` checkpoints; returns the saved model directory."""
@@ -70,7 +64,7 @@ def sft_stage(stage_dir: pathlib.Path, start_dir, records, section, *,
     if base.exists(model_dir):
         return model_dir
     model_config, params, tok = base.load_model(start_dir)
-    cfg, optim = sft_config(section)
+    cfg, optim = section.sft, section.optim
     rows = sft.pack(data.sft_examples(records, tok), cfg.seq_len, tok.pad_id, strategy=cfg.packing)
     if rows["tokens"].shape[0] < cfg.batch_size:  # a tiny dataset: repeat it to fill a batch
         reps = -(-cfg.batch_size // rows["tokens"].shape[0])
@@ -81,14 +75,15 @@ def sft_stage(stage_dir: pathlib.Path, start_dir, records, section, *,
     return save_model(model_dir, model_config, params, start_dir)
 
 
-def grpo_stage(stage_dir: pathlib.Path, start_dir, section: ml_collections.ConfigDict,
+def grpo_stage(stage_dir: pathlib.Path, start_dir, section: Mapping[str, Any],
                seed: int, extra_rewards: Sequence = ()) -> tuple[pathlib.Path, dict[str, Any]]:
     """GRPO (`rl.trainer.train`) from the model in `start_dir`, run in `<stage_dir>/run`
     (resumable); returns (the saved final model directory, the trainer's summary).
     `extra_rewards` (e.g. the learned reward model) are passed to the run's reward spec
-    (`registry.Spec.extra`), never registered."""
+    (`registry.Spec.extra`), never registered. `section`: the stage's GRPO section (a dict of
+    configs/r1_zero.py's fields), frozen here once its base model is known."""
     model_dir, run_dir = stage_dir / "model", stage_dir / "run"
-    section = ml_collections.ConfigDict(section.to_dict())
+    section = ml_collections.ConfigDict(copy.deepcopy(dict(section)))
     section.base_dir = str(pathlib.Path(start_dir).absolute())
     section.seed = seed
     summary = trainer.train(rl_config.from_config_dict(section, extra_rewards), str(run_dir))
@@ -101,39 +96,37 @@ def grpo_stage(stage_dir: pathlib.Path, start_dir, section: ml_collections.Confi
     return model_dir, summary
 
 
-def eval_examples(eval_cfg) -> list[dict]:
-    """The first `num_prompts` held-out examples: of the user's JSONL (`jsonl`, in
-    `jsonl_format`) when set, else of the generated `task`'s test split."""
-    if eval_cfg.get("jsonl"):
-        examples = tasks.jsonl.load(eval_cfg["jsonl"], eval_cfg["jsonl_format"],
-                                    split="test").examples
-        return examples[:eval_cfg["num_prompts"]]
-    source = pipeline.generated_source(tasks.get(eval_cfg["task"], **dict(eval_cfg["task_knobs"])),
+def eval_examples(eval_cfg: r1_config.EvalConfig, jsonl: str | None = None,
+                  jsonl_format: str = "gsm8k") -> list[dict]:
+    """The first `eval_cfg.num_prompts` held-out examples: of the user's JSONL (`jsonl`, in
+    `jsonl_format`) when set, else of the generated `eval_cfg.task`'s test split."""
+    if jsonl:
+        examples = tasks.jsonl.load(jsonl, jsonl_format, split="test").examples
+        return examples[:eval_cfg.num_prompts]
+    source = pipeline.generated_source(tasks.get(eval_cfg.task, **dict(eval_cfg.task_knobs)),
                                        "test", 0)
-    return [source[i] for i in range(eval_cfg["num_prompts"])]
+    return [source[i] for i in range(eval_cfg.num_prompts)]
 
 
-def eval_rewards(eval_cfg) -> registry.Spec:
+def eval_rewards(jsonl: str | None = None, jsonl_format: str = "gsm8k") -> registry.Spec:
     """Accuracy + strict format; math answers (`jsonl_format` "math") by the math reward."""
-    if eval_cfg.get("jsonl") and eval_cfg["jsonl_format"] == "math":
+    if jsonl and jsonl_format == "math":
         return registry.Spec.from_dict({"math": 1.0, "format_strict": 1.0})
     return EVAL_REWARDS
 
 
-def evaluate_model(model_dir, eval_cfg, seed: int = 0) -> dict[str, float]:
+def evaluate_model(model_dir, eval_cfg: r1_config.EvalConfig, seed: int = 0,
+                   jsonl: str | None = None, jsonl_format: str = "gsm8k") -> dict[str, float]:
     """Held-out pass@1 (k samples at the paper's temperature 0.6 / top-p 0.95), strict format
-    rate, language consistency (of the question's language) and mean response length."""
+    rate, language consistency (of the question's language) and mean response length, on
+    `eval_cfg`'s task or the user's `jsonl` test file."""
     model_config, params, tok = base.load_model(model_dir)
     model = evaluate.Model(model_config, params, tok, templates.get(TEMPLATE),
-                           eval_rewards(eval_cfg),
-                           mesh=None, source=str(model_dir))
-    settings = evaluate.Settings(num_samples=eval_cfg["num_samples"],
-                                 temperature=eval_cfg["temperature"], top_p=eval_cfg["top_p"],
-                                 greedy=False, max_new_tokens=eval_cfg["max_new_tokens"],
-                                 batch_size=eval_cfg["num_prompts"])
-    result = evaluate.evaluate(model, eval_examples(eval_cfg), settings,
-                               jax.random.PRNGKey(seed), max_prompt_len=eval_cfg["max_prompt_len"],
-                               bucket=64, reward_workers=1, progress=False)
+                           eval_rewards(jsonl, jsonl_format), mesh=None, source=str(model_dir))
+    result = evaluate.evaluate(model, eval_examples(eval_cfg, jsonl, jsonl_format),
+                               eval_cfg.settings(greedy=False), jax.random.PRNGKey(seed),
+                               max_prompt_len=eval_cfg.max_prompt_len, bucket=64,
+                               reward_workers=1, progress=False)
     return {key: float(result.metrics[key]) for key, _, _ in COLUMNS}
 
 

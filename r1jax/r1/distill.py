@@ -26,6 +26,7 @@ import numpy as np
 from r1jax import config_utils
 from r1jax.models import summary as model_summary
 from r1jax.r1 import common, data, pipeline
+from r1jax.r1 import config as r1_config
 from r1jax.r1 import manifest as manifest_lib
 from r1jax.rl import config as rl_config
 from r1jax.sampling import sampler
@@ -34,8 +35,9 @@ from r1jax.train import base
 STAGES = ("student_base", "distill_sft", "distill_rl")
 
 
-def sft_flops(model_config, section) -> float:
-    cfg, _ = common.sft_config(section)
+def sft_flops(model_config, section: r1_config.SFTStage) -> float:
+    """Estimated FLOPs of an SFT stage: 3 x forward per step."""
+    cfg = section.sft
     return 3.0 * model_summary.forward_flops(model_config, cfg.batch_size, cfg.seq_len) * cfg.steps
 
 
@@ -48,14 +50,19 @@ def rl_step_flops(model_config, g: rl_config.GRPOConfig, max_new_tokens: int,
     return fwd * (1 + 3 * g.num_iterations + (1 if g.beta > 0 else 0))
 
 
-def rl_steps_for_budget(budget: float, model_config, rl_section, prompt_len: int) -> int:
-    """GRPO steps whose estimated FLOPs are closest to `budget` (at least 1). Only the
-    section's `grpo` and `sampling` are frozen: a step's FLOPs depend on nothing else (not
-    on the base directory or the lr schedule, which the stage sets later)."""
-    g = config_utils.freeze(rl_config.GRPOConfig, rl_section.grpo, "distill.rl.grpo")
-    sampling = config_utils.freeze(sampler.SamplingOptions, rl_section.sampling,
+def _section_step_flops(model_config, rl_section, prompt_len: int) -> float:
+    """`rl_step_flops` of a GRPO section (a ConfigDict or dict). Only its `grpo` and
+    `sampling` are frozen: a step's FLOPs depend on nothing else (not on the base directory
+    or the lr schedule, which the stage sets later)."""
+    g = config_utils.freeze(rl_config.GRPOConfig, rl_section["grpo"], "distill.rl.grpo")
+    sampling = config_utils.freeze(sampler.SamplingOptions, rl_section["sampling"],
                                    "distill.rl.sampling")
-    per_step = rl_step_flops(model_config, g, sampling.max_new_tokens, prompt_len)
+    return rl_step_flops(model_config, g, sampling.max_new_tokens, prompt_len)
+
+
+def rl_steps_for_budget(budget: float, model_config, rl_section, prompt_len: int) -> int:
+    """GRPO steps whose estimated FLOPs are closest to `budget` (at least 1)."""
+    per_step = _section_step_flops(model_config, rl_section, prompt_len)
     return max(1, int(round(budget / per_step)))
 
 
@@ -65,7 +72,7 @@ def _mean_prompt_len(tok, records) -> int:
 
 def _student_base(config, m, stage_dir):
     d = config.distill
-    base_dir = pipeline.ensure_base(d.base_dir, d.get("toy_base_dir"), d.pretrain)
+    base_dir = pipeline.ensure_base(d.base_dir, d.toy_base_dir, d.pretrain)
     return {}, {"eval": common.evaluate_model(base_dir, config.eval, config.seed),
                 "base_dir": str(pathlib.Path(base_dir).absolute())}
 
@@ -88,13 +95,12 @@ def _distill_rl(config, data_path, m, stage_dir):
     section = config.distill.rl
     budget = m.entry("distill_sft")["metrics"]["flops"]
     prompt_len = _mean_prompt_len(tok, data.read_records(data_path))
-    steps = section.total_steps or rl_steps_for_budget(budget, model_config, section, prompt_len)
-    section = section.copy_and_resolve_references()
-    section.total_steps = steps
-    section.checkpoint_every = max(1, min(section.checkpoint_every, steps))
+    steps = section["total_steps"] or rl_steps_for_budget(budget, model_config, section,
+                                                          prompt_len)
+    section = dict(section, total_steps=steps,
+                   checkpoint_every=max(1, min(section["checkpoint_every"], steps)))
     model_dir, summary = common.grpo_stage(stage_dir, start, section, config.seed)
-    rl = rl_config.from_config_dict(dict(section.to_dict(), base_dir=str(start)))
-    flops = steps * rl_step_flops(model_config, rl.grpo, rl.sampling.max_new_tokens, prompt_len)
+    flops = steps * _section_step_flops(model_config, section, prompt_len)
     return {"model": model_dir}, {"eval": common.evaluate_model(model_dir, config.eval,
                                                                 config.seed),
                                   "steps": steps, "grpo": summary, "flops": flops}
@@ -102,7 +108,10 @@ def _distill_rl(config, data_path, m, stage_dir):
 
 def run(config, workdir, data_path=None, start: str | None = None) -> manifest_lib.Manifest:
     """Runs the distillation stages in `<workdir>/distill`; the data default to the R1 run's
-    stage-3 output in `workdir`."""
+    stage-3 output in `workdir`. `config` (configs/r1.py's ConfigDict) is frozen first."""
+    config = r1_config.from_config_dict(config)
+    if config.distill is None:
+        raise ValueError("config.distill: the distillation section is missing")
     if data_path is None:
         data_path = manifest_lib.Manifest(workdir).output("rejection", "data")
     m = manifest_lib.Manifest(pathlib.Path(workdir) / "distill")

@@ -34,10 +34,10 @@ from r1jax.data import pipeline as data_pipeline
 from r1jax.data import tasks, templates
 from r1jax.models import config as config_lib
 from r1jax.r1 import common, data, rejection
+from r1jax.r1 import config as r1_config
 from r1jax.r1 import manifest as manifest_lib
 from r1jax.train import base, pretrain, reward
 from r1jax.train import reward_model as rm
-from r1jax.train import state as state_lib
 
 STAGES = ("base", "cold_start", "reasoning_rl", "rejection", "sft", "all_scenario", "r1_zero")
 #: Rows of the table: (stage, title in the paper's terms).
@@ -46,35 +46,34 @@ TITLES = {"base": "base model", "cold_start": "cold start SFT", "reasoning_rl": 
           "r1_zero": "R1-Zero (same base, same steps)"}
 
 
-def ensure_base(base_dir, toy_base_dir, pretrain_section) -> pathlib.Path:
+def ensure_base(base_dir, toy_base_dir, pretrain_cfg: pretrain.PretrainConfig | None
+                ) -> pathlib.Path:
     """The absolute base model directory (an r1jax base or an HF checkpoint, used as is); the
     toy base is pretrained first (cached, resumable) only when `base_dir` is the preset's
     `toy_base_dir` and holds none; anything else is an error within seconds
     (`pretrain.ensure_base`)."""
-    return pretrain.ensure_base(
-        base_dir, toy_base_dir,
-        lambda: pretrain.PretrainConfig.from_config_dict(pretrain_section))
+    def pretrain_config() -> pretrain.PretrainConfig:
+        if pretrain_cfg is None:
+            raise ValueError(f"no base model in {base_dir} and no `pretrain` section to "
+                             "pretrain the toy base with")
+        return pretrain_cfg
 
-
-def _user(config, name: str):
-    """The user's data field `data.<name>` (None when unset, or in configs without `data`)."""
-    return config.get("data", {}).get(name)
+    return pretrain.ensure_base(base_dir, toy_base_dir, pretrain_config)
 
 
 def eval_name(config) -> str:
     """What the held-out evaluation runs on, for the report's title."""
-    path = _user(config, "eval_jsonl")
-    if path:
-        return f"{path} ({_user(config, 'eval_jsonl_format') or 'gsm8k'})"
+    config = r1_config.from_config_dict(config)
+    if config.data.eval_jsonl:
+        return f"{config.data.eval_jsonl} ({config.data.eval_jsonl_format})"
     return f"{config.eval.task} {dict(config.eval.task_knobs)}"
 
 
-def _evaluate(config, model_dir) -> dict[str, float]:
+def _evaluate(config: r1_config.R1Config, model_dir) -> dict[str, float]:
     """The stage's held-out evaluation: the user's `data.eval_jsonl` when set, else the
     generated `eval.task`."""
-    section = dict(config.eval, jsonl=_user(config, "eval_jsonl"),
-                   jsonl_format=_user(config, "eval_jsonl_format") or "gsm8k")
-    return common.evaluate_model(model_dir, section, config.seed)
+    return common.evaluate_model(model_dir, config.eval, config.seed, config.data.eval_jsonl,
+                                 config.data.eval_jsonl_format)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +82,7 @@ def _evaluate(config, model_dir) -> dict[str, float]:
 
 
 def _base(config, m: manifest_lib.Manifest, stage_dir: pathlib.Path):
-    base_dir = ensure_base(config.base_dir, config.get("toy_base_dir"), config.pretrain)
+    base_dir = ensure_base(config.base_dir, config.toy_base_dir, config.pretrain)
     return {}, {"eval": _evaluate(config, base_dir),
                 "base_dir": str(pathlib.Path(base_dir).absolute())}
 
@@ -91,8 +90,8 @@ def _base(config, m: manifest_lib.Manifest, stage_dir: pathlib.Path):
 def _cold_start(config, m, stage_dir):
     c = config.cold_start
     template = templates.get(common.TEMPLATE)
-    path = _user(config, "cold_start_jsonl")
-    records = data.user_cold_start_records(path, _user(config, "cold_start_format") or "records",
+    path = config.data.cold_start_jsonl
+    records = data.user_cold_start_records(path, config.data.cold_start_format,
                                            c.num_examples, template) if path else \
         data.cold_start_records(config.eval.task, dict(config.eval.task_knobs), c.num_examples,
                                 config.seed, template)
@@ -105,7 +104,8 @@ def _cold_start(config, m, stage_dir):
 def _grpo(section_name: str, start_stage: str, config, m, stage_dir, extra_rewards=()):
     start = m.output(start_stage, "model") if start_stage != "base" else \
         m.entry("base")["metrics"]["base_dir"]
-    model_dir, summary = common.grpo_stage(stage_dir, start, config[section_name], config.seed,
+    model_dir, summary = common.grpo_stage(stage_dir, start, getattr(config, section_name),
+                                           config.seed,
                                            extra_rewards)
     return {"model": model_dir}, {"eval": _evaluate(config, model_dir),
                                   "grpo": summary}
@@ -116,16 +116,12 @@ def _rejection(config, m, stage_dir):
     model_config, params, tok = base.load_base(m.output("reasoning_rl", "model"))
     template = templates.get(common.TEMPLATE)
     prompts, accuracy = _rejection_prompts(config)
-    rcfg = rejection.RejectionConfig(
-        num_samples=c.num_samples, batch_size=c.batch_size, max_new_tokens=c.max_new_tokens,
-        temperature=c.temperature, top_p=c.top_p, max_prompt_len=c.max_prompt_len,
-        min_language=c.min_language, accuracy_reward=accuracy,
-        max_per_prompt=c.max_per_prompt, non_reasoning_fraction=0.0, seed=c.seed)
+    rcfg = c.sampler(accuracy)
     reasoning_path = stage_dir / "reasoning.jsonl"
     stats = rejection.rejection_sample(model_config, params, tok, template, prompts, rcfg,
                                        reasoning_path, overwrite=True)
     kept = data.read_records(reasoning_path) if stats["total"] else []
-    path = _user(config, "non_reasoning_jsonl")
+    path = config.data.non_reasoning_jsonl
     pairs = data.user_non_reasoning_pairs(path, c.num_non_reasoning) if path else \
         data.non_reasoning_pairs(c.num_non_reasoning, config.seed)
     extra = [rejection.non_reasoning_record(template, q, r) for q, r in pairs]
@@ -144,11 +140,11 @@ _ACCURACY = {"gsm8k": "numeric", "math": "math", "code": "code"}
 def _rejection_prompts(config) -> tuple[list[dict], str]:
     """The first `rejection.num_prompts` training prompts of the reasoning-RL stage (its JSONL
     when set, else the generated task) and the accuracy reward that checks them."""
-    d, num = config.reasoning_rl.data, config.rejection.num_prompts
+    d, num = config.reasoning_rl.get("data", {}), config.rejection.num_prompts
     if d.get("train_jsonl"):
-        examples = tasks.jsonl.load(d.train_jsonl, d.jsonl_format,
-                                    on_error=d.jsonl_on_error).examples
-        return examples[:num], _ACCURACY[d.jsonl_format]
+        examples = tasks.jsonl.load(d["train_jsonl"], d["jsonl_format"],
+                                    on_error=d["jsonl_on_error"]).examples
+        return examples[:num], _ACCURACY[d["jsonl_format"]]
     source = data_pipeline.generated_source(
         tasks.get(config.eval.task, **dict(config.eval.task_knobs)), "train", config.seed)
     return [source[i] for i in range(num)], "numeric"
@@ -166,16 +162,16 @@ def reward_model_init(c, policy_dir) -> tuple[config_lib.ModelConfig, dict]:
     """(model config, initial parameters) of the reward model: with `c.init` "policy" the
     trunk is the stage-4 SFT policy's (DeepSeek-V3 Sec. 5.2.1 trains its reward models from
     the SFT checkpoints); with "scratch" it is the policy's architecture with `c.model`
-    overrides, randomly initialised with `c.train.seed`."""
-    overrides = config_utils.set_entries(c.get("model", {}))  # unset declared fields dropped
+    overrides, randomly initialised with `c.train.seed`. `c`: the `reward_model` section
+    (frozen here when given as a ConfigDict)."""
+    c = config_utils.freeze(r1_config.RewardModelConfig, c, "reward_model")
+    overrides = dict(c.model)
     if c.init == "policy":
         if overrides:
             raise ValueError(f"reward_model.model={overrides} reshapes the trunk, but "
                              "reward_model.init='policy' starts from the policy's; use one")
         model_config, trunk, _ = base.load_base(policy_dir)
         return model_config, rm.init_params(model_config, trunk=trunk)
-    if c.init != "scratch":
-        raise ValueError(f"reward_model.init={c.init!r}: must be 'policy' or 'scratch'")
     policy = base.load_config(policy_dir).to_dict()
     model_config = config_lib.ModelConfig.from_dict(dict(policy, **overrides))
     return model_config, rm.init_params(model_config, c.train.seed)
@@ -184,11 +180,11 @@ def reward_model_init(c, policy_dir) -> tuple[config_lib.ModelConfig, dict]:
 def _preference_pairs(config, template) -> tuple[list[dict], list[dict]]:
     """(train, test) preference pairs: the user's `data.preference_jsonl` (and
     `data.preference_test_jsonl`, else the train file's last tenth) or the toy task's."""
-    c, path = config.reward_model, _user(config, "preference_jsonl")
+    c, path = config.reward_model, config.data.preference_jsonl
     if not path:
         return (data.preference_pairs(c.num_train, config.seed, "train", template),
                 data.preference_pairs(c.num_test, config.seed, "test", template))
-    test_path = _user(config, "preference_test_jsonl")
+    test_path = config.data.preference_test_jsonl
     if test_path:
         return (data.user_preference_pairs(path, c.num_train, template),
                 data.user_preference_pairs(test_path, c.num_test, template))
@@ -207,15 +203,13 @@ def train_reward_model(config, policy_dir, work: pathlib.Path) -> tuple[rm.Score
     if not base.exists(model_dir):
         tok = base.load_tokenizer(policy_dir)
         model_config, init = reward_model_init(c, policy_dir)
-        train_cfg = config_utils.freeze(reward.RMConfig, c.train, "reward_model.train")
+        train_cfg = c.train
         template = templates.get(common.TEMPLATE)
         train_pairs, test_pairs = _preference_pairs(config, template)
         train_data = reward.encode_pairs(tok, train_pairs, train_cfg.max_len, train_cfg.span)
         test_data = reward.encode_pairs(tok, test_pairs, train_cfg.max_len, train_cfg.span)
-        params, evaluated = reward.train(
-            model_config, config_utils.freeze(state_lib.OptimConfig, c.optim,
-                                              "reward_model.optim"), train_cfg, train_data,
-            work / "train", init, eval_data=test_data)
+        params, evaluated = reward.train(model_config, c.optim, train_cfg, train_data,
+                                         work / "train", init, eval_data=test_data)
         rm.save(model_dir, model_config, params, base.tokenizer_files(policy_dir),
                 span=train_cfg.span, max_len=train_cfg.max_len, info=evaluated)
     info = json.loads((model_dir / "info.json").read_text())
@@ -231,19 +225,21 @@ def _all_scenario(config, m, stage_dir):
     return outputs, dict(metrics, reward_model=rm_metrics)
 
 
-def stages(config: ml_collections.ConfigDict, m: manifest_lib.Manifest):
+def stages(config: r1_config.R1Config, m: manifest_lib.Manifest):
     """[(name, fn(stage_dir))] in order (the R1-Zero baseline only when it has steps)."""
     fns = {"base": _base, "cold_start": _cold_start,
            "reasoning_rl": functools.partial(_grpo, "reasoning_rl", "cold_start"),
            "rejection": _rejection, "sft": _sft, "all_scenario": _all_scenario,
            "r1_zero": functools.partial(_grpo, "r1_zero", "base")}
-    names = [n for n in STAGES if n != "r1_zero" or config.r1_zero.total_steps > 0]
+    names = [n for n in STAGES if n != "r1_zero" or config.r1_zero["total_steps"] > 0]
     return [(n, functools.partial(fns[n], config, m)) for n in names]
 
 
 def run(config: ml_collections.ConfigDict, workdir, start: str | None = None,
         until: str | None = None) -> manifest_lib.Manifest:
-    """Runs every stage (resuming; `start` reruns from that stage, `until` stops after one)."""
+    """Runs every stage (resuming; `start` reruns from that stage, `until` stops after one);
+    `config` (configs/r1.py's ConfigDict) is frozen first, so a bad field fails here."""
+    config = r1_config.from_config_dict(config)
     m = manifest_lib.Manifest(workdir)
     selected = stages(config, m)
     if until is not None:

@@ -49,6 +49,7 @@ from r1jax.rewards import format as format_lib
 from r1jax.rewards import language as language_lib
 from r1jax.rewards import pool as pool_lib
 from r1jax.rewards import registry
+from r1jax.sampling import sampler
 from r1jax.train import metrics
 
 FILTERS = ("overlong", "format", "language", "incorrect", "duplicate")
@@ -69,7 +70,7 @@ class RejectionConfig:
     num_samples: int = 4
     batch_size: int = 8
     max_new_tokens: int = 256
-    temperature: float = 1.0
+    temperature: float = sampler.SamplingOptions.temperature
     top_p: float | None = None
     max_prompt_len: int = 256
     max_length: int | None = None

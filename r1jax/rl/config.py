@@ -26,6 +26,7 @@ from ml_collections import config_dict as config_dict_lib
 
 from r1jax import config_utils, sharding
 from r1jax.data import tasks, templates
+from r1jax.evals import evaluate
 from r1jax.models import config as model_config_lib
 from r1jax.rewards import registry
 from r1jax.rl import grpo
@@ -185,18 +186,19 @@ class DataConfig:
 class EvalConfig:
     """Held-out evaluation, every `every` steps and at step 0 (0 turns it off).
 
-    pass@1 is averaged over `num_samples` samples per question at temperature 0.6, top-p 0.95
-    (the R1 paper's evaluation setup, Sec. 3); greedy accuracy adds one temperature-0 sample.
+    pass@1 is averaged over `num_samples` samples per question at `temperature` / `top_p`
+    (default: the R1 paper's evaluation setup, Sec. 3, as in `evaluate.Settings`, whose
+    defaults these are); greedy accuracy adds one temperature-0 sample.
     `num_logged_samples` completions are written to samples.jsonl at each eval step.
     max_new_tokens None uses the training budget.
     """
 
     every: int = 50
     num_prompts: int = 64
-    num_samples: int = 4
-    temperature: float = 0.6
-    top_p: float | None = 0.95
-    greedy: bool = True
+    num_samples: int = evaluate.Settings.num_samples
+    temperature: float = evaluate.Settings.temperature
+    top_p: float | None = evaluate.Settings.top_p
+    greedy: bool = evaluate.Settings.greedy
     max_new_tokens: int | None = None
     num_logged_samples: int = 4
 
@@ -247,7 +249,8 @@ class ExperimentConfig:
     mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field(sharding.MESH_AXES)
     num_slices: int = 1
     compilation_cache_dir: str | None = None
-    model_overrides: tuple[tuple[str, Any], ...] = ()
+    model_overrides: tuple[tuple[str, Any], ...] = config_utils.overrides_field(
+        model_config_lib.ModelConfig)
     checkpoint_every: int = 50
     keep_checkpoints: int = 3
     async_checkpoints: bool = True
@@ -304,10 +307,7 @@ def config_dict(**values) -> ml_collections.ConfigDict:
     """
     default_rewards = _DEFAULT.rewards.weights  # the dataclass' default, written there only
     rewards = dict(values.pop("rewards", None) or default_rewards)
-    overrides = dict(values.pop("model_overrides", {}))
     c = config_utils.from_dataclass(ExperimentConfig, **values)
-    c.model_overrides = config_utils.unset_fields(model_config_lib.ModelConfig)
-    config_utils.assign(c.model_overrides, overrides)
     # Rewards registered later (the R1 pipeline's reward model) are declared by naming them.
     c.rewards = {name: config_dict_lib.placeholder(float)
                  for name in sorted(set(registry.names()) | set(rewards))}

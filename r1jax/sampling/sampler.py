@@ -407,7 +407,8 @@ def check_prompts(config: config_lib.ModelConfig, sampling: SamplingConfig, prom
 
 
 def generate(config: config_lib.ModelConfig, params, prompt_tokens, prompt_lengths,
-             rng: jax.Array, *, max_new_tokens: int, temperature: float = 1.0,
+             rng: jax.Array, *, max_new_tokens: int,
+             temperature: float = SamplingOptions.temperature,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
              min_p: float | None = None, stop_token_sequences=(), num_samples: int = 1,
              pad_id: int = 0, pad_side: str = "right", overlong: str = "error",

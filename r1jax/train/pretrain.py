@@ -54,10 +54,10 @@ class PretrainConfig:
     seed: int = 0
 
     @classmethod
-    def from_config_dict(cls, cd: ml_collections.ConfigDict) -> PretrainConfig:
+    def from_config_dict(cls, cd: ml_collections.ConfigDict | dict) -> PretrainConfig:
         """A config dict -> PretrainConfig; `optim.total_steps` unset or None means the
         run's `sft.steps` (the length a cosine schedule decays over)."""
-        d = cd.to_dict()
+        d = cd.to_dict() if hasattr(cd, "to_dict") else dict(cd)
         model = dict(presets.get(d.pop("model_preset")).to_dict(),
                      **config_utils.set_entries(d.pop("model", {})))
         train = config_utils.freeze(sft.SFTConfig, d.pop("sft", None), "pretrain.sft")

@@ -1,0 +1,177 @@
+"""The R1 pipeline's configuration (configs/r1.py): a frozen dataclass tree, frozen once by
+`from_config_dict` at the entry point (`pipeline.run`, `distill.run`).
+
+Every section is a dataclass validated by `config_utils.freeze`; defaults are written here
+(or in the lower layer a field comes from: the evaluation's temperature and top-p are
+`evaluate.Settings`', the rejection sampler's are `rejection.RejectionConfig`'s), so the
+preset lists only what it changes. The GRPO sections (`reasoning_rl`, `all_scenario`,
+`r1_zero`, `distill.rl`) stay plain nested dicts of configs/r1_zero.py's fields: each is
+frozen into an `rl.config.ExperimentConfig` by the trainer when its stage runs, because their
+`base_dir` is the previous stage's model and `all_scenario`'s reward model is registered only
+after it is trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from r1jax import config_utils
+from r1jax.evals import evaluate
+from r1jax.models import config as model_config_lib
+from r1jax.r1 import rejection
+from r1jax.train import pretrain, reward, sft
+from r1jax.train import state as state_lib
+
+_Settings = evaluate.Settings
+_Rejection = rejection.RejectionConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The held-out evaluation after every stage (the report's table): the first
+    `num_prompts` test questions of the generated `task` (`task_knobs`), or of the user's
+    `data.eval_jsonl`; `num_samples` samples each at `temperature` / `top_p` (the paper's
+    0.6 / 0.95, `evaluate.Settings`) of at most `max_new_tokens` tokens; prompts of at most
+    `max_prompt_len` tokens."""
+
+    num_prompts: int = 64
+    num_samples: int = _Settings.num_samples
+    temperature: float = _Settings.temperature
+    top_p: float | None = _Settings.top_p
+    max_new_tokens: int = _Settings.max_new_tokens
+    task: str = "word_problems"
+    task_knobs: tuple[tuple[str, Any], ...] = config_utils.converted((), config_utils.sorted_pairs)
+    max_prompt_len: int = 512
+
+    def __post_init__(self):
+        self.settings(greedy=False)  # validates the sampling fields (one set of rules)
+        if self.num_prompts < 1 or self.max_prompt_len < 1:
+            raise ValueError(f"eval: num_prompts={self.num_prompts}, max_prompt_len="
+                             f"{self.max_prompt_len}: both must be >= 1")
+
+    def settings(self, greedy: bool) -> evaluate.Settings:
+        """The `evaluate.Settings` of this evaluation (all prompts in one batch)."""
+        return evaluate.Settings(num_samples=self.num_samples, temperature=self.temperature,
+                                 top_p=self.top_p, greedy=greedy,
+                                 max_new_tokens=self.max_new_tokens, batch_size=self.num_prompts)
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTStage:
+    """An SFT stage (`common.sft_stage`): the trainer's `sft` and `optim` sections."""
+
+    sft: sft.SFTConfig = sft.SFTConfig()
+    optim: state_lib.OptimConfig = state_lib.OptimConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class ColdStartConfig(SFTStage):
+    """Stage 1: SFT on `num_examples` long, single-language CoTs (generated from the
+    evaluation task's worked solutions unless `data.cold_start_jsonl` is set)."""
+
+    num_examples: int = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectionStage:
+    """Stage 3: `num_samples` completions of each of the first `num_prompts` reasoning-RL
+    training prompts (`rejection.RejectionConfig`, whose defaults these are), plus
+    `num_non_reasoning` non-reasoning examples; `seed` shuffles the mixture too."""
+
+    num_prompts: int = 512
+    num_non_reasoning: int = 300
+    num_samples: int = _Rejection.num_samples
+    batch_size: int = _Rejection.batch_size
+    max_new_tokens: int = _Rejection.max_new_tokens
+    temperature: float = _Rejection.temperature
+    top_p: float | None = _Rejection.top_p
+    max_prompt_len: int = _Rejection.max_prompt_len
+    min_language: float = _Rejection.min_language
+    max_per_prompt: int | None = _Rejection.max_per_prompt
+    seed: int = _Rejection.seed
+
+    def sampler(self, accuracy_reward: str) -> rejection.RejectionConfig:
+        """The stage's `RejectionConfig` (reasoning samples only: the non-reasoning data is
+        mixed in by the pipeline), checking answers with `accuracy_reward`."""
+        fields = {f.name for f in dataclasses.fields(rejection.RejectionConfig)}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k in fields}
+        return rejection.RejectionConfig(**values, accuracy_reward=accuracy_reward,
+                                         non_reasoning_fraction=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardModelConfig:
+    """The preference reward model of stage 4: `init` "policy" (the SFT policy's trunk) or
+    "scratch" (the policy's architecture with the `model` overrides); `num_train` /
+    `num_test` preference pairs; the trainer's `train` and `optim` sections."""
+
+    init: str = "policy"
+    model: tuple[tuple[str, Any], ...] = config_utils.overrides_field(model_config_lib.ModelConfig)
+    num_train: int = 20000
+    num_test: int = 500
+    train: reward.RMConfig = reward.RMConfig()
+    optim: state_lib.OptimConfig = state_lib.OptimConfig()
+
+    def __post_init__(self):
+        if self.init not in ("policy", "scratch"):
+            raise ValueError(f"reward_model.init={self.init!r}: must be 'policy' or 'scratch'")
+
+
+@dataclasses.dataclass(frozen=True)
+class UserData:
+    """The user's JSONL files for the stages (schemas in `r1jax.r1.data`); unset: the toy
+    data. The GRPO stages read theirs from their own `data` sections."""
+
+    cold_start_jsonl: str | None = None
+    cold_start_format: str = "records"
+    non_reasoning_jsonl: str | None = None
+    preference_jsonl: str | None = None
+    preference_test_jsonl: str | None = None
+    eval_jsonl: str | None = None
+    eval_jsonl_format: str = "gsm8k"
+
+
+def _pretrain(section) -> pretrain.PretrainConfig:
+    return pretrain.PretrainConfig.from_config_dict(section)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Distillation (`r1.distill`): the dense student's base (`base_dir`, pretrained by
+    `pretrain` into `toy_base_dir`), its SFT on the stage-3 data and its GRPO section `rl`
+    (total_steps 0: as many steps as the SFT's estimated FLOPs buy)."""
+
+    base_dir: str
+    pretrain: pretrain.PretrainConfig | None = config_utils.converted(None, _pretrain)
+    rl: dict[str, Any] = dataclasses.field(default_factory=dict)
+    toy_base_dir: str | None = None
+    sft: SFTStage = SFTStage()
+
+
+@dataclasses.dataclass(frozen=True)
+class R1Config:
+    """The whole pipeline: base model (`base_dir`; the toy base pretrained by `pretrain` into
+    `toy_base_dir` when that is where it is missing), one section per stage, the held-out
+    evaluation, the user's data, distillation; `seed` drives every stage."""
+
+    base_dir: str
+    pretrain: pretrain.PretrainConfig | None = config_utils.converted(None, _pretrain)
+    reasoning_rl: dict[str, Any] = dataclasses.field(default_factory=dict)
+    all_scenario: dict[str, Any] = dataclasses.field(default_factory=dict)
+    r1_zero: dict[str, Any] = dataclasses.field(default_factory=dict)
+    distill: DistillConfig | None = None
+    toy_base_dir: str | None = None
+    seed: int = 0
+    eval: EvalConfig = EvalConfig()
+    cold_start: ColdStartConfig = ColdStartConfig()
+    rejection: RejectionStage = RejectionStage()
+    sft: SFTStage = SFTStage()
+    reward_model: RewardModelConfig = RewardModelConfig()
+    data: UserData = UserData()
+
+
+def from_config_dict(config) -> R1Config:
+    """The frozen `R1Config` of configs/r1.py's ConfigDict (an `R1Config` is returned as
+    is). Errors name the field (`cold_start.sft.steps`, `rejection.top_p`)."""
+    return config_utils.freeze(R1Config, config, "config")
