@@ -138,7 +138,14 @@ def weight_decay_mask(params) -> Any:
 
 
 def make_optimizer(config: OptimConfig) -> optax.GradientTransformation:
-    """Global-norm clipping + AdamW on the trainable leaves; zero updates for frozen ones."""
+    """Global-norm clipping + AdamW on the trainable leaves; zero updates for frozen ones.
+
+    Adam's moments mu and nu take each parameter's dtype (optax's default, `mu_dtype=None`), and
+    the update is applied in it: the precision policy is the parameters' dtype
+    (`ModelConfig.param_dtype`, float32 master weights on accelerators; see
+    `r1jax.models.config.PRECISION_POLICIES` for the bytes per parameter). bf16 parameters
+    would get bf16 moments and lose most updates at small learning rates.
+    """
     adamw = optax.adamw(
         learning_rate=learning_rate_schedule(config),
         b1=config.b1,
