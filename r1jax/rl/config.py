@@ -305,7 +305,8 @@ def config_dict(**values) -> ml_collections.ConfigDict:
     Returns:
       A ConfigDict for `from_config_dict`.
     """
-    default_rewards = _DEFAULT.rewards.weights  # the dataclass' default, written there only
+    # The dataclass' default, written there only.
+    default_rewards = _FIELDS["rewards"].default.weights
     rewards = dict(values.pop("rewards", None) or default_rewards)
     c = config_utils.from_dataclass(ExperimentConfig, **values)
     # Rewards registered later (the R1 pipeline's reward model) are declared by naming them.
@@ -319,8 +320,8 @@ def config_dict(**values) -> ml_collections.ConfigDict:
     return c
 
 
-#: The defaults of the fields that `config_dict` declares by hand (rewards).
-_DEFAULT = ExperimentConfig(base_dir="unset", total_steps=1)
+#: ExperimentConfig's fields by name (`config_dict` reads the rewards default there).
+_FIELDS = {f.name: f for f in dataclasses.fields(ExperimentConfig)}
 
 #: Types of reward options whose default is None (nothing to infer the type from).
 _UNTYPED_OPTIONS = {"max_length": int, "cache_length": int}
