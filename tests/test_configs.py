@@ -520,3 +520,13 @@ def test_each_default_is_written_once():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.keyword) and isinstance(node.value, ast.Constant):
                 assert (node.arg, node.value.value) not in kept, (path.name, node.arg)
+
+
+def test_r1_grpo_sections_are_checked_when_the_pipeline_config_is_frozen():
+    """A bad GRPO value of a later stage fails at the start, naming the stage and field."""
+    config = parse("r1", "smoke", "all_scenario.grpo.group_size=1")
+    with pytest.raises(ValueError, match=r"all_scenario: grpo\.group_size=1: must be an int >= 2"):
+        r1_config.from_config_dict(config)
+    config = parse("r1", "smoke", "distill.rl.sampling.top_p=1.5")
+    with pytest.raises(ValueError, match=r"distill\.rl: sampling\.top_p=1\.5: must be in"):
+        r1_config.from_config_dict(config)

@@ -20,6 +20,8 @@ from r1jax import config_utils
 from r1jax.evals import evaluate
 from r1jax.models import config as model_config_lib
 from r1jax.r1 import rejection
+from r1jax.rl import config as rl_config
+from r1jax.sampling import sampler
 from r1jax.train import pretrain, reward, sft
 from r1jax.train import state as state_lib
 
@@ -136,6 +138,28 @@ def _pretrain(section) -> pretrain.PretrainConfig:
     return pretrain.PretrainConfig.from_config_dict(section)
 
 
+#: The sections of a GRPO section that do not depend on the pipeline (its base_dir, its
+#: step count, the learned reward model), checked when the R1 config is frozen.
+_GRPO_PARTS = {"grpo": rl_config.GRPOConfig, "sampling": sampler.SamplingOptions,
+               "data": rl_config.DataConfig, "eval": rl_config.EvalConfig}
+
+
+def check_grpo_section(name: str, section: dict[str, Any]) -> None:
+    """Validates the parts of GRPO section `name` that are known before its stage runs, so
+    that a bad value fails at the start of the pipeline, not hours later when the stage's
+    trainer freezes the whole section.
+
+    Raises:
+      ValueError: "<name>: <what the dataclass says>".
+    """
+    for part, cls in _GRPO_PARTS.items():
+        if part in section:
+            try:
+                config_utils.freeze(cls, section[part], part)
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     """Distillation (`r1.distill`): the dense student's base (`base_dir`, pretrained by
@@ -169,6 +193,12 @@ class R1Config:
     sft: SFTStage = SFTStage()
     reward_model: RewardModelConfig = RewardModelConfig()
     data: UserData = UserData()
+
+    def __post_init__(self):
+        for name in ("reasoning_rl", "all_scenario", "r1_zero"):
+            check_grpo_section(name, getattr(self, name))
+        if self.distill is not None:
+            check_grpo_section("distill.rl", self.distill.rl)
 
 
 def from_config_dict(config) -> R1Config:
