@@ -42,7 +42,6 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,7 +50,7 @@ from jax.experimental import multihost_utils
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from r1jax import ownership, sharding
+from r1jax import ownership
 from r1jax.models import config as config_lib
 from r1jax.models import hf_config, hf_shards, moe, scan_layout, transformer
 
@@ -284,11 +283,7 @@ def load_hf_config(path: str, dtype: Any = None) -> config_lib.ModelConfig:
 
 def param_shardings(config: config_lib.ModelConfig, mesh: jax.sharding.Mesh):
     """NamedShardings of the parameter tree of `config` on `mesh` (the logical-axis rules)."""
-    def init():
-        return transformer.Transformer(config).init(jax.random.key(0),
-                                                     jnp.zeros((1, 1), jnp.int32))["params"]
-
-    return sharding.logical_shardings(nn.get_partition_spec(jax.eval_shape(init)), mesh)
+    return transformer.param_shardings(config, mesh)[1]
 
 
 def load_hf(path: str, dtype: Any = jnp.float32, *, mesh: jax.sharding.Mesh | None = None,
