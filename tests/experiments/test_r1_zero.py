@@ -1,18 +1,18 @@
 """Smoke test of experiments/r1_zero.py: the real entry point, base pretraining included."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
+
+import hf_dirs
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_r1_zero_entry_point_pretrains_then_trains(tmp_path):
     base_dir, workdir = tmp_path / "base", tmp_path / "run"
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = hf_dirs.cheap_cpu_env()  # one CPU device, cheap compiles: the run is mostly compiling
     out = subprocess.run(
         [sys.executable, "experiments/r1_zero.py", "--config=configs/r1_zero.py:smoke",
          "--pretrain_config=configs/pretrain_base.py:smoke", f"--config.base_dir={base_dir}",
