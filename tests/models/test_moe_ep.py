@@ -7,6 +7,8 @@ layers, for balanced and for maximally skewed routing (every assignment bound fo
 the dropless worst case of the exchange buffer).
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -60,33 +62,44 @@ def loss_and_grads(cfg, params, x_btd):
     return y, grads
 
 
-def sharded_loss_and_grads(cfg, boxed, params, x_btd, mesh_shape):
-    """`loss_and_grads` jitted on a mesh: params by the logical rules, x batch-sharded."""
+@functools.cache
+def jitted_loss_and_grads(dispatch: str):
+    """One jitted `loss_and_grads` per dispatch, so that the balanced and the skewed cases
+    (same shapes and shardings, new values) share each compile."""
+    return jax.jit(lambda p, x: loss_and_grads(make_config(dispatch), p, x))
+
+
+_COMPILED = {}
+
+
+def sharded_loss_and_grads(boxed, params, x_btd, mesh_shape):
+    """Expert-parallel `loss_and_grads` compiled on a mesh (params by the logical rules, x
+    batch-sharded) and run; the executable and its HLO text are kept per mesh and reused."""
     mesh = sharding.make_mesh(mesh_shape)
     params_sh = sharding.logical_shardings(nn.get_partition_spec(boxed), mesh)
     x_sh = jax.sharding.NamedSharding(mesh, sharding.logical_to_spec(layer._BTD))
-    fn = jax.jit(lambda p, x: loss_and_grads(cfg, p, x))
+    key = tuple(sorted(mesh_shape.items()))
     with jax.set_mesh(mesh):
         args = jax.device_put((params, x_btd), (params_sh, x_sh))
-        hlo = fn.lower(*args).compile().as_text()
-        return fn(*args), hlo
+        if key not in _COMPILED:
+            compiled = jitted_loss_and_grads("expert_parallel").lower(*args).compile()
+            _COMPILED[key] = compiled, compiled.as_text()
+        compiled, hlo = _COMPILED[key]
+        return compiled(*args), hlo
 
 
 @pytest.mark.parametrize("skewed", [False, True])
 def test_expert_parallel_matches_single_device_forward_and_gradients(skewed):
     boxed, params, x_btd = make_inputs(skewed)
-    y_ref, grads_ref = jax.jit(lambda p, x: loss_and_grads(make_config("dropless"), p, x))(
-        params, x_btd)
-    y_dense, grads_dense = jax.jit(lambda p, x: loss_and_grads(make_config("dense"), p, x))(
-        params, x_btd)
+    y_ref, grads_ref = jitted_loss_and_grads("dropless")(params, x_btd)
+    y_dense, grads_dense = jitted_loss_and_grads("dense")(params, x_btd)
     np.testing.assert_allclose(y_dense, y_ref, rtol=1e-5, atol=1e-5)
     if skewed:
         idx = routing.select_experts(jnp.zeros((1, E)), params["gate"][moe.BIAS], top_k=2,
                                  n_group=4, topk_group=2)
         assert sorted(np.asarray(idx)[0].tolist()) == [0, 1]
     for mesh_shape in MESHES:
-        (y, grads), hlo = sharded_loss_and_grads(make_config("expert_parallel"), boxed, params,
-                                                 x_btd, mesh_shape)
+        (y, grads), hlo = sharded_loss_and_grads(boxed, params, x_btd, mesh_shape)
         assert "all-to-all" in hlo, mesh_shape  # the exchange really happens
         np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5, err_msg=str(mesh_shape))
         for reference in (grads_ref, grads_dense):

@@ -41,13 +41,14 @@ def updated_fraction(config: config_lib.ModelConfig, lr: float = 3e-6) -> float:
     trainers' (`state.make_optimizer`: clipping, AdamW with weight decay, frozen MoE bias)."""
     model = transformer.Transformer(config)
     tokens_bt = jnp.tile(jax.random.permutation(jax.random.key(1), VOCAB), 2).reshape(4, 32)
-    params = model.init(jax.random.key(0), tokens_bt)["params"]
+    # Jitted init and gradient: the same computation, compiled once instead of run op by op.
+    params = jax.jit(model.init)(jax.random.key(0), tokens_bt)["params"]
     params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
                           is_leaf=lambda x: hasattr(x, "value"))
     optimizer = state_lib.make_optimizer(state_lib.OptimConfig(learning_rate=lr))
     state = state_lib.create_train_state(params, state_lib.OptimConfig(learning_rate=lr),
                                          jax.random.key(0))
-    grads = jax.grad(lambda p: _lm_loss(model, p, tokens_bt))(params)
+    grads = jax.jit(jax.grad(lambda p: _lm_loss(model, p, tokens_bt)))(params)
     new_state, _ = jax.jit(lambda s, g: state_lib.apply_gradients(s, g, optimizer))(state, grads)
     changed = total = 0
     trainable = jax.tree.leaves(state_lib.trainable_mask(params))
