@@ -373,7 +373,7 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(launch, uninterrupt
 
 
 def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(launch, uninterrupted, tmp_path):
-    process = launch(tmp_path, {"total_steps": 40, "checkpoint_every": 100, "eval.every": 100})
+    process = launch(tmp_path, {"total_steps": 40, "checkpoint_every": 100, "eval.every": 0})
     wait_for(lambda: (tmp_path / "metrics.jsonl").exists()
              and any("loss" in r for r in metrics.read_jsonl(tmp_path / "metrics.jsonl")),
              process)
@@ -469,7 +469,7 @@ _POISON_HALF = _POISON_PARAMS.replace('state["step"] >= 4',
 
 
 def test_non_finite_parameters_are_rejected_and_never_checkpointed(launch, tmp_path):
-    overrides = {"grpo.max_consecutive_nonfinite": 2, "eval.every": 100}
+    overrides = {"grpo.max_consecutive_nonfinite": 2, "eval.every": 0}  # no eval: stops early
     code, out = run_to_end(launch(tmp_path, overrides, _POISON_PARAMS))
     assert code != 0 and "NonFiniteError: GRPO stopped at step 3: 2 consecutive updates" in out, \
         out[-3000:]
@@ -483,7 +483,7 @@ def test_non_finite_parameters_are_rejected_and_never_checkpointed(launch, tmp_p
 
 def test_a_persistent_partial_failure_trips_the_rate_rule(launch, tmp_path):
     overrides = {"grpo.nonfinite_window": 4, "grpo.max_nonfinite_fraction": 0.25,
-                 "eval.every": 100}
+                 "eval.every": 0}  # no eval: it stops before its last step
     code, out = run_to_end(launch(tmp_path, overrides, _POISON_HALF))
     assert code != 0 and "GRPO stopped at step 2: 2 of the last 4 updates were non-finite " \
         "(max_nonfinite_fraction=0.25)" in out, out[-3000:]
