@@ -283,9 +283,6 @@ def test_two_processes_load_their_slices_and_save(checkpoints, tmp_path):
     across both writes the checkpoint that the unscanned single-process load reads back."""
     import portpicker
 
-    stats = hf_shards.ReadStats()
-    hf.load_hf(checkpoints["bf16"], None, mesh=sharding.make_mesh({"fsdp": 8}),
-               scan_layers=True, stats=stats)
     port = portpicker.pick_unused_port()
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     procs = [subprocess.Popen(
@@ -296,6 +293,10 @@ def test_two_processes_load_their_slices_and_save(checkpoints, tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=repo) for i in range(2)]
     outputs = []
     try:
+        # The one-process reference count, read while the two children start up.
+        stats = hf_shards.ReadStats()
+        hf.load_hf(checkpoints["bf16"], None, mesh=sharding.make_mesh({"fsdp": 8}),
+                   scan_layers=True, stats=stats)
         for p in procs:
             out, _ = p.communicate(timeout=300)
             assert p.returncode == 0, out[-4000:]

@@ -1,6 +1,7 @@
 """Parameter counts from shapes: DeepSeek-V3 671B / 37B, V2-Lite 15.7B / 2.4B; the model
 from an HF directory or an experiment config; the CLI runs."""
 
+import functools
 import json
 import pathlib
 import subprocess
@@ -14,8 +15,19 @@ from r1jax.models import config as config_lib
 from r1jax.models import presets, summary
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _count_each_config_once():
+    """`count_params` is a pure function of the (frozen, hashable) config, and tracing the
+    61-layer V3 init is the slow part: trace each config once for this module's tests
+    (`forward_flops` and `_counts` then share it); the CLI subprocesses are not affected."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(summary, "count_params", functools.cache(summary.count_params))
+    yield
+    patch.undo()
+
+
 def _counts(name):
-    return summary.count_params(config_lib.ModelConfig.from_dict(presets.get(name)))
+    return dict(summary.count_params(config_lib.ModelConfig.from_dict(presets.get(name))))
 
 
 def test_deepseek_v3_671b_total_and_activated():
