@@ -164,11 +164,11 @@ def test_sampler_and_trainer_logps_gap_in_bf16():
     (measured here, mean/max: 0.0064/0.017 with float32 accumulation, 0.0073/0.022 with bf16
     matmul results; `benchmarks/accelerator.py --small`: 0.0053/0.023 vs 0.0052/0.017), so the
     bound is the issue's budget, far below its measured 0.36 max."""
+    # The bf16-results variant quoted above was only printed, never asserted: not rerun here.
     new = logp_gap(model_config("accelerator"))
-    old = logp_gap(model_config("accelerator", accum_dtype="bfloat16"))
     same_form = logp_gap(model_config("accelerator", mla_decode="naive"))
     exact = logp_gap(model_config("float32"))
-    print(f"log-prob gap mean/max: bf16 results {old.mean():.4f}/{old.max():.4f}, "
+    print(f"log-prob gap mean/max: "
           f"float32 accumulation {new.mean():.4f}/{new.max():.4f}, naive decoding "
           f"{same_form.mean():.1e}/{same_form.max():.1e}, float32 {exact.mean():.1e}/"
           f"{exact.max():.1e}")
