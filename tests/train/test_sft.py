@@ -82,11 +82,19 @@ def test_pack_keeps_every_sequence(strategy):
 
 
 _forward = jax.jit(transformer.Transformer(CFG).apply)
+_NAIVE_WIDTH = 12
 
 
 def _naive_loss(params, tokens, weights):
-    """Cross-entropy of one unpacked sequence, by an independent float64 computation."""
-    logits = _forward({"params": params}, np.asarray([tokens]))[0]
+    """Cross-entropy of one unpacked sequence, by an independent float64 computation.
+
+    The sequence alone is padded at the end to one width (the longest `_sequences` makes), so a
+    single compile serves every length; causal attention and dropless MoE leave its positions
+    unaffected by the trailing padding."""
+    assert len(tokens) <= _NAIVE_WIDTH
+    padded = np.zeros([1, _NAIVE_WIDTH], np.int64)
+    padded[0, :len(tokens)] = tokens
+    logits = _forward({"params": params}, padded)[0, :len(tokens)]
     logits = np.asarray(logits, np.float64)
     top = logits.max(-1, keepdims=True)
     logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
