@@ -7,7 +7,14 @@ import pathlib
 
 import pytest
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Cheap compiles: the suite is mostly XLA compiling tiny programs, so LLVM runs at -O0 with the
+# pre-fusion-emitter CPU codegen (what the entry-point subprocess tests use, tests/experiments/
+# hf_dirs.cheap_cpu_env). Only code generation changes: HLO passes (sharding, collectives, buffer
+# assignment, which the compiled-program tests read) run as in production.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_backend_optimization_level=0 "
+                      "--xla_llvm_disable_expensive_passes=true "
+                      "--xla_cpu_use_fusion_emitters=false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 

@@ -1,6 +1,11 @@
 """The precision policy (issue 21): float32 master weights and moments, bf16 compute, float32
 accumulation, float32 logits and log-probs."""
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,6 +169,18 @@ def test_sampler_and_trainer_logps_gap_in_bf16():
     (measured here, mean/max: 0.0064/0.017 with float32 accumulation, 0.0073/0.022 with bf16
     matmul results; `benchmarks/accelerator.py --small`: 0.0053/0.023 vs 0.0052/0.017), so the
     bound is the issue's budget, far below its measured 0.36 max."""
+    if os.environ.get("R1JAX_PRODUCTION_CODEGEN") != "1":
+        # The claims below are about the code XLA generates in production. The suite compiles
+        # with cheap CPU codegen (tests/conftest.py), which rounds bf16 intermediates at other
+        # places, so the check runs in a child process with the default XLA flags.
+        test = f"{pathlib.Path(__file__).resolve()}::test_sampler_and_trainer_logps_gap_in_bf16"
+        env = dict(os.environ, R1JAX_PRODUCTION_CODEGEN="1", JAX_PLATFORMS="cpu",
+                   XLA_FLAGS="--xla_force_host_platform_device_count=8")
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist",
+                              "-p", "no:cacheprovider", "-s", test],
+                             env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+        return
     # The bf16-results variant quoted above was only printed, never asserted: not rerun here.
     new = logp_gap(model_config("accelerator"))
     same_form = logp_gap(model_config("accelerator", mla_decode="naive"))
