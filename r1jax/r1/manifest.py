@@ -29,10 +29,6 @@ NAME = "manifest.json"
 StageFn = Callable[[pathlib.Path], tuple[dict[str, str], dict[str, Any]]]
 
 
-class Preempted(RuntimeError):
-    """A stage stopped early (SIGTERM); it stays unfinished and resumes on the next run."""
-
-
 def _atomic_write_json(path: pathlib.Path, value: dict) -> None:
     metrics.atomic_write_bytes(
         path, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
