@@ -3,16 +3,17 @@
 Run by `sandbox.py` as PID 1 of fresh user, PID, mount, network, IPC, UTS and cgroup
 namespaces made by util-linux `unshare`:
 
-    python -I _jail.py MOUNTPOINT PATH... -- PROGRAM ARGS...
+    python -I _jail.py MOUNTPOINT SHIELD... -- PATH... -- PROGRAM ARGS...
 
 It is trusted code and runs before anything untrusted: it mounts a tmpfs on MOUNTPOINT (an
 empty directory, visible only in this mount namespace), binds /usr, /lib*, /bin, /sbin and each
-PATH (the interpreter's) read-only into it, adds a fresh /dev (null, zero, full, random,
-urandom), /proc of the new PID namespace, writable tmpfs /tmp, /dev/shm and /sandbox, pivots
-into it, drops the old root, forbids further user namespaces where the kernel lets it, empties
-the capability bounding set with no_new_privs (so the exec leaves no capability), and execs
-PROGRAM with /sandbox as its working directory. Any failure exits with status 125 before the
-program starts, which the caller reports as a sandbox error.
+PATH (the interpreter's) read-only into it, covers each SHIELD (a directory above a PATH inside
+a writable mount, see `sandbox.read_only_shields`) with a read-only tmpfs, adds a fresh /dev
+(null, zero, full, random, urandom), /proc of the new PID namespace, writable tmpfs /tmp,
+/dev/shm and /sandbox, pivots into it, drops the old root, forbids further user namespaces where
+the kernel lets it, empties the capability bounding set with no_new_privs (so the exec leaves no
+capability), and execs PROGRAM with /sandbox as its working directory. Any failure exits with
+status 125 before the program starts, which the caller reports as a sandbox error.
 """
 
 import ctypes
@@ -55,7 +56,7 @@ def bind_ro(source: str, target: str) -> None:
     mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def build_root(root: str, paths: list[str]) -> None:
+def build_root(root: str, shields: list[str], paths: list[str]) -> None:
     """Builds the sandbox's file system under `root` (see the module docstring)."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks back to the host
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755," + TMPFS_SIZE)
@@ -75,8 +76,13 @@ def build_root(root: str, paths: list[str]) -> None:
             os.symlink(os.readlink(path), root + path)
         elif os.path.exists(path):
             bind_ro(path, root + path)
+    for path in shields:  # see sandbox.read_only_shields: no writable parent of a bind
+        os.makedirs(root + path, exist_ok=True)
+        mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")
     for path in paths:
         bind_ro(path, root + path)
+    for path in shields:
+        mount(None, root + path, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.makedirs(root + "/proc")
     mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
@@ -105,10 +111,12 @@ def drop_privileges() -> None:
 
 
 def main(argv: list[str]) -> None:
-    split = argv.index("--")
-    root, paths, program = argv[1], argv[2:split], argv[split + 1:]
+    first = argv.index("--")
+    second = argv.index("--", first + 1)
+    root, shields, paths = argv[1], argv[2:first], argv[first + 1:second]
+    program = argv[second + 1:]
     try:
-        build_root(root, paths)
+        build_root(root, shields, paths)
         enter_root(root)
         drop_privileges()
     except OSError as e:

@@ -6,8 +6,8 @@ it wrote to stdout. The sandbox kinds, strongest first:
 - "bwrap" (bubblewrap): new user, PID, network, IPC, UTS and cgroup namespaces, no capabilities,
   no further user namespaces (`--disable-userns`). The root file system is a fresh tmpfs with
   read-only binds of /usr, /lib*, /bin, /sbin and the interpreter's directories (bound after the
-  tmpfs on /tmp, so an interpreter under /tmp works), the empty work dir at /sandbox, fresh /tmp,
-  /dev and /proc. Only a loopback device exists, so no host address (127.0.0.1 included) and no
+  tmpfs on /tmp, so an interpreter under /tmp works, with no writable directory above it), the
+  empty work dir at /sandbox, fresh /tmp, /dev and /proc. Only a loopback device exists, so no host address (127.0.0.1 included) and no
   host Unix socket can be reached; the sandbox sees only its own processes.
 - "unshare" (util-linux, for machines without bubblewrap): the same namespaces made by
   `unshare`, then a trusted boot step (`_jail.py`) builds the same file-system view with mount
@@ -198,12 +198,18 @@ def _argv(which: str, workdir: str) -> list[str]:
     if which == "unshare":
         return ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child",
                 "--mount", "--net", "--ipc", "--uts", "--cgroup", "--",
-                *python, _JAIL, workdir, *interpreter_paths(), "--", *python]
+                *python, _JAIL, workdir, *read_only_shields(interpreter_paths()), "--",
+                *interpreter_paths(), "--", *python]
     binds = []
     for path in ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin"):
         binds += ["--ro-bind-try", path, path]
+    shields = read_only_shields(interpreter_paths())
+    for path in shields:
+        binds += ["--size", "1048576", "--tmpfs", path]
     for path in interpreter_paths():  # after the tmpfs on /tmp: the interpreter may live there
         binds += ["--ro-bind", path, path]
+    for path in shields:
+        binds += ["--remount-ro", path]
     return [
         "bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
         "--new-session", "--clearenv", "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534",
@@ -232,6 +238,31 @@ def interpreter_paths() -> list[str]:
         if not any(path == u or path.startswith(u.rstrip("/") + "/") for u in unique):
             unique.append(path)
     return unique
+
+
+WRITABLE_MOUNTS = ("/tmp", "/dev/shm")
+
+
+def read_only_shields(paths: Sequence[str]) -> list[str]:
+    """The directories to cover with a read-only tmpfs so that binding `paths` under a writable
+    sandbox mount leaves no writable directory on the way.
+
+    Binding /tmp/a/repo/.venv into the sandbox's fresh /tmp creates /tmp/a and /tmp/a/repo there,
+    writable by the program. The writes stay in the sandbox's memory, but the program would see
+    a directory that looks like the host's repository accept a write. A read-only tmpfs on
+    /tmp/a (made before the binds, remounted read-only after them) closes that view; /tmp itself
+    stays writable.
+    """
+    shields = []
+    for path in paths:
+        for mount in WRITABLE_MOUNTS:
+            rest = os.path.relpath(path, mount)
+            if rest.startswith("..") or rest == "." or "/" not in rest:
+                continue  # not under `mount`, or bound directly in it (read-only already)
+            top = os.path.join(mount, rest.split("/")[0])
+            if top not in shields:
+                shields.append(top)
+    return shields
 
 
 def _clean_env(workdir: str) -> dict[str, str]:

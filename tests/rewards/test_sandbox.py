@@ -55,6 +55,30 @@ def test_interpreter_under_tmp_chooses_bwrap(tmp_path, layout):
 
 
 @pytest.mark.parametrize("kind", ISOLATING)
+def test_no_writable_parent_of_an_interpreter_under_tmp(tmp_path, kind):
+    """A venv under /tmp is bound into the sandbox's fresh /tmp: the directories above it (the
+    host's repository, say) must not accept writes there, while /tmp itself stays writable."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "repo" / "env")],
+                   check=True)
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    program = (f"import os\nos.write(1, {sandbox.READY!r})\n"
+               f"for path in ({str(tmp_path / 'repo' / 'x')!r}, {str(tmp_path / 'x')!r}, "
+               "'/tmp/x'):\n"
+               "    try:\n        open(path, 'w').write('x'); print('wrote', path)\n"
+               "    except OSError as e:\n        print('denied', e.errno)")
+    script = (f"import sys; sys.path[:0] = {[REPO] + site!r}\n"
+              "from r1jax.rewards import sandbox\n"
+              f"print(sandbox.run(['-c', {program!r}], b'', timeout_s=20.0, kind={kind!r})"
+              ".stdout.decode())")
+    out = subprocess.run([str(tmp_path / "repo" / "env" / "bin" / "python"), "-c", script],
+                         capture_output=True, text=True, env={"PATH": os.environ["PATH"]},
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == ["denied 30", "denied 30", "wrote /tmp/x"]
+    assert os.listdir(tmp_path / "repo") == ["env"] and not os.path.exists(tmp_path / "x")
+
+
+@pytest.mark.parametrize("kind", ISOLATING)
 def test_interpreter_paths_cover_the_sandbox(kind):
     done = raw(kind, "import sys\nprint(sys.prefix, sys.executable)")
     assert done.returncode == 0 and done.stdout.split()[0] == sys.prefix.encode()
