@@ -15,7 +15,9 @@ from typing import Any
 ATTENTION_TYPES = ("mla", "gqa")
 SCORING_FUNCS = ("sigmoid", "softmax")
 ROPE_TYPES = ("default", "yarn", "llama3")
-MOE_DISPATCH = ("dropless", "dense", "expert_parallel")
+# "auto": the block loop ("dropless") on CPU, grouped matmul ("grouped") on GPU/TPU, resolved
+# from jax.default_backend() when the layer is built (moe.layer.resolve_dispatch).
+MOE_DISPATCH = ("auto", "dropless", "grouped", "dense", "expert_parallel")
 MLA_DECODE = ("absorbed", "naive")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -78,8 +80,10 @@ class ModelConfig:
       "llama3" uses `rope_factor`, `low_freq_factor`, `high_freq_factor`. `rope_interleave`
       selects the interleaved (x0,x1),(x2,x3)... layout instead of the half-split one.
     Implementation choices (picked once, never branched on inside a layer's math):
-      `moe_dispatch` "dropless" (sort + grouped matmul), "dense" (every expert, every token)
-      or "expert_parallel" (experts sharded over the `expert` mesh axis, all-to-all exchange);
+      `moe_dispatch` "auto" (the default: "dropless" on CPU, "grouped" on GPU/TPU), "dropless"
+      (sort into padded blocks, a loop over the used blocks), "grouped" (sort, grouped matmul
+      `jax.lax.ragged_dot`), "dense" (every expert, every token) or "expert_parallel" (experts
+      sharded over the `expert` mesh axis, all-to-all exchange);
       `mla_decode` "absorbed" or "naive" for cached decoding; `remat_policy`; `scan_layers`.
     Precision (`PRECISION_POLICIES`, documented there with their bytes per parameter):
       `param_dtype` stores the parameters (the optimizer's master weights; Adam's moments take
@@ -146,7 +150,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     accum_dtype: str = "float32"
     initializer_range: float = 0.02
-    moe_dispatch: str = "dropless"
+    moe_dispatch: str = "auto"
     moe_block_size: int = 64
     mla_decode: str = "absorbed"
     remat_policy: str = "none"
