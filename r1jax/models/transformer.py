@@ -12,6 +12,8 @@ Entry points (shapes: B batch, T new tokens, S cache slots, V vocab):
       segment_ids_bt=None)` -> float32 logits [B, T, V]. With `mutable=['intermediates']`, MoE
       statistics (`expert_load`, `aux_loss`) and, when num_nextn_predict_layers > 0,
       `mtp_logits` [D, B, T, V] are sown; `mtp_loss` turns the latter into L_MTP.
+  `...apply(..., method=Transformer.hidden)`: the same forward stopped before the output head,
+      the final-norm output [B, T, d] (for log-probs formed in chunks, `r1jax.rl.logprobs`).
   `init_cache(config, batch_size, max_length)` -> `Cache`; then
   `Transformer(config).apply({'params': p}, tokens_bt, positions_bt, cache, mask_bt,
       method=Transformer.decode)` -> (logits [B, T, V], new cache): writes the T tokens at
@@ -215,6 +217,14 @@ class Transformer(nn.Module):
           mask_bt: 1 for real tokens; padding keys are never attended to. Default all ones.
           segment_ids_bt: packed sequences attend within their own segment. Default one segment.
         """
+        return self._head(self.hidden(tokens_bt, positions_bt, mask_bt, segment_ids_bt))
+
+    def hidden(self, tokens_bt, positions_bt=None, mask_bt=None, segment_ids_bt=None):
+        """The full forward up to the output head: the final RMSNorm's output [B, T, d].
+
+        Same arguments as `__call__`, whose logits are this times the unembedding. For callers
+        that form log-probs in chunks and never hold [B, T, V] (`r1jax.rl.logprobs`).
+        """
         b, t = tokens_bt.shape
         positions_bt = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions_bt is None \
             else positions_bt
@@ -225,7 +235,7 @@ class Transformer(nn.Module):
         h_btd, _ = self._backbone(self.embed_tokens(tokens_bt), positions_bt, mask_bts,
                                   (None,) * len(self.blocks), None)
         self._multi_token_prediction(h_btd, tokens_bt, positions_bt, mask_bts)
-        return self._head(self.norm(h_btd))
+        return self.norm(h_btd)
 
     def _multi_token_prediction(self, h_btd, tokens_bt, positions_bt, mask_bts):
         """Sows `mtp_logits` [D, B, T, V]: entry [k-1, b, i] predicts token i + k + 1."""
