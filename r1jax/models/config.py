@@ -19,6 +19,7 @@ ROPE_TYPES = ("default", "yarn", "llama3")
 # from jax.default_backend() when the layer is built (moe.layer.resolve_dispatch).
 MOE_DISPATCH = ("auto", "dropless", "grouped", "dense", "expert_parallel")
 MLA_DECODE = ("absorbed", "naive")
+ATTENTION_IMPLS = ("auto", "naive", "blockwise", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -84,7 +85,12 @@ class ModelConfig:
       (sort into padded blocks, a loop over the used blocks), "grouped" (sort, grouped matmul
       `jax.lax.ragged_dot`), "dense" (every expert, every token) or "expert_parallel" (experts
       sharded over the `expert` mesh axis, all-to-all exchange);
-      `mla_decode` "absorbed" or "naive" for cached decoding; `remat_policy`; `scan_layers`.
+      `mla_decode` "absorbed" or "naive" for cached decoding; `remat_policy`; `scan_layers`;
+      `attention_impl` (`r1jax.models.flash`): "naive" (full [T, S] scores, the reference),
+      "blockwise" (online softmax over key/value blocks of `attention_block_size`, memory
+      linear in T; decoding reads only the filled cache slots), "cudnn" (the fused GPU
+      kernel, causal unpacked unpadded bf16/fp16 forwards only) or "auto" (per backend and
+      shape: cuDNN where it applies on GPU, else blockwise; naive for short CPU forwards).
     Precision (`PRECISION_POLICIES`, documented there with their bytes per parameter):
       `param_dtype` stores the parameters (the optimizer's master weights; Adam's moments take
       the same dtype); `dtype` is the compute dtype of activations and of the weights' transient
@@ -153,6 +159,8 @@ class ModelConfig:
     moe_dispatch: str = "auto"
     moe_block_size: int = 64
     mla_decode: str = "absorbed"
+    attention_impl: str = "auto"
+    attention_block_size: int = 512
     remat_policy: str = "none"
     scan_layers: bool = False
 
@@ -201,6 +209,7 @@ class ModelConfig:
         choice("rope_type", ROPE_TYPES)
         choice("moe_dispatch", MOE_DISPATCH)
         choice("mla_decode", MLA_DECODE)
+        choice("attention_impl", ATTENTION_IMPLS)
         choice("remat_policy", REMAT_POLICIES)
         choice("dtype", DTYPES)
         choice("param_dtype", DTYPES)
@@ -209,7 +218,8 @@ class ModelConfig:
             fail("accum_dtype", f"{self.accum_dtype!r} is narrower than the compute dtype "
                  f"{self.dtype!r}; matmul results would lose what their inputs hold")
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size",
-                      "num_attention_heads", "max_position_embeddings", "moe_block_size"):
+                      "num_attention_heads", "max_position_embeddings", "moe_block_size",
+                      "attention_block_size"):
             if getattr(self, field) <= 0:
                 fail(field, f"must be a positive integer, got {getattr(self, field)}")
         if self.attention_type == "mla":
