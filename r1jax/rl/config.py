@@ -79,6 +79,13 @@ class GRPOConfig:
       last `nonfinite_window` updates were skipped (1.0 turns this rate rule off).
     bias_update_speed: gamma of the MoE balancing-bias rule (DeepSeek-V3 Sec. 2.1.2); None
       takes the model config's `bias_update_speed`.
+    logps_chunk_size, vocab_chunk_size: the update and the reference scorer form log-probs
+      `logps_chunk_size` completion positions (and `vocab_chunk_size` vocabulary columns, None:
+      all) at a time, never [B, T, V] logits (`r1jax.rl.logprobs`).
+    entropy_metric: log the policy's mean token entropy (computed in the same chunks).
+    update_width_multiple: the update runs over the longest real completion of the batch,
+      rounded up to this multiple (fewer distinct compiled widths), not over max_new_tokens;
+      0 always uses max_new_tokens. The loss is unchanged (padding is masked).
     """
 
     group_size: int = 16
@@ -99,11 +106,18 @@ class GRPOConfig:
     nonfinite_window: int = 20
     max_nonfinite_fraction: float = 0.25
     bias_update_speed: float | None = None
+    logps_chunk_size: int = 512
+    vocab_chunk_size: int | None = None
+    entropy_metric: bool = True
+    update_width_multiple: int = 64
 
     def __post_init__(self):
         s = "grpo"
         _at_least(s, self, 1, "prompts_per_step", "num_iterations", "num_minibatches",
-                  "num_micro_batches")
+                  "num_micro_batches", "logps_chunk_size")
+        _at_least(s, self, 0, "update_width_multiple")
+        if self.vocab_chunk_size is not None and self.vocab_chunk_size < 1:
+            _fail(s, "vocab_chunk_size", self.vocab_chunk_size, "must be >= 1 or None")
         if not isinstance(self.group_size, int) or self.group_size < 2:
             _fail(s, "group_size", self.group_size,
                   "must be an int >= 2: advantages are relative to the group's mean (eq. 3), "
