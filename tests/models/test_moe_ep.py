@@ -1,10 +1,12 @@
 """Expert-parallel MoE dispatch on 8 simulated CPU devices vs the single-device dispatches.
 
-The whole DeepSeekMoE layer (router, routed experts, shared expert) with
-moe_dispatch="expert_parallel" on several meshes must give the forward output and the
-gradients (w.r.t. every parameter and the input) of the single-device dropless and dense
-layers, for balanced and for maximally skewed routing (every assignment bound for one device:
-the dropless worst case of the exchange buffer).
+The whole DeepSeekMoE layer (router with groups and bias, routed experts, shared expert) with
+moe_dispatch="expert_parallel" on several meshes must give the forward output, the gradients
+(w.r.t. every parameter and the input), the sown expert loads and the bias update of the
+single-device dropless and dense (loop-over-experts reference) layers, for balanced and for
+maximally skewed routing (every assignment bound for one device). The exchange's CPU emulation
+must match `jax.lax.ragged_all_to_all`'s documented semantics, and the grouped matmul must see
+only real rows.
 """
 
 import functools
@@ -51,15 +53,19 @@ def make_inputs(skewed: bool):
 
 
 def loss_and_grads(cfg, params, x_btd):
-    """The layer's output and gradients of a random projection of it plus its aux loss."""
+    """The layer's output, gradients of a random projection of it plus its aux loss, the sown
+    expert loads and the biases after one balancing update."""
     probe = jax.random.normal(jax.random.key(2), x_btd.shape)
 
     def loss(p, x):
         y, state = moe.MoE(cfg).apply({"params": p}, x, mutable=["intermediates"])
-        return jnp.sum(y * probe) + moe.total_aux_loss(state["intermediates"]), y
+        return jnp.sum(y * probe) + moe.total_aux_loss(state["intermediates"]), (y, state)
 
-    (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x_btd)
-    return y, grads
+    (_, (y, state)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params,
+                                                                                     x_btd)
+    loads = moe.collect_expert_loads(state["intermediates"])
+    bias = moe.update_all_biases(params, state["intermediates"], 0.001)["gate"][moe.BIAS]
+    return y, grads, (loads, bias)
 
 
 @functools.cache
@@ -91,22 +97,25 @@ def sharded_loss_and_grads(boxed, params, x_btd, mesh_shape):
 @pytest.mark.parametrize("skewed", [False, True])
 def test_expert_parallel_matches_single_device_forward_and_gradients(skewed):
     boxed, params, x_btd = make_inputs(skewed)
-    y_ref, grads_ref = jitted_loss_and_grads("dropless")(params, x_btd)
-    y_dense, grads_dense = jitted_loss_and_grads("dense")(params, x_btd)
+    y_ref, grads_ref, stats_ref = jitted_loss_and_grads("dropless")(params, x_btd)
+    y_dense, grads_dense, stats_dense = jitted_loss_and_grads("dense")(params, x_btd)
     np.testing.assert_allclose(y_dense, y_ref, rtol=1e-5, atol=1e-5)
     if skewed:
         idx = routing.select_experts(jnp.zeros((1, E)), params["gate"][moe.BIAS], top_k=2,
-                                 n_group=4, topk_group=2)
+                                     n_group=4, topk_group=2)
         assert sorted(np.asarray(idx)[0].tolist()) == [0, 1]
     for mesh_shape in MESHES:
-        (y, grads), hlo = sharded_loss_and_grads(boxed, params, x_btd, mesh_shape)
+        (y, grads, stats), hlo = sharded_loss_and_grads(boxed, params, x_btd, mesh_shape)
         assert "all-to-all" in hlo, mesh_shape  # the exchange really happens
-        np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5, err_msg=str(mesh_shape))
+        np.testing.assert_allclose(y, y_dense, rtol=1e-5, atol=1e-5, err_msg=str(mesh_shape))
         for reference in (grads_ref, grads_dense):
             for path, g in jax.tree_util.tree_leaves_with_path(grads):
                 want = _at(reference, path)
                 np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5,
                                            err_msg=f"{mesh_shape} {jax.tree_util.keystr(path)}")
+        # Balancing statistics are the layer's, whatever the dispatch: exactly equal.
+        for got, want in zip(jax.tree.leaves(stats), jax.tree.leaves(stats_dense)):
+            np.testing.assert_array_equal(got, want, err_msg=str(mesh_shape))
 
 
 def _at(tree, path):
@@ -122,14 +131,6 @@ def test_expert_parallel_without_mesh_is_dropless():
     np.testing.assert_allclose(y_ep, y_ref, rtol=1e-6, atol=1e-6)
 
 
-def test_exchange_layout_blocks_by_destination():
-    idx_tk = jnp.array([[5, 0], [1, 6], [7, 2]])  # 2 devices of 4 experts, capacity 6
-    layout = expert_parallel.exchange_layout(idx_tk, 4, 2, 6)
-    # device 0 receives assignments 1 (expert 0), 2 (1), 5 (2); device 1: 0 (5), 3 (6), 4 (7)
-    np.testing.assert_array_equal(layout.row_assign_r, [1, 2, 5, 6, 6, 6, 0, 3, 4, 6, 6, 6])
-    np.testing.assert_array_equal(layout.slot_nk, [[6, 0], [1, 7], [8, 2]])
-
-
 def test_experts_must_divide_over_the_expert_axis():
     experts = dispatch_lib.ExpertParams(jnp.ones((6, D, F)), jnp.ones((6, D, F)),
                                         jnp.ones((6, F, D)))
@@ -138,3 +139,78 @@ def test_experts_must_divide_over_the_expert_axis():
     with jax.set_mesh(sharding.make_mesh({"expert": 4, "data": 2})):
         with pytest.raises(ValueError, match="6 experts do not divide over the 4 devices"):
             dispatch(x_td, idx_tk, weight_tk, experts)
+
+
+def _random_ragged_exchange(rng, n_dev: int, per_peer: int, rows: int, max_size: int):
+    """Per-device arguments of a ragged all-to-all: random sizes, and slices placed in random
+    order with random gaps on both sides. Returns the [n_dev, ...] stacks and the reference
+    moves [(sender, input offset, receiver, output offset, size)]."""
+    size_sji = rng.integers(0, max_size + 1, (n_dev, n_dev, per_peer))
+
+    def place(order_sizes):
+        offsets, cursor = {}, 0
+        for key, size in order_sizes:
+            cursor += int(rng.integers(0, 2))
+            offsets[key] = cursor
+            cursor += size
+        assert cursor <= rows
+        return offsets
+
+    def shuffled(keys):
+        return [keys[p] for p in rng.permutation(len(keys))]
+
+    slices = [(j, i) for j in range(n_dev) for i in range(per_peer)]
+    input_off = [place([(sl, size_sji[s, sl[0], sl[1]]) for sl in shuffled(slices)])
+                 for s in range(n_dev)]
+    incoming = [(s, i) for s in range(n_dev) for i in range(per_peer)]
+    output_off = [place([(sl, size_sji[sl[0], j, sl[1]])
+                         for sl in shuffled(incoming)]) for j in range(n_dev)]
+    args = np.zeros((4, n_dev, n_dev * per_peer), np.int32)
+    moves = []
+    for s in range(n_dev):
+        for j, i in slices:
+            size = int(size_sji[s, j, i])
+            args[:, s, j * per_peer + i] = (input_off[s][(j, i)], size,
+                                            output_off[j][(s, i)], size_sji[j, s, i])
+            moves.append((s, input_off[s][(j, i)], j, output_off[j][(s, i)], size))
+    return args, moves
+
+
+def test_emulated_ragged_all_to_all_matches_its_definition():
+    """Forward and both gradients of the CPU stand-in equal jax.lax.ragged_all_to_all's
+    documented semantics (a loop of slice copies) on random sizes, orders and gaps."""
+    n_dev, per_peer, rows, width = 8, 2, 48, 3
+    rng = np.random.default_rng(3)
+    args, moves = _random_ragged_exchange(rng, n_dev, per_peer, rows, max_size=2)
+    operand = rng.normal(size=(n_dev, rows, width)).astype(np.float32)
+    output = rng.normal(size=(n_dev, rows, width)).astype(np.float32)
+    probe = rng.normal(size=(n_dev, rows, width)).astype(np.float32)
+    want = output.copy()
+    want_d_operand, want_d_output = np.zeros_like(operand), probe.copy()
+    for s, src, j, dst, size in moves:
+        want[j, dst:dst + size] = operand[s, src:src + size]
+        want_d_operand[s, src:src + size] = probe[j, dst:dst + size]
+        want_d_output[j, dst:dst + size] = 0.0
+
+    exchange = functools.partial(expert_parallel.emulated_ragged_all_to_all,
+                                 axis_name="expert", num_devices=n_dev,
+                                 block_rows=per_peer * 2)
+    spec = jax.sharding.PartitionSpec("expert")
+    mesh = sharding.make_mesh({"expert": n_dev})
+    run = jax.shard_map(lambda o, out, *a: exchange(o, out, *a), mesh=mesh,
+                        in_specs=(spec,) * 6, out_specs=spec)
+    flat = [a.reshape(-1, *a.shape[2:]) for a in (operand, output, probe)]
+    offsets = [jnp.asarray(a.reshape(-1)) for a in args]
+
+    @jax.jit
+    def forward_and_grads(operand, output, probe):
+        result = run(operand, output, *offsets)
+        grads = jax.grad(lambda o, out: jnp.sum(run(o, out, *offsets) * probe),
+                         argnums=(0, 1))(operand, output)
+        return result, grads
+
+    with jax.set_mesh(mesh):
+        result, (d_operand, d_output) = forward_and_grads(*flat)
+    np.testing.assert_array_equal(result, want.reshape(-1, width))
+    np.testing.assert_allclose(d_operand, want_d_operand.reshape(-1, width), rtol=1e-6)
+    np.testing.assert_allclose(d_output, want_d_output.reshape(-1, width), rtol=1e-6)

@@ -1,15 +1,29 @@
-"""Expert-parallel dispatch: experts over the `expert` mesh axis, tokens sent by all-to-all.
+"""Expert-parallel dispatch: experts over the `expert` mesh axis; only real rows are exchanged
+and computed.
 
 DeepSeek-V3 report (arXiv:2412.19437) Sec. 3.2.2: tokens are sent to the devices that hold
-their experts with all-to-all, and the outputs come back the same way. Each device runs its own
-experts with `dropless.dropless_dispatch`.
+their experts with all-to-all, and the outputs come back the same way. Here, per device:
+  1. sort its T*K assignments by expert (so by destination device, then local expert);
+  2. all-gather the per-(destination, local expert) counts over the `expert` axis (n_ep * E
+     integers): every device then knows where every slice goes (`exchange_plan`);
+  3. a ragged all-to-all writes each slice straight into its expert's group on the receiver,
+     so the received rows are grouped by local expert with no second sort;
+  4. grouped matmul over the local experts (`jax.lax.ragged_dot`) whose group sizes are the
+     real rows received: padding rows join no group, so no expert computes them;
+  5. the reverse ragged all-to-all returns each output to its assignment's sorted slot; the
+     outputs are unsorted and combined with the gates g.
+No capacity factor, no dropped token: exact.
 
-Where this departs from the paper, and why: XLA's shapes are static, so to stay dropless (exact)
-each device's exchange buffer holds the worst case, all T*K of its assignments bound for one
-device. The receiving device therefore runs its experts on n_ep times the balanced load (n_ep =
-the `expert` axis size). V3 trains with that exchange bounded by node-limited routing and
-balanced loads; a capacity-bounded buffer (dropping overflow) or a ragged all-to-all on GPU/TPU
-is what removes the factor, at the price of exactness.
+The exchange (`ragged_exchange`): `jax.lax.ragged_all_to_all` on GPU/TPU, which moves only the
+real rows. XLA:CPU cannot compile it (jax 0.10.2: "HLO opcode `ragged-all-to-all` is not
+supported by XLA:CPU ThunkEmitter"), so on the CPU `emulated_ragged_all_to_all` gives the same
+result from the same arguments with a dense all-to-all of per-peer blocks sized for the worst
+case (row gathers on both sides, gathers in the backward too).
+
+Where this departs from the paper, and why: XLA's shapes are static, so the receive buffer
+holds the worst case, n_ep * T * min(K, E / n_ep) rows (every peer's tokens routed to this
+device: each token sends at most min(K, local experts) rows to one device). Only its first
+sum(group sizes) rows are real and computed; the rest is memory, not work.
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,69 +41,179 @@ from r1jax import sharding
 from r1jax.models.moe import dispatch, dropless
 
 EP_AXIS = "expert"
+EXCHANGES = ("auto", "ragged", "emulated")
 
 
-class ExchangeLayout(NamedTuple):
-    """Where each assignment sits in the per-destination send buffer [n_ep * C, d].
+def _exclusive_cumsum(x: jax.Array, axis: int = -1) -> jax.Array:
+    return jnp.cumsum(x, axis=axis) - x
 
-    Assignment n = t * K + k. Destination device s = expert // experts per device; its rows
-    are s * C .. s * C + count_s - 1 in assignment order; the rest of the block is padding.
+
+def _packed_slot(sizes_i: jax.Array, rows: int):
+    """Slices packed back to back in index order: for each position q < rows, (slice, rank
+    within it, whether q is inside a slice). sizes_i [S] -> three [rows] arrays."""
+    end_i = jnp.cumsum(sizes_i)
+    q = jnp.arange(rows)
+    slice_q = jnp.searchsorted(end_i, q, side="right")
+    inside_q = slice_q < sizes_i.shape[0]
+    slice_q = jnp.minimum(slice_q, sizes_i.shape[0] - 1)
+    return slice_q, q - (end_i - sizes_i)[slice_q], inside_q
+
+
+def _placed_slot(offsets_i: jax.Array, sizes_i: jax.Array, rows: int):
+    """Non-overlapping slices at any offsets: for each position g < rows, (the slice that
+    covers it, rank within it, whether one does). Empty slices are moved past the end, so an
+    empty slice at the same offset as a real one never hides it."""
+    start_i = jnp.where(sizes_i > 0, offsets_i, rows)
+    order_i = jnp.argsort(start_i)
+    g = jnp.arange(rows)
+    candidate = jnp.searchsorted(start_i[order_i], g, side="right") - 1
+    slice_g = order_i[jnp.maximum(candidate, 0)]
+    rank_g = g - start_i[slice_g]
+    return slice_g, rank_g, (candidate >= 0) & (rank_g < sizes_i[slice_g])
+
+
+def emulated_ragged_all_to_all(operand, output, input_offsets, send_sizes, output_offsets,
+                               recv_sizes, *, axis_name: str, num_devices: int,
+                               block_rows: int):
+    """`jax.lax.ragged_all_to_all`'s result from its arguments, with a dense all-to-all.
+
+    Each device packs the slices bound for peer j back to back into block j of `block_rows`
+    rows (the caller guarantees that no device sends more to one peer), exchanges the blocks
+    with `jax.lax.all_to_all`, and writes each received slice at the offset its sender chose
+    (`output_offsets` as seen by the receiver, one tiny all-to-all). Every row move is
+    `dispatch.take_rows`, so the backward is gathers too. Exact; it moves n_ep * block_rows
+    rows per device whatever the counts (the XLA:CPU stand-in, see the module docstring).
+
+    Args:
+      operand: [N, ...] rows to send; output: [M, ...] the buffer the received rows update.
+      input_offsets, send_sizes, output_offsets, recv_sizes: [n_ep * S] int32, S slices per
+        peer, with `jax.lax.ragged_all_to_all`'s meanings.
+    Returns:
+      [M, ...]: `output` with the received slices written in.
+    """
+    n, m = operand.shape[0], output.shape[0]
+    per_peer = input_offsets.shape[0] // num_devices
+    sizes_ji = send_sizes.reshape(num_devices, per_peer)
+    # Sender: block row (j, q) <- operand row; operand row -> its block row (the inverse map).
+    slice_jq, rank_jq, inside_jq = jax.vmap(lambda s: _packed_slot(s, block_rows))(sizes_ji)
+    offsets_ji = input_offsets.reshape(num_devices, per_peer)
+    src_jq = jnp.take_along_axis(offsets_ji, slice_jq, axis=1) + rank_jq
+    src_r = jnp.where(inside_jq, src_jq, n).reshape(-1)
+    slice_p, rank_p, inside_p = _placed_slot(input_offsets, send_sizes, n)
+    packed_start_i = _exclusive_cumsum(sizes_ji).reshape(-1)
+    block_p = (slice_p // per_peer) * block_rows + packed_start_i[slice_p] + rank_p
+    block_p = jnp.where(inside_p, block_p, num_devices * block_rows)
+    blocks = dispatch.take_rows(operand, src_r, block_p[:, None])
+    blocks = jax.lax.all_to_all(blocks.reshape((num_devices, block_rows) + operand.shape[1:]),
+                                axis_name, 0, 0).reshape((-1,) + operand.shape[1:])
+    # Receiver: output row g <- block row (source, packed position); and back.
+    landing_i = jax.lax.all_to_all(output_offsets, axis_name, 0, 0, tiled=True)
+    slice_g, rank_g, inside_g = _placed_slot(landing_i, recv_sizes, m)
+    recv_packed_i = _exclusive_cumsum(recv_sizes.reshape(num_devices, per_peer)).reshape(-1)
+    block_g = (slice_g // per_peer) * block_rows + recv_packed_i[slice_g] + rank_g
+    block_g = jnp.where(inside_g, block_g, num_devices * block_rows)
+    slice_sq, rank_sq, inside_sq = jax.vmap(lambda s: _packed_slot(s, block_rows))(
+        recv_sizes.reshape(num_devices, per_peer))
+    landing_si = landing_i.reshape(num_devices, per_peer)
+    out_sq = jnp.take_along_axis(landing_si, slice_sq, axis=1) + rank_sq
+    out_r = jnp.where(inside_sq, out_sq, m).reshape(-1)
+    received = dispatch.take_rows(blocks, block_g, out_r[:, None])
+    covered = inside_g.reshape((m,) + (1,) * (output.ndim - 1))
+    return jnp.where(covered, received, output)
+
+
+def ragged_exchange(operand, output, input_offsets, send_sizes, output_offsets, recv_sizes, *,
+                    exchange: str, num_devices: int, block_rows: int):
+    """Ragged all-to-all over the `expert` axis: the real primitive (`exchange="ragged"`, for
+    GPU/TPU) or its CPU emulation (`"emulated"`); same arguments, same result."""
+    if exchange == "ragged":
+        return jax.lax.ragged_all_to_all(operand, output, input_offsets, send_sizes,
+                                         output_offsets, recv_sizes, axis_name=EP_AXIS)
+    return emulated_ragged_all_to_all(operand, output, input_offsets, send_sizes,
+                                      output_offsets, recv_sizes, axis_name=EP_AXIS,
+                                      num_devices=num_devices, block_rows=block_rows)
+
+
+class ExchangePlan(NamedTuple):
+    """One device's offsets and sizes for both exchanges, from the counts C[s, j, e] (rows that
+    device s sends to local expert e of device j). Slice (j, e) of the forward exchange is
+    entry j * E_local + e; slice (s, e) of the reverse one is entry s * E_local + e.
+
+    On the receiver, expert e's group starts at the sum of the earlier groups, and within it
+    the senders' slices follow in device order: so the received rows are grouped by expert.
     """
 
-    slot_nk: jax.Array         # [T, K] send-buffer row of each assignment
-    row_assign_r: jax.Array    # [n_ep * C] assignment held by each row; T*K marks padding
+    send_offsets: jax.Array    # [n_ep * E_l] where slice (j, e) starts in my sorted rows
+    send_sizes: jax.Array      # [n_ep * E_l] C[me, j, e]
+    remote_offsets: jax.Array  # [n_ep * E_l] where slice (j, e) lands in j's grouped rows
+    recv_offsets: jax.Array    # [n_ep * E_l] where slice (s, e) from s lands in my grouped rows
+    recv_sizes: jax.Array      # [n_ep * E_l] C[s, me, e]
+    return_offsets: jax.Array  # [n_ep * E_l] where slice (s, e) starts in s's sorted rows
+    group_sizes: jax.Array     # [E_l] my grouped rows per local expert (sum = real rows)
 
 
-def exchange_layout(idx_tk: jax.Array, experts_per_device: int, num_devices: int,
-                    capacity: int) -> ExchangeLayout:
-    """Groups assignments by destination device into blocks of `capacity` rows."""
-    n = idx_tk.size
-    dest_n = idx_tk.reshape(n) // experts_per_device
-    order_p = jnp.argsort(dest_n, stable=True)
-    dest_p = dest_n[order_p]
-    devices_s = jnp.arange(num_devices)
-    start_s = jnp.searchsorted(dest_p, devices_s, side="left")
-    count_s = jnp.searchsorted(dest_p, devices_s, side="right") - start_s
-    slot_p = dest_p * capacity + jnp.arange(n) - start_s[dest_p]
-    slot_n = slot_p[jnp.argsort(order_p)]
-    device_r = jnp.repeat(devices_s, capacity)
-    rank_r = jnp.tile(jnp.arange(capacity), num_devices)
-    used_r = rank_r < count_s[device_r]
-    row_assign_r = jnp.where(used_r, order_p[jnp.where(used_r, start_s[device_r] + rank_r, 0)], n)
-    return ExchangeLayout(slot_n.reshape(idx_tk.shape).astype(jnp.int32),
-                          row_assign_r.astype(jnp.int32))
+def exchange_plan(counts_sje: jax.Array, me: jax.Array) -> ExchangePlan:
+    """`ExchangePlan` of device `me` from the all-gathered counts [n_ep, n_ep, E_l] int32."""
+    groups_je = counts_sje.sum(axis=0)
+    group_start_je = _exclusive_cumsum(groups_je, axis=1)
+    earlier_sje = _exclusive_cumsum(counts_sje, axis=0)  # rows of devices before s
+    landing_sje = group_start_je[None] + earlier_sje
+    n_ep = counts_sje.shape[0]
+    sorted_start_sje = _exclusive_cumsum(counts_sje.reshape(n_ep, -1)).reshape(counts_sje.shape)
+    flat = functools.partial(jnp.reshape, shape=(-1,))
+    return ExchangePlan(
+        send_offsets=flat(sorted_start_sje[me]), send_sizes=flat(counts_sje[me]),
+        remote_offsets=flat(landing_sje[me]), recv_offsets=flat(landing_sje[:, me]),
+        recv_sizes=flat(counts_sje[:, me]), return_offsets=flat(sorted_start_sje[:, me]),
+        group_sizes=groups_je[me])
 
 
-def _exchange(x, axis_name: str, num_devices: int):
-    """[n_ep * C, ...] blocks by destination -> [n_ep * C, ...] blocks by source."""
-    blocks = x.reshape((num_devices, -1) + x.shape[1:])
-    return jax.lax.all_to_all(blocks, axis_name, 0, 0).reshape(x.shape)
+def _grouped_dot(a_rx, w_exy, group_sizes_e, accum_dtype):
+    """`jax.lax.ragged_dot` summed in `accum_dtype`, in a's dtype (widened first on the CPU,
+    as `layers.accumulating_einsum` does: XLA:CPU lacks some bf16 x bf16 -> f32 dots)."""
+    accum_dtype = jnp.dtype(accum_dtype)
+    out_dtype = a_rx.dtype
+    if jax.default_backend() == "cpu" and jnp.result_type(a_rx, w_exy) != accum_dtype:
+        a_rx, w_exy = a_rx.astype(accum_dtype), w_exy.astype(accum_dtype)
+    y = jax.lax.ragged_dot(a_rx, w_exy, group_sizes_e, preferred_element_type=accum_dtype)
+    return y.astype(out_dtype)
 
 
-def _ep_local(x_td, idx_tk, weight_tk, experts: dispatch.ExpertParams, *, block_size: int,
-              num_devices: int, accum_dtype):
-    """One device's share of `expert_parallel_dispatch` (inside shard_map): send rows to the
-    experts' devices, run the local experts (dropless), send the outputs back, combine."""
+def grouped_swiglu(x_rd, group_sizes_e, experts: dispatch.ExpertParams, accum_dtype):
+    """SwiGLU of consecutive row groups, group e with local expert e's weights. [R, d] -> [R, d];
+    rows past sum(group_sizes) belong to no group and come out zero (no gradient either)."""
+    h_rf = (nn.silu(_grouped_dot(x_rd, experts.gate_edf, group_sizes_e, accum_dtype))
+            * _grouped_dot(x_rd, experts.up_edf, group_sizes_e, accum_dtype))
+    return _grouped_dot(h_rf, experts.down_efd, group_sizes_e, accum_dtype)
+
+
+def _ep_local(x_td, idx_tk, weight_tk, experts: dispatch.ExpertParams, *, num_devices: int,
+              exchange: str, accum_dtype):
+    """One device's share of `expert_parallel_dispatch` (inside shard_map): sort, exchange the
+    real rows, grouped SwiGLU, exchange back, unsort, combine. Returns (y_td, group_sizes [1,
+    E_l])."""
     t, d = x_td.shape
     k = idx_tk.shape[1]
     local_experts = experts.gate_edf.shape[0]
-    capacity = t * k  # worst case: every assignment bound for one device (exact; module docstring)
-    layout = exchange_layout(idx_tk, local_experts, num_devices, capacity)
-    x_rd = dispatch.take_rows(x_td, layout.row_assign_r // k, layout.slot_nk)
-    padding_r = layout.row_assign_r == t * k
-    local_r = jnp.where(padding_r, 0, idx_tk.reshape(-1)[jnp.minimum(layout.row_assign_r,
-                                                                     t * k - 1)] % local_experts)
-    x_rd = _exchange(x_rd, EP_AXIS, num_devices)
-    local_r = _exchange(local_r, EP_AXIS, num_devices)
-    keep_r = _exchange(1.0 - padding_r.astype(jnp.float32), EP_AXIS, num_devices)
-    # The received rows are tokens with one expert each; padding rows get gate 0.
-    y_rd = dropless.dropless_dispatch(x_rd, local_r[:, None], keep_r[:, None], experts,
-                                      block_size=block_size, constrain=False,
-                                      accum_dtype=accum_dtype)
-    y_rd = _exchange(y_rd, EP_AXIS, num_devices)
-    y_nd = dispatch.take_rows(y_rd, layout.slot_nk.reshape(-1), layout.row_assign_r[:, None])
+    expert_n = idx_tk.reshape(t * k)
+    order_p = jnp.argsort(expert_n, stable=True)   # p-th assignment in expert order
+    slot_n = jnp.argsort(order_p)                   # sorted position of assignment n
+    x_pd = dispatch.take_rows(x_td, order_p // k, slot_n.reshape(t, k))
+    counts_je = jnp.bincount(expert_n, length=num_devices * local_experts).astype(jnp.int32)
+    counts_sje = jax.lax.all_gather(counts_je.reshape(num_devices, local_experts), EP_AXIS)
+    plan = exchange_plan(counts_sje, jax.lax.axis_index(EP_AXIS))
+    # A token sends at most min(K, E_l) rows to one device: the per-peer and receive bounds.
+    block_rows = t * min(k, local_experts)
+    move = functools.partial(ragged_exchange, exchange=exchange, num_devices=num_devices,
+                             block_rows=block_rows)
+    x_gd = move(x_pd, jnp.zeros((num_devices * block_rows, d), x_pd.dtype), plan.send_offsets,
+                plan.send_sizes, plan.remote_offsets, plan.recv_sizes)
+    y_gd = grouped_swiglu(x_gd, plan.group_sizes, experts, accum_dtype)
+    y_pd = move(y_gd, jnp.zeros_like(x_pd), plan.recv_offsets, plan.recv_sizes,
+                plan.return_offsets, plan.send_sizes)
+    y_nd = dispatch.take_rows(y_pd, slot_n, order_p[:, None])
     y_td = jnp.einsum("tkd,tk->td", y_nd.reshape(t, k, d).astype(jnp.float32), weight_tk)
-    return jax.lax.psum(y_td, "tensor").astype(x_td.dtype)
+    return jax.lax.psum(y_td, "tensor").astype(x_td.dtype), plan.group_sizes[None]
 
 
 def _axes_size(mesh, axes) -> int:
@@ -96,28 +221,51 @@ def _axes_size(mesh, axes) -> int:
     return int(np.prod([mesh.shape[a] for a in axes if a in mesh.shape]))
 
 
+def resolve_exchange(exchange: str) -> str:
+    """"auto" -> "ragged" on GPU/TPU, "emulated" elsewhere (XLA:CPU cannot compile the
+    ragged all-to-all); anything else is returned after a check."""
+    if exchange not in EXCHANGES:
+        raise ValueError(f"expert_parallel_dispatch: exchange={exchange!r}, expected one of "
+                         f"{EXCHANGES}")
+    if exchange == "auto":
+        return "ragged" if jax.default_backend() in ("gpu", "tpu") else "emulated"
+    return exchange
+
+
 def expert_parallel_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
                              experts: dispatch.ExpertParams, *, block_size: int,
-                             accum_dtype=jnp.float32) -> jax.Array:
-    """Routed experts sharded over the `expert` mesh axis, tokens exchanged by all-to-all.
+                             accum_dtype=jnp.float32, exchange: str = "auto",
+                             return_group_sizes: bool = False):
+    """Routed experts sharded over the `expert` mesh axis; only real rows exchanged and computed.
 
-    DeepSeek-V3 report Sec. 3.2.2 (expert parallelism with all-to-all dispatch and combine).
+    DeepSeek-V3 report Sec. 3.2.2 (expert parallelism, all-to-all dispatch and combine).
     Inside `jax.shard_map` over the mesh set with `jax.set_mesh`, each device holds T / (data
     * fsdp * expert) tokens and E / n_ep experts (their f split over `tensor`, whose partial
-    outputs are summed): it sends each token row to the devices owning its experts, runs its
-    experts on what it receives (`dropless.dropless_dispatch`), and returns the outputs to
-    their tokens, which it combines with the gates g. Exact: the same result as
-    `dropless.dropless_dispatch` (see the module docstring for the buffer cost). Without a
-    mesh, with n_ep == 1, or when the T tokens do not split evenly over the token shards (a
-    [1, 1] `init` under a mesh), it is `dropless.dropless_dispatch`: the same numbers without
-    the exchange.
+    outputs are summed); the steps are in the module docstring. Exact: the same result as
+    `dispatch.dense_dispatch`. Without a mesh, with n_ep == 1, or when the T tokens do not
+    split evenly over the token shards (a [1, 1] `init` under a mesh), it is
+    `dropless.dropless_dispatch` (with `block_size`): the same numbers without the exchange.
+
+    Args:
+      x_td: [T, d] tokens; idx_tk: [T, K] int32 experts; weight_tk: [T, K] float32 gates g.
+      experts: the [E, d, f], [E, d, f], [E, f, d] stacks (sharded over `expert` by the rules).
+      block_size: the dropless block cap, used only without the exchange.
+      accum_dtype: matmul accumulation dtype.
+      exchange: "ragged" (`jax.lax.ragged_all_to_all`, GPU/TPU), "emulated" (CPU stand-in,
+        `emulated_ragged_all_to_all`) or "auto" (by backend, `resolve_exchange`).
+      return_group_sizes: also return the group sizes fed to the grouped matmul, [token shards,
+        E / n_ep] int32 (row i: the i-th token shard's device, in mesh order); for tests.
+    Returns:
+      y_td [T, d], or (y_td, group sizes) with `return_group_sizes` (None without exchange).
     """
+    exchange = resolve_exchange(exchange)
     mesh = jax.sharding.get_abstract_mesh()
     tokens = sharding.logical_to_spec(("act_batch", None))
     if (mesh.empty or mesh.shape.get(EP_AXIS, 1) == 1
             or x_td.shape[0] % _axes_size(mesh, tokens[0])):
-        return dropless.dropless_dispatch(x_td, idx_tk, weight_tk, experts, block_size=block_size,
-                                          accum_dtype=accum_dtype)
+        y_td = dropless.dropless_dispatch(x_td, idx_tk, weight_tk, experts,
+                                          block_size=block_size, accum_dtype=accum_dtype)
+        return (y_td, None) if return_group_sizes else y_td
     num_devices = mesh.shape[EP_AXIS]
     if experts.gate_edf.shape[0] % num_devices:
         raise ValueError(f"expert_parallel_dispatch: {experts.gate_edf.shape[0]} experts do "
@@ -125,7 +273,9 @@ def expert_parallel_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.
     ffn_in, ffn_out = PartitionSpec(EP_AXIS, None, "tensor"), PartitionSpec(EP_AXIS, "tensor")
     experts_spec = dispatch.ExpertParams(ffn_in, ffn_in, ffn_out)
     local = jax.shard_map(
-        functools.partial(_ep_local, block_size=block_size, num_devices=num_devices,
+        functools.partial(_ep_local, num_devices=num_devices, exchange=exchange,
                           accum_dtype=accum_dtype),
-        mesh=mesh, in_specs=(tokens, tokens, tokens, experts_spec), out_specs=tokens)
-    return local(x_td, idx_tk, weight_tk, experts)
+        mesh=mesh, in_specs=(tokens, tokens, tokens, experts_spec),
+        out_specs=(tokens, PartitionSpec(tokens[0], None)))
+    y_td, group_sizes = local(x_td, idx_tk, weight_tk, experts)
+    return (y_td, group_sizes) if return_group_sizes else y_td
