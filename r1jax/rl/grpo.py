@@ -92,22 +92,6 @@ def group_advantages(
 # ---------------------------------------------------------------------------------------------
 
 
-def token_logps(logits_btv: jax.Array, tokens_bt: jax.Array) -> jax.Array:
-    """log pi(token_t | ...) from logits, in float32: [B, T, V], [B, T] -> [B, T].
-
-    Computed as the gathered logit minus logsumexp, so no [B, T, V] log-softmax is kept.
-    """
-    logits_btv = logits_btv.astype(jnp.float32)
-    picked_bt = jnp.take_along_axis(logits_btv, tokens_bt[..., None], axis=-1)[..., 0]
-    return picked_bt - jax.nn.logsumexp(logits_btv, axis=-1)
-
-
-def token_entropy(logits_btv: jax.Array) -> jax.Array:
-    """Entropy H(pi(. | ...)) of each position's next-token distribution: [B, T, V] -> [B, T]."""
-    logp_btv = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
-    return -jnp.sum(jnp.exp(logp_btv) * logp_btv, axis=-1)
-
-
 def importance_ratio(logps: jax.Array, old_logps: jax.Array) -> jax.Array:
     """rho_{i,t} = pi_theta / pi_old = exp(log pi_theta - log pi_old), [N, T]."""
     return jnp.exp(logps - old_logps)
@@ -229,7 +213,7 @@ def grpo_loss(
     kl_estimator: str = "k3",
     aggregation: str = "seq_mean",
     max_length: int | None = None,
-    logits: jax.Array | None = None,
+    entropy: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The GRPO loss, -J(theta) of eq. 1 at the token level (see the module docstring).
 
@@ -249,11 +233,12 @@ def grpo_loss(
       kl_estimator: "k3" (eq. 2) | "k1" | "k2".
       aggregation: "seq_mean" | "token_mean" | "fixed_length".
       max_length: L_max, required by "fixed_length".
-      logits: optional [N, T, V] logits of pi_theta, only for the entropy metric.
+      entropy: optional [N, T] per-token entropies of pi_theta, only for the entropy metric
+        (`r1jax.rl.logprobs.chunked_logps(..., with_entropy=True)`).
 
     Returns:
       (loss, metrics): scalar float32 loss; metrics clip_frac_low, clip_frac_high, kl (mean
-      per-token KL estimate, 0 without ref_logps), ratio_mean, and entropy when `logits` is given,
+      per-token KL estimate, 0 without ref_logps), ratio_mean, and entropy when `entropy` is given,
       all token means over the mask.
     """
     _check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
@@ -280,6 +265,6 @@ def grpo_loss(
     metrics = _clip_metrics(ratio, advantages, mask, clip_eps_low, clip_eps_high)
     metrics["kl"] = _token_mean(kl, mask)
     metrics["ratio_mean"] = _token_mean(ratio, mask)
-    if logits is not None:
-        metrics["entropy"] = _token_mean(token_entropy(logits), mask)
+    if entropy is not None:
+        metrics["entropy"] = _token_mean(entropy, mask)
     return loss, metrics

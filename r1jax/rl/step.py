@@ -7,9 +7,11 @@ the sampled batch in minibatches):
   1. the training forward scores each sequence [prompt ; completion] with `Transformer.apply`
      (prompt padding masked out, the completion at its real positions prompt_length + t), and
      takes log pi_theta at the completion tokens from log_softmax(logits / temperature), the
-     sampling temperature, so that the ratio to the sampler's old log-probs is 1 at mu = 1;
+     sampling temperature, so that the ratio to the sampler's old log-probs is 1 at mu = 1
+     (the sampler's formula, formed in chunks of positions and optionally of the vocabulary
+     by `rl.logprobs`: no [B, T, V] logits, in the forward or the backward);
   2. `grpo.grpo_loss` with the old log-probs from the sampler and the reference log-probs
-     (computed once per batch by `make_score_fn`), plus any sown MoE auxiliary loss, gradients
+     (computed once per batch by `make_score_fn`, in the update's micro-batches), plus any sown MoE auxiliary loss, gradients
      accumulated over micro-batches (`state.accumulate_gradients`);
   3. the AdamW update (`state.apply_gradients`), then the auxiliary-loss-free balancing bias
      update from the expert loads of this forward (DeepSeek-V3 Sec. 2.1.2, gamma);
@@ -39,7 +41,7 @@ from r1jax import sharding
 from r1jax.models import config as config_lib
 from r1jax.models import moe, transformer
 from r1jax.rl import config as rl_config
-from r1jax.rl import grpo
+from r1jax.rl import grpo, logprobs
 from r1jax.train import state as state_lib
 
 
@@ -81,8 +83,9 @@ def sequence_inputs(prompt_bp, lengths_b, completion_bt, completion_mask_bt):
     return tokens_bl, mask_bl, positions_bl
 
 
-def completion_logits(model: transformer.Transformer, params, batch, temperature: float):
-    """Logits / temperature that predict each completion token [B, T, V], and intermediates.
+def completion_hidden(model: transformer.Transformer, params, batch):
+    """The final hidden states that predict each completion token [B, T, d], and the sown
+    intermediates.
 
     Completion token 0 is predicted by the last real prompt token (slot length - 1), token
     t > 0 by completion token t - 1 (slot P + t - 1).
@@ -90,25 +93,59 @@ def completion_logits(model: transformer.Transformer, params, batch, temperature
     prompt_bp, lengths_b = batch["prompt_tokens"], batch["prompt_lengths"]
     tokens_bl, mask_bl, positions_bl = sequence_inputs(
         prompt_bp, lengths_b, batch["completion_tokens"], batch["completion_mask"])
-    logits_blv, variables = model.apply({"params": params}, tokens_bl, positions_bl, mask_bl,
-                                        mutable=["intermediates"])
+    hidden_bld, variables = model.apply({"params": params}, tokens_bl, positions_bl, mask_bl,
+                                        mutable=["intermediates"],
+                                        method=transformer.Transformer.hidden)
     p, t = prompt_bp.shape[1], batch["completion_tokens"].shape[1]
     slot_t = jnp.arange(t)
     slot_bt = jnp.where(slot_t[None, :] == 0, lengths_b[:, None] - 1, p + slot_t[None, :] - 1)
-    logits_btv = jnp.take_along_axis(logits_blv, slot_bt[..., None], axis=1)
-    return logits_btv / temperature, variables.get("intermediates", {})
+    hidden_btd = jnp.take_along_axis(hidden_bld, slot_bt[..., None], axis=1)
+    return hidden_btd, variables.get("intermediates", {})
 
 
-def make_score_fn(config: StepConfig):
-    """(params, batch) -> log pi at the completion tokens [B, T] (for the reference model)."""
+def completion_logps(config: StepConfig, params, batch, with_entropy: bool = False):
+    """log pi at the completion tokens [B, T] (log_softmax(logits / temperature), the sampling
+    temperature, so the ratio to the sampler's old log-probs is 1 at mu = 1), the entropies
+    [B, T] or None, and the intermediates. Logits are formed in chunks (`rl.logprobs`)."""
     model = transformer.Transformer(config.model)
+    hidden_btd, intermediates = completion_hidden(model, params, batch)
+    w, vocab_axis = logprobs.unembedding(config.model, params)
+    logps_bt, entropy_bt = logprobs.chunked_logps(
+        hidden_btd, batch["completion_tokens"], w, vocab_axis, config.model,
+        temperature=config.temperature, chunk_size=config.grpo.logps_chunk_size,
+        vocab_chunk_size=config.grpo.vocab_chunk_size, with_entropy=with_entropy)
+    return logps_bt, entropy_bt, intermediates
 
+
+def _micro_split(x, m: int):
+    # [B, ...] -> [M, B/M, ...], rows j, j + M, ... in micro-batch j, as the update's
+    # accumulation splits them (every micro-batch keeps rows on every device).
+    return jnp.swapaxes(x.reshape(x.shape[0] // m, m, *x.shape[1:]), 0, 1)
+
+
+def _micro_merge(x):
+    return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
+
+
+def make_score_fn(config: StepConfig, num_micro: int = 1):
+    """(params, batch) -> log pi at the completion tokens [B, T] (for the reference model),
+    0 at padding; `num_micro` micro-batches one after another (`jax.lax.map`), so the
+    reference forward holds the activations of one micro-batch, like the update."""
     def score(params, batch):
-        logits_btv, _ = completion_logits(model, params, batch, config.temperature)
-        logps_bt = grpo.token_logps(logits_btv, batch["completion_tokens"])
+        logps_bt, _, _ = completion_logps(config, params, batch)
         return jnp.where(batch["completion_mask"] > 0, logps_bt, 0.0)
 
-    return score
+    def score_micro(params, batch):
+        rows = batch["completion_tokens"].shape[0]
+        if num_micro == 1:
+            return score(params, batch)
+        if rows % num_micro:
+            raise ValueError(f"the scored batch ({rows} rows) is not divisible by "
+                             f"num_micro={num_micro}")
+        micro = jax.tree.map(lambda x: _micro_split(x, num_micro), batch)
+        return _micro_merge(jax.lax.map(lambda b: score(params, b), micro))
+
+    return score_micro
 
 
 def _expert_loads(intermediates) -> dict:
@@ -120,17 +157,16 @@ def _expert_loads(intermediates) -> dict:
 
 def make_loss_fn(config: StepConfig):
     """(params, minibatch) -> (loss, aux): the GRPO loss plus sown MoE auxiliary losses."""
-    model = transformer.Transformer(config.model)
     g = config.grpo
 
     def loss_fn(params, batch):
-        logits_btv, intermediates = completion_logits(model, params, batch, config.temperature)
-        logps_bt = grpo.token_logps(logits_btv, batch["completion_tokens"])
+        logps_bt, entropy_bt, intermediates = completion_logps(config, params, batch,
+                                                               g.entropy_metric)
         loss, metrics = grpo.grpo_loss(
             logps_bt, batch["old_logps"], batch["ref_logps"] if g.beta > 0 else None,
             batch["advantages"], batch["completion_mask"], clip_eps_low=g.clip_eps_low,
             clip_eps_high=g.clip_eps_high, beta=g.beta, kl_estimator=g.kl_estimator,
-            aggregation=g.aggregation, max_length=config.max_new_tokens, logits=logits_btv)
+            aggregation=g.aggregation, max_length=config.max_new_tokens, entropy=entropy_bt)
         aux_loss = moe.total_aux_loss(intermediates)
         metrics = dict(metrics, pg_loss=loss, aux_loss=aux_loss)
         return loss + aux_loss, {"metrics": metrics, "loads": _expert_loads(intermediates)}
@@ -231,8 +267,11 @@ _SCORE_KEYS = ("prompt_tokens", "prompt_lengths", "completion_tokens", "completi
 
 
 def jit_score(config: StepConfig, mesh):
-    """The compiled reference scorer: (ref_params, batch) -> [B, T] log-probs."""
-    return jax.jit(make_score_fn(config),
+    """The compiled reference scorer: (ref_params, batch) -> [B, T] log-probs, over the
+    sampled batch in micro-batches of the update's size (num_minibatches * num_micro_batches
+    of them)."""
+    num_micro = config.grpo.num_minibatches * config.grpo.num_micro_batches
+    return jax.jit(make_score_fn(config, num_micro),
                    in_shardings=(param_shardings(config.model, mesh),
                                  batch_shardings(mesh, _SCORE_KEYS)),
                    out_shardings=sharding.batch_sharding(mesh, 2))

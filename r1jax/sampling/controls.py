@@ -79,9 +79,22 @@ def row_step_keys(rng: jax.Array, rows_b: jax.Array, step: jax.Array) -> jax.Arr
 
 
 def policy_logps(logits_bv: jax.Array, tokens_b: jax.Array, temperature: float) -> jax.Array:
-    """log_softmax(logits / temperature)[token] in float32 (temperature 0: unscaled)."""
+    """log_softmax(logits / temperature)[token] in float32 (temperature 0: unscaled).
+
+    The one formula for token log-probs: the sampler's old log-probs, and the trainer's
+    (`r1jax.rl.logprobs`, which forms the same z[token] - logsumexp(z) in chunks). Any leading
+    shape: logits [..., V], tokens [...] -> [...]. Computed as the gathered logit minus
+    logsumexp, so no log-softmax over V is kept.
+    """
+    z_bv = scale(logits_bv, temperature)
+    picked_b = jnp.take_along_axis(z_bv, tokens_b[..., None], axis=-1)[..., 0]
+    return picked_b - jax.nn.logsumexp(z_bv, axis=-1)
+
+
+def entropy(logits_bv: jax.Array, temperature: float) -> jax.Array:
+    """Entropy of softmax(logits / temperature) in float32: [..., V] -> [...]."""
     logp_bv = jax.nn.log_softmax(scale(logits_bv, temperature), axis=-1)
-    return jnp.take_along_axis(logp_bv, tokens_b[:, None], axis=-1)[:, 0]
+    return -jnp.sum(jnp.exp(logp_bv) * logp_bv, axis=-1)
 
 
 def categorical(keys_b: jax.Array, logits_bv: jax.Array) -> jax.Array:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from r1jax.rl import grpo
+from r1jax.sampling import controls
 
 # ---------------------------------------------------------------------------------------------
 # Reference implementation (float64 NumPy, loops over rows; written from the papers' formulas)
@@ -248,10 +249,13 @@ def test_kl_estimators_hand_values():
 
 
 def test_entropy_metric_and_token_logps():
+    """Hand values of the one log-prob / entropy formula (`controls`), and the loss's entropy
+    metric: the token mean over the mask."""
     logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]]]))
     tokens = jnp.array([[0, 2]])
-    np.testing.assert_allclose(grpo.token_logps(logits, tokens), np.log([[0.5, 1 / 3]]), rtol=1e-6)
-    lp = grpo.token_logps(logits, tokens)
+    lp = controls.policy_logps(logits, tokens, 1.0)
+    np.testing.assert_allclose(lp, np.log([[0.5, 1 / 3]]), rtol=1e-6)
+    entropy = controls.entropy(logits, 1.0)
     _, m = grpo.grpo_loss(
         lp,
         lp,
@@ -261,10 +265,14 @@ def test_entropy_metric_and_token_logps():
         clip_eps_low=0.2,
         clip_eps_high=0.2,
         beta=0.0,
-        logits=logits,
+        entropy=entropy,
     )
     h = (-(0.5 * np.log(0.5) + 0.5 * np.log(0.25)) + np.log(3)) / 2
     np.testing.assert_allclose(float(m["entropy"]), h, rtol=1e-6)
+    _, m = grpo.grpo_loss(lp, lp, None, jnp.ones(1), jnp.array([[1.0, 0.0]]), clip_eps_low=0.2,
+                          clip_eps_high=0.2, beta=0.0, entropy=entropy)
+    np.testing.assert_allclose(float(m["entropy"]), -(0.5 * np.log(0.5) + 0.5 * np.log(0.25)),
+                               rtol=1e-6)
 
 
 def test_loss_is_jittable_with_static_options():
