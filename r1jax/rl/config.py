@@ -86,6 +86,9 @@ class GRPOConfig:
     update_width_multiple: the update runs over the longest real completion of the batch,
       rounded up to this multiple (fewer distinct compiled widths), not over max_new_tokens;
       0 always uses max_new_tokens. The loss is unchanged (padding is masked).
+    packing: the update packs several [prompt ; completion] sequences into each row (segment
+      ids, `r1jax.rl.packing`), rows as wide as the longest sequence rounded up to
+      update_width_multiple; the GRPO loss is unchanged.
     """
 
     group_size: int = 16
@@ -110,6 +113,7 @@ class GRPOConfig:
     vocab_chunk_size: int | None = None
     entropy_metric: bool = True
     update_width_multiple: int = 64
+    packing: bool = False
 
     def __post_init__(self):
         s = "grpo"
