@@ -14,11 +14,14 @@ DeepSeek-V3 report (arXiv:2412.19437):
 One concern per module, each readable alone:
   routing.py          `Router`; affinities, group-limited top-K selection, gates (eqs. 13-16)
   balancing.py        expert loads, the bias update, L_Bal (eqs. 17-20), their tree helpers
-  dispatch.py         `ExpertParams`, the dispatch signature, `take_rows`; the dense (reference)
-                      and gather (decoding) dispatches
-  dropless.py         the sorted, block-padded dropless dispatch (prefill, training)
+  dispatch.py         `ExpertParams`, the dispatch signature, `take_rows`, `combine`,
+                      `token_local` (each device dispatches its own tokens under a mesh); the
+                      dense (reference) and gather (decoding) dispatches
+  dropless.py         the sorted, block-padded dropless dispatch (prefill, training; CPU default)
+  grouped.py          the sorted grouped-matmul dispatch, `jax.lax.ragged_dot` (GPU/TPU default)
   expert_parallel.py  the all-to-all dispatch over the `expert` mesh axis
   layer.py            `MoE` and `Experts`: the layer, and the dispatch chosen once from the config
+                      ("auto": by backend)
 
 Where this departs from the paper, and why:
   * Selection follows HF transformers `DeepseekV3TopkRouter` exactly (checkpoint parity):

@@ -82,19 +82,6 @@ def _expert(experts: dispatch.ExpertParams, e: jax.Array) -> dispatch.ExpertPara
                                    for w in experts))
 
 
-def _vary_alike(tree):
-    """Marks every array of `tree` as varying over each shard_map axis that any of them varies
-    over (a no-op outside shard_map). A custom VJP must return cotangents of its inputs'
-    types, so `block_swiglu` takes inputs that already vary alike; the transpose of this cast
-    sums their gradients over the added axes, as for JAX's implicit casts."""
-    leaves, treedef = jax.tree.flatten(tree)
-    varying = [jax.typeof(a).manual_axis_type.varying for a in leaves]
-    axes = frozenset().union(*varying)
-    return treedef.unflatten([
-        jax.lax.pcast(a, tuple(sorted(axes - v)), to="varying") if axes - v else a
-        for a, v in zip(leaves, varying)])
-
-
 def _blocks_forward(x_rd, block_expert_g, num_blocks, experts: dispatch.ExpertParams,
                     block_size: int, constrain: bool, accum_dtype, keep_preactivations: bool):
     """(y [R, d],) or, with `keep_preactivations`, (y, x W_gate [R, f], x W_up [R, f]) for the
@@ -189,7 +176,8 @@ block_swiglu.defvjp(_block_swiglu_fwd, _block_swiglu_bwd)
 
 def blocked_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
                      experts: dispatch.ExpertParams, *, block_size: int,
-                     constrain: bool = True, accum_dtype=jnp.float32) -> jax.Array:
+                     constrain: bool = True, accum_dtype=jnp.float32,
+                     out_dtype=None) -> jax.Array:
     """Sort by expert, pad each expert to whole blocks, run the used blocks, unsort, combine.
 
     Exact (no token is dropped) with static shapes: the row buffers hold the worst case,
@@ -202,18 +190,17 @@ def blocked_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
     (capped at T*K). `constrain=False` drops the hidden activation's sharding constraint
     (inside shard_map, whose axes are manual).
     """
-    t, d = x_td.shape
     k = idx_tk.shape[1]
     num_experts = experts.gate_edf.shape[0]
     block_size = min(block_size, idx_tk.size)
     layout = block_layout(idx_tk, num_experts, block_size)
     # Row r reads token row_assign_r // K (T for padding: T*K // K == T, the zero row).
     x_rd = dispatch.take_rows(x_td, layout.row_assign_r // k, layout.dest_nk)
-    y_rd = block_swiglu(*_vary_alike((x_rd, layout.block_expert_g, layout.num_blocks, experts)),
+    y_rd = block_swiglu(*dispatch.vary_alike((x_rd, layout.block_expert_g, layout.num_blocks,
+                                              experts)),
                         block_size, constrain, jnp.dtype(accum_dtype))
     y_nd = dispatch.take_rows(y_rd, layout.dest_nk.reshape(-1), layout.row_assign_r[:, None])
-    y_td = jnp.einsum("tkd,tk->td", y_nd.reshape(t, k, d).astype(jnp.float32), weight_tk)
-    return y_td.astype(x_td.dtype)
+    return dispatch.combine(y_nd, weight_tk, out_dtype or x_td.dtype)
 
 
 def choose_block_size(num_assignments: int, num_experts: int, max_block_size: int) -> int:
@@ -244,7 +231,8 @@ def uses_gather(num_assignments: int, num_experts: int) -> bool:
 
 def dropless_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
                       experts: dispatch.ExpertParams, *, block_size: int,
-                      constrain: bool = True, accum_dtype=jnp.float32) -> jax.Array:
+                      constrain: bool = True, accum_dtype=jnp.float32,
+                      out_dtype=None) -> jax.Array:
     """Exact routed experts whose cost follows T*K: `dispatch.gather_dispatch` for small T*K
     (`uses_gather`), else `blocked_dispatch` with the block of `choose_block_size` (at most
     `block_size`, config.moe_block_size).
@@ -252,11 +240,12 @@ def dropless_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
     The choice reads static shapes only, so it is made once per traced shape (prefill and
     training take the blocks, decoding the gather), and both give the same numbers.
     `constrain=False` drops the hidden activation's sharding constraint (inside shard_map).
+    Under a mesh the layer runs it on each device's own tokens (`dispatch.token_local`).
     """
     num_assignments, num_experts = idx_tk.size, experts.gate_edf.shape[0]
     if uses_gather(num_assignments, num_experts):
         return dispatch.gather_dispatch(x_td, idx_tk, weight_tk, experts,
-                                        accum_dtype=accum_dtype)
+                                        accum_dtype=accum_dtype, out_dtype=out_dtype)
     block = choose_block_size(num_assignments, num_experts, block_size)
     return blocked_dispatch(x_td, idx_tk, weight_tk, experts, block_size=block,
-                            constrain=constrain, accum_dtype=accum_dtype)
+                            constrain=constrain, accum_dtype=accum_dtype, out_dtype=out_dtype)
