@@ -41,7 +41,7 @@ from r1jax import sharding
 from r1jax.models import config as config_lib
 from r1jax.models import moe, transformer
 from r1jax.rl import config as rl_config
-from r1jax.rl import grpo, logprobs
+from r1jax.rl import grpo, logprobs, packing
 from r1jax.train import state as state_lib
 
 
@@ -103,12 +103,31 @@ def completion_hidden(model: transformer.Transformer, params, batch):
     return hidden_btd, variables.get("intermediates", {})
 
 
-def completion_logps(config: StepConfig, params, batch, with_entropy: bool = False):
+def packed_completion_hidden(model: transformer.Transformer, params, batch):
+    """`completion_hidden` of a packed batch (`rl.packing.pack`): the forward runs over the
+    packed rows [R, W] (positions restart per sequence, attention within its segment), then
+    each sequence's completion is gathered back to [N, T, d] (columns past its end clamped;
+    they are masked in the loss)."""
+    hidden_rwd, variables = model.apply(
+        {"params": params}, batch["packed_tokens"], batch["packed_positions"],
+        batch["packed_mask"], batch["packed_segments"], mutable=["intermediates"],
+        method=transformer.Transformer.hidden)
+    t = batch["completion_tokens"].shape[1]
+    col_nt = jnp.minimum(batch["pack_start"][:, None] + jnp.arange(t)[None, :],
+                         hidden_rwd.shape[1] - 1)
+    hidden_ntd = hidden_rwd[batch["pack_row"][:, None], col_nt]
+    return hidden_ntd, variables.get("intermediates", {})
+
+
+def completion_logps(config: StepConfig, params, batch, with_entropy: bool = False,
+                     packed: bool = False):
     """log pi at the completion tokens [B, T] (log_softmax(logits / temperature), the sampling
     temperature, so the ratio to the sampler's old log-probs is 1 at mu = 1), the entropies
-    [B, T] or None, and the intermediates. Logits are formed in chunks (`rl.logprobs`)."""
+    [B, T] or None, and the intermediates. Logits are formed in chunks (`rl.logprobs`).
+    packed: the batch is `rl.packing.pack`'s layout."""
     model = transformer.Transformer(config.model)
-    hidden_btd, intermediates = completion_hidden(model, params, batch)
+    forward = packed_completion_hidden if packed else completion_hidden
+    hidden_btd, intermediates = forward(model, params, batch)
     w, vocab_axis = logprobs.unembedding(config.model, params)
     logps_bt, entropy_bt = logprobs.chunked_logps(
         hidden_btd, batch["completion_tokens"], w, vocab_axis, config.model,
@@ -161,7 +180,7 @@ def make_loss_fn(config: StepConfig):
 
     def loss_fn(params, batch):
         logps_bt, entropy_bt, intermediates = completion_logps(config, params, batch,
-                                                               g.entropy_metric)
+                                                               g.entropy_metric, g.packing)
         loss, metrics = grpo.grpo_loss(
             logps_bt, batch["old_logps"], batch["ref_logps"] if g.beta > 0 else None,
             batch["advantages"], batch["completion_mask"], clip_eps_low=g.clip_eps_low,
@@ -243,10 +262,20 @@ def jit_init_state(config: StepConfig, mesh, seed: int):
 
 
 _BATCH_NDIM = {"prompt_tokens": 2, "prompt_lengths": 1, "completion_tokens": 2,
-               "completion_mask": 2, "old_logps": 2, "ref_logps": 2, "advantages": 1}
+               "completion_mask": 2, "old_logps": 2, "ref_logps": 2, "advantages": 1,
+               **{k: 2 for k in packing.PACKED_KEYS}, **{k: 1 for k in packing.INDEX_KEYS}}
+_UPDATE_KEYS = ("prompt_tokens", "prompt_lengths", "completion_tokens", "completion_mask",
+                "old_logps", "ref_logps", "advantages")
 
 
-def batch_shardings(mesh, keys=tuple(_BATCH_NDIM)) -> dict[str, Any]:
+def update_keys(config: StepConfig) -> tuple[str, ...]:
+    """The arrays of an update's minibatch: packed rows replace the prompts when packing."""
+    if not config.grpo.packing:
+        return _UPDATE_KEYS
+    return _UPDATE_KEYS[2:] + packing.PACKED_KEYS + packing.INDEX_KEYS
+
+
+def batch_shardings(mesh, keys=_UPDATE_KEYS) -> dict[str, Any]:
     """Every batch array sharded on its leading (batch) axis over the data axes."""
     return {k: sharding.batch_sharding(mesh, _BATCH_NDIM[k]) for k in keys}
 
@@ -258,7 +287,7 @@ def jit_train_step(config: StepConfig, mesh):
     """
     state_sh = state_shardings(config, mesh)
     return jax.jit(make_train_step(config),
-                   in_shardings=(state_sh, batch_shardings(mesh)),
+                   in_shardings=(state_sh, batch_shardings(mesh, update_keys(config))),
                    out_shardings=(state_sh, sharding.replicated(mesh)),
                    donate_argnums=0)
 
