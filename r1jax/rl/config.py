@@ -29,7 +29,7 @@ from r1jax.data import tasks, templates
 from r1jax.evals import evaluate
 from r1jax.models import config as model_config_lib
 from r1jax.rewards import registry
-from r1jax.rl import grpo
+from r1jax.rl import advantages, grpo, objectives
 from r1jax.sampling import sampler
 from r1jax.train import guard
 from r1jax.train import state as state_lib
@@ -89,6 +89,18 @@ class GRPOConfig:
     packing: the update packs several [prompt ; completion] sequences into each row (segment
       ids, `r1jax.rl.packing`), rows as wide as the longest sequence rounded up to
       update_width_multiple; the GRPO loss is unchanged.
+    loss: the policy objective (`r1jax.rl.objectives`): "grpo" (eq. 1, token ratios) | "gspo"
+      (GSPO: length-normalised sequence ratio, sequence clipping) | "gspo_token" | "cispo"
+      (MiniMax-M1: clipped, stop-gradient IS weight, no token dropped) | "dual_clip" (PPO
+      bounded by dual_clip_c * A where A < 0).
+    advantage: the estimator (`r1jax.rl.advantages`): "group" (eq. 3, scaled by
+      advantage_scale) | "rloo" (leave-one-out) | "reinforce_pp" (REINFORCE++: batch-
+      normalised returns) | "reinforce_pp_baseline" (group mean subtracted first); discount:
+      gamma of the REINFORCE++ returns.
+    kl_in: "loss" (eq. 1: beta * KL per token in the loss) | "reward" (PPO / REINFORCE++:
+      -beta * KL per token in the rewards the advantages are estimated from).
+    entropy_coef: weight of an entropy bonus in the loss (the entropy comes with
+      entropy_metric, which must be on).
     """
 
     group_size: int = 16
@@ -114,6 +126,12 @@ class GRPOConfig:
     entropy_metric: bool = True
     update_width_multiple: int = 64
     packing: bool = False
+    loss: str = "grpo"
+    dual_clip_c: float = 3.0
+    advantage: str = "group"
+    discount: float = 1.0
+    kl_in: str = "loss"
+    entropy_coef: float = 0.0
 
     def __post_init__(self):
         s = "grpo"
@@ -149,6 +167,32 @@ class GRPOConfig:
                 _fail(s, field, getattr(self, field), "must be > 0")
         if self.bias_update_speed is not None and self.bias_update_speed < 0:
             _fail(s, "bias_update_speed", self.bias_update_speed, "must be >= 0 or None")
+        self._check_objective()
+
+    def _check_objective(self) -> None:
+        """The loss / advantage / KL-placement / entropy-bonus choices."""
+        s = "grpo"
+        estimators = tuple(e for e in advantages.ESTIMATORS if e != "gae")
+        for field, allowed in (("loss", objectives.LOSSES), ("advantage", estimators),
+                               ("kl_in", ("loss", "reward"))):
+            if getattr(self, field) not in allowed:
+                why = " ('gae' needs a critic, which GRPO has not)" if field == "advantage" else ""
+                _fail(s, field, getattr(self, field), f"must be one of {allowed}{why}")
+        _finite(s, self, "dual_clip_c", "entropy_coef", "discount")
+        if not self.dual_clip_c > 1:
+            _fail(s, "dual_clip_c", self.dual_clip_c, "must be > 1")
+        if not 0 < self.discount <= 1:
+            _fail(s, "discount", self.discount, "must be in (0, 1]")
+        if self.entropy_coef < 0:
+            _fail(s, "entropy_coef", self.entropy_coef, "must be >= 0")
+        if self.entropy_coef > 0 and not self.entropy_metric:
+            _fail(s, "entropy_coef", self.entropy_coef,
+                  "needs entropy_metric=True (the entropy is computed with the log-probs)")
+
+    @property
+    def loss_beta(self) -> float:
+        """The KL weight in the loss: beta, or 0 when the KL is in the reward (kl_in)."""
+        return self.beta if self.kl_in == "loss" else 0.0
 
     @property
     def batch_size(self) -> int:
