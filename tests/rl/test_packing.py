@@ -4,8 +4,8 @@ update over the full, unpacked batch (float32, 1e-5: loss, metrics, gradients)."
 import jax
 import numpy as np
 import pytest
+import tiny_models
 
-from r1jax.models import config as model_config_lib
 from r1jax.models import transformer
 from r1jax.rl import config as rl_config
 from r1jax.rl import packing, step
@@ -15,11 +15,7 @@ N, P, T, VOCAB, MICRO = 8, 6, 12, 97, 2
 
 
 def _config(packed: bool) -> step.StepConfig:
-    model = model_config_lib.ModelConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
-        attention_type="gqa", num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-        n_routed_experts=0, n_shared_experts=0, max_position_embeddings=64,
-        original_max_position_embeddings=64)
+    model = tiny_models.dense(VOCAB, 2, 64)
     grpo = rl_config.GRPOConfig(group_size=2, prompts_per_step=4, num_micro_batches=MICRO,
                                 beta=0.04, clip_eps_low=0.2, clip_eps_high=0.28,
                                 logps_chunk_size=5, packing=packed, update_width_multiple=4)

@@ -8,9 +8,9 @@ import re
 import jax
 import jax.numpy as jnp
 import pytest
+import tiny_models
 
 from r1jax import sharding
-from r1jax.models import config as model_config_lib
 from r1jax.models import transformer
 from r1jax.rl import config as rl_config
 from r1jax.rl import step
@@ -20,11 +20,7 @@ B, P, T, V = 2, 8, 128, 2048
 
 
 def _config(chunk: int) -> step.StepConfig:
-    model = model_config_lib.ModelConfig(
-        vocab_size=V, hidden_size=32, num_hidden_layers=1, intermediate_size=64,
-        attention_type="gqa", num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-        n_routed_experts=0, n_shared_experts=0, max_position_embeddings=256,
-        original_max_position_embeddings=256)
+    model = tiny_models.dense(V, 1)
     grpo = rl_config.GRPOConfig(group_size=2, prompts_per_step=1, logps_chunk_size=chunk)
     return step.StepConfig(model, grpo, state_lib.OptimConfig(), temperature=1.0,
                            max_new_tokens=T)
