@@ -291,7 +291,8 @@ def policy_loss(
         per_token = per_token + beta * kl
     if entropy is not None:
         entropy = jnp.where(valid, entropy.astype(jnp.float32), 0.0)
-        per_token = per_token - entropy_coef * entropy
+        if not _is_zero(entropy_coef):  # no backward through the entropy for a metric only
+            per_token = per_token - entropy_coef * entropy
     value = grpo.aggregate(per_token, mask, aggregation, max_length)
     metrics = _metrics(loss, ratio, adv_nt, mask, kl, clip_eps_low, clip_eps_high)
     if entropy is not None:

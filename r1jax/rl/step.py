@@ -10,7 +10,8 @@ the sampled batch in minibatches):
      sampling temperature, so that the ratio to the sampler's old log-probs is 1 at mu = 1
      (the sampler's formula, formed in chunks of positions and optionally of the vocabulary
      by `rl.logprobs`: no [B, T, V] logits, in the forward or the backward);
-  2. `grpo.grpo_loss` with the old log-probs from the sampler and the reference log-probs
+  2. the policy loss (`objectives.policy_loss`: `grpo.grpo_loss` or the variant named by
+     grpo.loss) with the old log-probs from the sampler and the reference log-probs
      (computed once per batch by `make_score_fn`, in the update's micro-batches), plus any sown MoE auxiliary loss, gradients
      accumulated over micro-batches (`state.accumulate_gradients`);
   3. the AdamW update (`state.apply_gradients`), then the auxiliary-loss-free balancing bias
@@ -41,7 +42,7 @@ from r1jax import sharding
 from r1jax.models import config as config_lib
 from r1jax.models import moe, transformer
 from r1jax.rl import config as rl_config
-from r1jax.rl import grpo, logprobs, packing
+from r1jax.rl import logprobs, objectives, packing
 from r1jax.train import state as state_lib
 
 
@@ -181,10 +182,13 @@ def make_loss_fn(config: StepConfig):
     def loss_fn(params, batch):
         logps_bt, entropy_bt, intermediates = completion_logps(config, params, batch,
                                                                g.entropy_metric, g.packing)
-        loss, metrics = grpo.grpo_loss(
-            logps_bt, batch["old_logps"], batch["ref_logps"] if g.beta > 0 else None,
-            batch["advantages"], batch["completion_mask"], clip_eps_low=g.clip_eps_low,
-            clip_eps_high=g.clip_eps_high, beta=g.beta, kl_estimator=g.kl_estimator,
+        # grpo.loss picks the objective (GRPO by default); with grpo.kl_in="reward" the KL is
+        # in the advantages and loss_beta is 0.
+        loss, metrics = objectives.policy_loss(
+            logps_bt, batch["old_logps"], batch["ref_logps"] if g.loss_beta > 0 else None,
+            batch["advantages"], batch["completion_mask"], loss=g.loss,
+            clip_eps_low=g.clip_eps_low, clip_eps_high=g.clip_eps_high, beta=g.loss_beta,
+            dual_clip_c=g.dual_clip_c, entropy_coef=g.entropy_coef, kl_estimator=g.kl_estimator,
             aggregation=g.aggregation, max_length=config.max_new_tokens, entropy=entropy_bt)
         aux_loss = moe.total_aux_loss(intermediates)
         metrics = dict(metrics, pg_loss=loss, aux_loss=aux_loss)
