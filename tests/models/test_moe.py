@@ -14,6 +14,8 @@ from r1jax.models import moe
 from r1jax.models.moe import balancing, routing
 from r1jax.models.moe import dispatch as dispatch_lib
 from r1jax.models.moe import dropless as dropless_lib
+from r1jax.models.moe import grouped as grouped_lib
+from r1jax.models.moe import layer as layer_lib
 
 D, F = 16, 8
 
@@ -169,8 +171,8 @@ def test_greedy_softmax_is_plain_top_k():
 
 
 # ---------------------------------------------------------------------------- dispatch
-@pytest.mark.parametrize("dispatch", ["dropless", "dense"])
-@pytest.mark.parametrize("n_shared", [0, 2])
+@pytest.mark.parametrize("dispatch,n_shared", [("dropless", 0), ("dropless", 2), ("dense", 0),
+                                               ("dense", 2), ("grouped", 2)])
 def test_moe_matches_loop_over_experts(dispatch, n_shared):
     cfg = make_config(moe_dispatch=dispatch, n_shared_experts=n_shared)
     x_btd = jax.random.normal(jax.random.key(2), (3, 7, D))
@@ -181,8 +183,9 @@ def test_moe_matches_loop_over_experts(dispatch, n_shared):
     np.testing.assert_allclose(y_btd, ref_moe(params, x_btd, cfg), rtol=2e-5, atol=2e-5)
 
 
-def test_bfloat16_input_keeps_dtype():
-    cfg = make_config(dtype="bfloat16")
+@pytest.mark.parametrize("dispatch", ["dropless", "grouped"])
+def test_bfloat16_input_keeps_dtype(dispatch):
+    cfg = make_config(dtype="bfloat16", moe_dispatch=dispatch)
     x_btd = jax.random.normal(jax.random.key(3), (2, 5, D), jnp.bfloat16)
     params = init_params(cfg, x_btd)
     y_btd = jax.jit(moe.MoE(cfg).apply)({"params": params}, x_btd)
@@ -212,11 +215,13 @@ def test_dropless_gradients_equal_dense_gradients():
                                rtol=1e-4, atol=1e-5)
 
 
-def test_dropless_layer_gradients_match_loop_over_experts():
+@pytest.mark.parametrize("dispatch", ["dropless", "grouped"])
+def test_layer_gradients_match_loop_over_experts(dispatch):
     """Gradients of the whole layer (groups, bias, shared expert) w.r.t. every parameter and
-    the input: dropless vs the loop over experts, with routing from `routing.route` (checked
-    against NumPy above); fresh inputs whose experts span several blocks, some none."""
-    cfg = make_config(moe_dispatch="dropless", num_experts_per_tok=2)
+    the input: each sorting dispatch vs the loop over experts, with routing from
+    `routing.route` (checked against NumPy above); fresh inputs whose experts span several
+    blocks, some none."""
+    cfg = make_config(moe_dispatch=dispatch, num_experts_per_tok=2)
     x_btd = jax.random.normal(jax.random.key(11), (4, 10, D))
     cot_btd = jax.random.normal(jax.random.key(12), x_btd.shape)
     params = init_params(cfg, x_btd, seed=3, bias_scale=0.5)
@@ -233,7 +238,7 @@ def test_dropless_layer_gradients_match_loop_over_experts():
 
     model = moe.MoE(cfg)
     grads = {}
-    for name, fn in (("dropless", lambda p, x: model.apply({"params": p}, x)),
+    for name, fn in (("dispatch", lambda p, x: model.apply({"params": p}, x)),
                      ("loop", reference)):
         loss = lambda p, x, fn=fn: jnp.sum(fn(p, x) * cot_btd)
         grads[name] = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x_btd)
@@ -241,7 +246,7 @@ def test_dropless_layer_gradients_match_loop_over_experts():
                              np.asarray(params["gate"][moe.BIAS]), cfg)
     counts = np.bincount(idx_tk.reshape(-1), minlength=cfg.n_routed_experts)
     assert counts.max() > 2 * cfg.moe_block_size and counts.min() == 0  # several blocks; empty
-    flat_got = jax.tree_util.tree_leaves_with_path(grads["dropless"])
+    flat_got = jax.tree_util.tree_leaves_with_path(grads["dispatch"])
     for (path, got), want in zip(flat_got, jax.tree.leaves(grads["loop"])):
         assert np.abs(want).max() > 0 or moe.BIAS in str(path), path  # b: selection only
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=str(path))
@@ -351,6 +356,44 @@ def test_blocked_path_with_chosen_block_matches_loop_and_dense(t, k, e, block):
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(dense)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     check_layout(idx_tk, e, dropless_lib.choose_block_size(t * k, e, block))
+
+
+# (T, K, E, allowed experts): uneven groups, some empty; every token on one expert.
+@pytest.mark.parametrize("t,k,e,allowed,seed", [(33, 3, 8, [0, 1, 3, 4, 6], 40),
+                                                 (10, 1, 4, [2], 41)])
+def test_grouped_matches_loop_reference(t, k, e, allowed, seed):
+    """Values and gradients (input, gates, every expert weight) of the grouped-matmul dispatch
+    vs the JAX loop over experts; its groups are the experts' real rows, in expert order."""
+    rng = np.random.default_rng(seed)
+    idx_tk = np.stack([rng.choice(allowed, k, replace=False) for _ in range(t)]).astype(np.int32)
+    x_td, _, weight_tk, experts = random_dispatch_inputs(t, k, e, seed)
+    idx = jnp.asarray(idx_tk)
+    np.testing.assert_allclose(jax.jit(grouped_lib.grouped_dispatch)(x_td, idx, weight_tk, experts),
+                               ref_routed(x_td, idx_tk, weight_tk, *experts), rtol=2e-5, atol=2e-5)
+    cot_td = jax.random.normal(jax.random.key(seed), x_td.shape)
+    want = dispatch_grads(ref_routed_jax, x_td, idx_tk, weight_tk, experts, cot_td)
+    got = dispatch_grads(grouped_lib.grouped_dispatch, x_td, idx_tk, weight_tk, experts, cot_td)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    layout = grouped_lib.sort_by_expert(idx, e)
+    np.testing.assert_array_equal(layout.group_sizes_e, np.bincount(idx_tk.reshape(-1), minlength=e))
+    assert int(layout.group_sizes_e.sum()) == t * k  # no padding row joins a group
+    expert_p = idx_tk.reshape(-1)[np.asarray(layout.order_p)]
+    assert (np.diff(expert_p) >= 0).all()  # group e is the e-th run of rows
+    np.testing.assert_array_equal(np.asarray(layout.order_p)[np.asarray(layout.rank_tk)],
+                                  np.arange(t * k).reshape(t, k))
+
+
+def test_dispatch_is_chosen_by_backend_and_validated():
+    assert make_config().moe_dispatch == "auto"
+    assert [layer_lib.resolve_dispatch("auto", b) for b in ("cpu", "gpu", "tpu")] == [
+        "dropless", "grouped", "grouped"]
+    assert layer_lib.resolve_dispatch("grouped", "cpu") == "grouped"
+    assert layer_lib.resolve_dispatch("dropless", "tpu") == "dropless"
+    with pytest.raises(ValueError, match="ModelConfig.moe_dispatch: got 'ragged'"):
+        make_config(moe_dispatch="ragged")
+    with pytest.raises(ValueError, match="moe_dispatch: got 'ragged'; allowed values are 'auto'"):
+        layer_lib.resolve_dispatch("ragged")
 
 
 def test_gather_rule_boundary():
