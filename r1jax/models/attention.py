@@ -16,11 +16,18 @@ Caches. The MLA cache holds only c^KV and k^R per token (d_c + d_h^R values per 
 The two are equal up to float reassociation (tested). Training (no cache) uses the naive form.
 The GQA cache holds the roped K and V of each K/V head.
 
-Both modules are called as `module(x_btd, positions_bt, mask_bts, cache=None, cache_index=None)`
-and return `(y_btd, new_cache)`; `mask_bts[b, t, s]` is True where query t may attend key s (keys
-are the sequence itself without a cache, the cache slots with one; see
-`r1jax.models.transformer` for how masks are built). With a cache, the T new tokens are written at
-slots [cache_index, cache_index + T) before attending, with `jax.lax.dynamic_update_slice`.
+Both modules are called as `module(x_btd, positions_bt, mask, cache=None, cache_index=None)`
+and return `(y_btd, new_cache)`; `mask` is a `flash.Mask` (per-token segment ids and key
+validity, causal by slot; keys are the sequence itself without a cache, the cache slots with
+one; `r1jax.models.transformer` builds it). With a cache, the T new tokens are written at slots
+[cache_index, cache_index + T) before attending, with `jax.lax.dynamic_update_slice`.
+
+Which attention runs is `config.attention_impl` (`r1jax.models.flash`): the naive forms below
+(full scores and a dense mask: the reference), blockwise online softmax (memory linear in T),
+or the fused cuDNN kernel. Blockwise MLA training runs the naive (up-projected) form with the
+shared RoPE key broadcast to every head; cached attention reads only the filled slots, chunk
+by chunk, in the `mla_decode` form (a latent chunk is up-projected per head for "naive"; for
+"absorbed" it is one key/value head of width d_c + d_h^R / d_c).
 
 Deviations from the reference: the interleaved RoPE part is stored de-interleaved in the cache
 (as HF does after `apply_rotary_pos_emb_interleave`); no attention dropout.
@@ -35,7 +42,7 @@ import jax.numpy as jnp
 
 from r1jax import sharding
 from r1jax.models import config as config_lib
-from r1jax.models import layers
+from r1jax.models import flash, layers
 
 _Q_AXES = ("act_batch", "act_length", "act_heads", "act_kv")
 _LOGIT_AXES = ("act_batch", "act_heads", "act_length", None)
@@ -159,6 +166,102 @@ def gqa_core(q_bthd, k_bsgd, v_bsgd, mask_bts, config: config_lib.ModelConfig) -
 
 
 # ---------------------------------------------------------------------------------------------
+# Dispatch over `config.attention_impl` (r1jax.models.flash), uncached and cached.
+
+
+def _mla_kv(latent_bsk, k_rope_bsr, w_kv_b, config: config_lib.ModelConfig):
+    """Per-head keys [B, S, H, d_h + d_h^R] (k^R shared by every head) and values [B, S, H, d_v]
+    of the naive form."""
+    w_uk_khn, w_uv_khv = _split_kv_b(w_kv_b, config)
+    k_nope_bshn = layers.matmul("bsk,khn->bshn", latent_bsk, w_uk_khn, config)
+    v_bshv = layers.matmul("bsk,khv->bshv", latent_bsk, w_uv_khv, config)
+    k_rope_bshr = jnp.broadcast_to(k_rope_bsr[:, :, None, :],
+                                   k_nope_bshn.shape[:3] + k_rope_bsr.shape[-1:])
+    return jnp.concatenate([k_nope_bshn, k_rope_bshr], -1), v_bshv
+
+
+def mla_attention(q_nope_bthn, q_rope_bthr, latent_bsk, k_rope_bsr, w_kv_b, mask: flash.Mask,
+                  config: config_lib.ModelConfig) -> jax.Array:
+    """Uncached MLA (training, scoring) by `flash.resolve`. Returns o_bthv [B, T, H, d_v]."""
+    impl = flash.resolve(config, mask)
+    if impl == "naive":
+        return mla_naive(q_nope_bthn, q_rope_bthr, latent_bsk, k_rope_bsr, w_kv_b, mask.dense(),
+                         config)
+    k_bshx, v_bshv = _mla_kv(latent_bsk, k_rope_bsr, w_kv_b, config)
+    q_bthx = jnp.concatenate([q_nope_bthn, q_rope_bthr], -1)
+    return flash.IMPLS[impl](q_bthx, k_bshx, v_bshv, mask, layers.softmax_scale(config), config)
+
+
+def gqa_attention(q_bthd, k_bsgd, v_bsgd, mask: flash.Mask,
+                  config: config_lib.ModelConfig) -> jax.Array:
+    """Uncached GQA by `flash.resolve`. Returns [B, T, H, D]."""
+    impl = flash.resolve(config, mask)
+    if impl == "naive":
+        return gqa_core(q_bthd, k_bsgd, v_bsgd, mask.dense(), config)
+    return flash.IMPLS[impl](q_bthd, k_bsgd, v_bsgd, mask, layers.softmax_scale(config), config)
+
+
+def _chunk(cache_bs: jax.Array, start: jax.Array, size: int, dtype) -> jax.Array:
+    return jax.lax.dynamic_slice_in_dim(cache_bs, start, size, 1).astype(dtype)
+
+
+def _mla_bounded_naive(q_nope_bthn, q_rope_bthr, cache: MLACache, w_kv_b, mask, config):
+    def kv_chunk(start, size):
+        return _mla_kv(_chunk(cache.latent_bsk, start, size, q_nope_bthn.dtype),
+                       _chunk(cache.k_rope_bsr, start, size, q_nope_bthn.dtype), w_kv_b, config)
+
+    q_bthx = jnp.concatenate([q_nope_bthn, q_rope_bthr], -1)
+    return flash.bounded(q_bthx, kv_chunk, config.num_attention_heads, config.v_head_dim,
+                         cache.latent_bsk.shape[1], mask, layers.softmax_scale(config), config)
+
+
+def _mla_bounded_absorbed(q_nope_bthn, q_rope_bthr, cache: MLACache, w_kv_b, mask, config):
+    """`mla_absorbed` chunk by chunk: one key head [c^KV ; k^R], one value head c^KV."""
+    w_uk_khn, w_uv_khv = _split_kv_b(w_kv_b, config)
+    q_latent_bthk = layers.matmul("bthn,khn->bthk", q_nope_bthn, w_uk_khn, config)
+
+    def kv_chunk(start, size):
+        latent_bck = _chunk(cache.latent_bsk, start, size, q_nope_bthn.dtype)
+        k_rope_bcr = _chunk(cache.k_rope_bsr, start, size, q_nope_bthn.dtype)
+        return jnp.concatenate([latent_bck, k_rope_bcr], -1)[:, :, None], latent_bck[:, :, None]
+
+    o_latent_bthk = flash.bounded(
+        jnp.concatenate([q_latent_bthk, q_rope_bthr], -1), kv_chunk, 1, config.kv_lora_rank,
+        cache.latent_bsk.shape[1], mask, layers.softmax_scale(config), config)
+    return layers.matmul("bthk,khv->bthv", o_latent_bthk, w_uv_khv, config)
+
+
+_MLA_BOUNDED = {"naive": _mla_bounded_naive, "absorbed": _mla_bounded_absorbed}
+
+
+def mla_cached(q_nope_bthn, q_rope_bthr, cache: MLACache, w_kv_b, mask: flash.Mask,
+               config: config_lib.ModelConfig) -> jax.Array:
+    """Cached MLA in the `mla_decode` form: over every slot with a dense mask when
+    attention_impl is "naive", else over the filled slots only (`flash.bounded`)."""
+    if config.attention_impl == "naive":
+        dtype = q_nope_bthn.dtype
+        return MLA_CORES[config.mla_decode](
+            q_nope_bthn, q_rope_bthr, cache.latent_bsk.astype(dtype),
+            cache.k_rope_bsr.astype(dtype), w_kv_b, mask.dense(), config)
+    return _MLA_BOUNDED[config.mla_decode](q_nope_bthn, q_rope_bthr, cache, w_kv_b, mask, config)
+
+
+def gqa_cached(q_bthd, cache: KVCache, mask: flash.Mask,
+               config: config_lib.ModelConfig) -> jax.Array:
+    """Cached GQA: every slot (naive) or the filled slots only (`flash.bounded`)."""
+    dtype = q_bthd.dtype
+    if config.attention_impl == "naive":
+        return gqa_core(q_bthd, cache.k_bsgd.astype(dtype), cache.v_bsgd.astype(dtype),
+                        mask.dense(), config)
+
+    def kv_chunk(start, size):
+        return _chunk(cache.k_bsgd, start, size, dtype), _chunk(cache.v_bsgd, start, size, dtype)
+
+    return flash.bounded(q_bthd, kv_chunk, config.num_key_value_heads, config.head_dim,
+                         cache.k_bsgd.shape[1], mask, layers.softmax_scale(config), config)
+
+
+# ---------------------------------------------------------------------------------------------
 # Modules.
 
 
@@ -191,7 +294,7 @@ class MLA(nn.Module):
         return latent_btk, k_rope_btr
 
     @nn.compact
-    def __call__(self, x_btd, positions_bt, mask_bts, cache: MLACache | None = None,
+    def __call__(self, x_btd, positions_bt, mask: flash.Mask, cache: MLACache | None = None,
                  cache_index: jax.Array | None = None):
         cfg = self.config
         cos_btr, sin_btr = layers.rope_cos_sin(cfg, positions_bt)
@@ -201,13 +304,11 @@ class MLA(nn.Module):
             (cfg.kv_lora_rank, cfg.num_attention_heads * (cfg.qk_nope_head_dim + cfg.v_head_dim)),
             ("kv_lora", "heads"), cfg, name="kv_b_proj")()
         if cache is None:
-            latent_bsk, k_rope_bsr, core = latent_btk, k_rope_btr, mla_naive
+            o_bthv = mla_attention(q_nope_bthn, q_rope_bthr, latent_btk, k_rope_btr, w_kv_b, mask,
+                                   cfg)
         else:
             cache = cache.write(latent_btk, k_rope_btr, cache_index)
-            latent_bsk, k_rope_bsr = cache.latent_bsk, cache.k_rope_bsr
-            core = MLA_CORES[cfg.mla_decode]
-        o_bthv = core(q_nope_bthn, q_rope_bthr, latent_bsk.astype(x_btd.dtype),
-                      k_rope_bsr.astype(x_btd.dtype), w_kv_b, mask_bts, cfg)
+            o_bthv = mla_cached(q_nope_bthn, q_rope_bthr, cache, w_kv_b, mask, cfg)
         o_bthv = sharding.constrain(o_bthv, _Q_AXES)
         y_btd = layers.Dense(cfg.hidden_size, ("heads", "embed"), cfg, use_bias=cfg.attention_bias,
                              name="o_proj")(o_bthv.reshape(*o_bthv.shape[:2], -1))
@@ -226,7 +327,7 @@ class GQA(nn.Module):
         return sharding.constrain(y.reshape(*x_btd.shape[:2], heads, cfg.head_dim), _Q_AXES)
 
     @nn.compact
-    def __call__(self, x_btd, positions_bt, mask_bts, cache: KVCache | None = None,
+    def __call__(self, x_btd, positions_bt, mask: flash.Mask, cache: KVCache | None = None,
                  cache_index: jax.Array | None = None):
         cfg = self.config
         cos_btr, sin_btr = layers.rope_cos_sin(cfg, positions_bt)
@@ -235,10 +336,12 @@ class GQA(nn.Module):
         v_btgd = self._project(x_btd, cfg.num_key_value_heads, "kv_heads", "v_proj")
         q_bthd = layers.apply_rope(q_bthd, cos_btr, sin_btr, cfg.rope_interleave)
         k_btgd = layers.apply_rope(k_btgd, cos_btr, sin_btr, cfg.rope_interleave)
-        if cache is not None:
+        if cache is None:
+            o_bthd = gqa_attention(q_bthd, k_btgd, v_btgd, mask, cfg)
+        else:
             cache = cache.write(k_btgd, v_btgd, cache_index)
-            k_btgd, v_btgd = cache.k_bsgd.astype(x_btd.dtype), cache.v_bsgd.astype(x_btd.dtype)
-        o_bthd = sharding.constrain(gqa_core(q_bthd, k_btgd, v_btgd, mask_bts, cfg), _Q_AXES)
+            o_bthd = gqa_cached(q_bthd, cache, mask, cfg)
+        o_bthd = sharding.constrain(o_bthd, _Q_AXES)
         y_btd = layers.Dense(cfg.hidden_size, ("heads", "embed"), cfg, name="o_proj")(
             o_bthd.reshape(*o_bthd.shape[:2], -1))
         return y_btd, cache

@@ -18,7 +18,9 @@ Entry points (shapes: B batch, T new tokens, S cache slots, V vocab):
   `Transformer(config).apply({'params': p}, tokens_bt, positions_bt, cache, mask_bt,
       method=Transformer.decode)` -> (logits [B, T, V], new cache): writes the T tokens at
       slots [cache.index, cache.index + T) and attends to every valid earlier slot. The same
-      call does prefill (T = prompt length) and decoding (T = 1).
+      call does prefill (T = prompt length) and decoding (T = 1); unless attention_impl is
+      "naive" it reads only slots < cache.index + T (`flash.bounded`), so a prefill attends over
+      the prompt, not the whole cache.
 
 Parameter tree (scan_layers=False): embed_tokens/embedding [V, d]; layers_{i}/{input_layernorm,
 self_attn, post_attention_layernorm, mlp}; norm/weight [d]; lm_head/kernel [d, V] (absent when
@@ -53,20 +55,18 @@ MTP_LOGITS = "mtp_logits"
 # Masks and caches.
 
 
-def attention_mask(mask_bt: jax.Array, segment_ids_bt: jax.Array) -> jax.Array:
-    """Causal, same-segment, valid-key mask [B, T, T] for a full (uncached) forward."""
-    t = mask_bt.shape[1]
-    causal_tt = jnp.tril(jnp.ones((t, t), jnp.bool_))
-    same_segment_btt = segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
-    return causal_tt[None] & same_segment_btt & mask_bt[:, None, :].astype(jnp.bool_)
+def attention_mask(mask_bt: jax.Array, segment_ids_bt: jax.Array,
+                   plain_causal: bool = False) -> attention.flash.Mask:
+    """Causal, same-segment, valid-key mask of a full (uncached) forward, as per-token vectors
+    (`flash.Mask`; `.dense()` gives the [B, T, T] array). plain_causal: no padding, one segment."""
+    return attention.flash.Mask.full(mask_bt, segment_ids_bt, plain_causal)
 
 
-def cache_attention_mask(valid_bs: jax.Array, index: jax.Array, num_new: int) -> jax.Array:
-    """Mask [B, T, S] for T tokens written at slots index..index+T-1: valid slots up to the
-    query's own slot (slots are causal in write order; positions need not be)."""
-    slot_s = jnp.arange(valid_bs.shape[1])
-    query_slot_t = index + jnp.arange(num_new)
-    return valid_bs[:, None, :] & (slot_s[None, None, :] <= query_slot_t[None, :, None])
+def cache_attention_mask(valid_bs: jax.Array, index: jax.Array,
+                         num_new: int) -> attention.flash.Mask:
+    """Mask of T tokens written at slots index..index+T-1: valid slots up to the query's own slot
+    (slots are causal in write order; positions need not be); slots >= index + T are empty."""
+    return attention.flash.Mask.cached(valid_bs, index, num_new)
 
 
 @flax.struct.dataclass
@@ -117,11 +117,11 @@ class DecoderLayer(nn.Module):
     is_moe: bool = False
 
     @nn.compact
-    def __call__(self, x_btd, positions_bt, mask_bts, cache=None, cache_index=None):
+    def __call__(self, x_btd, positions_bt, mask, cache=None, cache_index=None):
         cfg = self.config
         h_btd = layers.RMSNorm(cfg, name="input_layernorm")(x_btd)
         h_btd, cache = attention.make_attention(cfg, "self_attn")(
-            h_btd, positions_bt, mask_bts, cache, cache_index)
+            h_btd, positions_bt, mask, cache, cache_index)
         x_btd = sharding.constrain(x_btd + h_btd, _BTD)
         h_btd = layers.RMSNorm(cfg, name="post_attention_layernorm")(x_btd)
         ffn = (moe.MoE(cfg, name="mlp") if self.is_moe
@@ -165,13 +165,13 @@ class MTPModule(nn.Module):
     config: config_lib.ModelConfig
 
     @nn.compact
-    def __call__(self, h_btd, emb_btd, positions_bt, mask_bts):
+    def __call__(self, h_btd, emb_btd, positions_bt, mask):
         cfg = self.config
         merged = jnp.concatenate([layers.RMSNorm(cfg, name="enorm")(emb_btd),
                                   layers.RMSNorm(cfg, name="hnorm")(h_btd)], axis=-1)
         x_btd = layers.Dense(cfg.hidden_size, (None, "embed"), cfg, name="eh_proj")(merged)
         block = _layer_class(cfg)(cfg, cfg.is_moe_layer(cfg.num_hidden_layers), name="block")
-        h_btd, _ = block(x_btd, positions_bt, mask_bts)
+        h_btd, _ = block(x_btd, positions_bt, mask)
         return h_btd, layers.RMSNorm(cfg, name="norm")(h_btd)
 
 
@@ -201,10 +201,10 @@ class Transformer(nn.Module):
             logits_btv = self.lm_head(x_btd)
         return sharding.constrain(logits_btv, ("act_batch", "act_length", "act_vocab"))
 
-    def _backbone(self, x_btd, positions_bt, mask_bts, caches, cache_index):
+    def _backbone(self, x_btd, positions_bt, mask, caches, cache_index):
         new_caches = []
         for block, cache in zip(self.blocks, caches):
-            x_btd, cache = block(x_btd, positions_bt, mask_bts, cache, cache_index)
+            x_btd, cache = block(x_btd, positions_bt, mask, cache, cache_index)
             new_caches.append(cache)
         return x_btd, tuple(new_caches)
 
@@ -228,21 +228,22 @@ class Transformer(nn.Module):
         b, t = tokens_bt.shape
         positions_bt = jnp.broadcast_to(jnp.arange(t), (b, t)) if positions_bt is None \
             else positions_bt
+        plain_causal = mask_bt is None and segment_ids_bt is None
         mask_bt = jnp.ones((b, t), jnp.bool_) if mask_bt is None else mask_bt
         segment_ids_bt = jnp.zeros((b, t), jnp.int32) if segment_ids_bt is None \
             else segment_ids_bt
-        mask_bts = attention_mask(mask_bt, segment_ids_bt)
-        h_btd, _ = self._backbone(self.embed_tokens(tokens_bt), positions_bt, mask_bts,
+        mask = attention_mask(mask_bt, segment_ids_bt, plain_causal)
+        h_btd, _ = self._backbone(self.embed_tokens(tokens_bt), positions_bt, mask,
                                   (None,) * len(self.blocks), None)
-        self._multi_token_prediction(h_btd, tokens_bt, positions_bt, mask_bts)
+        self._multi_token_prediction(h_btd, tokens_bt, positions_bt, mask)
         return self.norm(h_btd)
 
-    def _multi_token_prediction(self, h_btd, tokens_bt, positions_bt, mask_bts):
+    def _multi_token_prediction(self, h_btd, tokens_bt, positions_bt, mask):
         """Sows `mtp_logits` [D, B, T, V]: entry [k-1, b, i] predicts token i + k + 1."""
         logits = []
         for k, module in enumerate(self.mtp, start=1):
             emb_btd = self.embed_tokens(jnp.roll(tokens_bt, -k, axis=1))
-            h_btd, normed_btd = module(h_btd, emb_btd, positions_bt, mask_bts)
+            h_btd, normed_btd = module(h_btd, emb_btd, positions_bt, mask)
             logits.append(self._head(normed_btd))
         if logits:
             self.sow("intermediates", MTP_LOGITS, jnp.stack(logits))
@@ -263,8 +264,8 @@ class Transformer(nn.Module):
         mask_bt = jnp.ones((b, t), jnp.bool_) if mask_bt is None else mask_bt
         valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, mask_bt.astype(jnp.bool_),
                                                 (0, cache.index))
-        mask_bts = cache_attention_mask(valid_bs, cache.index, t)
-        h_btd, caches = self._backbone(self.embed_tokens(tokens_bt), positions_bt, mask_bts,
+        mask = cache_attention_mask(valid_bs, cache.index, t)
+        h_btd, caches = self._backbone(self.embed_tokens(tokens_bt), positions_bt, mask,
                                        cache.layers, cache.index)
         return self._head(self.norm(h_btd)), Cache(caches, valid_bs, cache.index + t)
 
