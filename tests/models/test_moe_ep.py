@@ -9,6 +9,7 @@ must match `jax.lax.ragged_all_to_all`'s documented semantics, and the grouped m
 only real rows.
 """
 
+import contextlib
 import functools
 
 import flax.linen as nn
@@ -126,8 +127,9 @@ def _at(tree, path):
 
 def test_expert_parallel_without_mesh_is_dropless():
     _, params, x_btd = make_inputs(False)
-    y_ep = moe.MoE(make_config("expert_parallel")).apply({"params": params}, x_btd)
-    y_ref = moe.MoE(make_config("dropless")).apply({"params": params}, x_btd)
+    # Jitted: op by op, the layer's many small ops took longer than compiling them.
+    y_ep = jax.jit(moe.MoE(make_config("expert_parallel")).apply)({"params": params}, x_btd)
+    y_ref = jax.jit(moe.MoE(make_config("dropless")).apply)({"params": params}, x_btd)
     np.testing.assert_allclose(y_ep, y_ref, rtol=1e-6, atol=1e-6)
 
 
@@ -214,3 +216,113 @@ def test_emulated_ragged_all_to_all_matches_its_definition():
     np.testing.assert_array_equal(result, want.reshape(-1, width))
     np.testing.assert_allclose(d_operand, want_d_operand.reshape(-1, width), rtol=1e-6)
     np.testing.assert_allclose(d_output, want_d_output.reshape(-1, width), rtol=1e-6)
+
+
+@contextlib.contextmanager
+def ragged_all_to_all_on_cpu():
+    """Test-only: lowers the real `jax.lax.ragged_all_to_all` primitive on the CPU through
+    `emulated_ragged_all_to_all` (whose match with the primitive's documented semantics is
+    tested above), so that the GPU/TPU path (exchange="ragged") runs here: its arguments, and
+    the backward JAX builds from the primitive's own transpose rule. Private JAX API (jax
+    0.10.2): skips if it moved."""
+    try:
+        from jax._src.interpreters import mlir
+        from jax._src.lax import parallel
+        table = mlir._platform_specific_lowerings["cpu"]
+        primitive = parallel.ragged_all_to_all_p
+    except (ImportError, AttributeError, KeyError) as error:
+        pytest.skip(f"jax internals moved: {error}")
+
+    def rule(ctx, *args, axis_name, axis_index_groups):
+        groups = parallel._replica_groups(ctx.module_context.axis_context, axis_name,
+                                          axis_index_groups)
+        # Every operand row bound for one peer is the largest block a device can send.
+        emulate = functools.partial(expert_parallel.emulated_ragged_all_to_all,
+                                    axis_name=axis_name[0], num_devices=len(groups[0]),
+                                    block_rows=ctx.avals_in[0].shape[0])
+        return mlir.lower_fun(emulate, multiple_results=False)(ctx, *args)
+
+    saved = table.get(primitive)
+    mlir.register_lowering(primitive, rule, platform="cpu")
+    try:
+        yield
+    finally:
+        if saved is None:
+            table.pop(primitive, None)
+        else:
+            table[primitive] = saved
+
+
+def dispatch_inputs(skewed: bool, tokens: int = 16):
+    """x [T, D], idx [T, 2] (random distinct experts, or all on experts 0 and 1 of device 0),
+    gates, and expert weights, for the dispatch alone."""
+    rng = np.random.default_rng(4)
+    idx = (np.tile([0, 1], (tokens, 1)) if skewed
+           else np.stack([rng.choice(E, 2, replace=False) for _ in range(tokens)]))
+    experts = dispatch_lib.ExpertParams(*(jnp.asarray(rng.normal(0, 0.5, s), jnp.float32)
+                                          for s in ((E, D, F), (E, D, F), (E, F, D))))
+    return (jnp.asarray(rng.normal(size=(tokens, D)), jnp.float32),
+            jnp.asarray(idx, jnp.int32), jnp.asarray(rng.uniform(size=(tokens, 2)), jnp.float32),
+            experts)
+
+
+def dispatch_loss(dispatch, x_td, idx_tk, weight_tk, experts):
+    """A random projection of the routed output, for gradients w.r.t. x, gates and weights."""
+    probe = jax.random.normal(jax.random.key(5), x_td.shape)
+    out = dispatch(x_td, idx_tk, weight_tk, experts)
+    y_td, aux = out if isinstance(out, tuple) else (out, None)
+    return jnp.sum(y_td * probe), (y_td, aux)
+
+
+@functools.cache
+def ragged_value_and_grad():
+    run = functools.partial(expert_parallel.expert_parallel_dispatch, block_size=4,
+                            exchange="ragged", return_group_sizes=True)
+    return jax.jit(jax.value_and_grad(functools.partial(dispatch_loss, run),
+                                      argnums=(0, 2, 3), has_aux=True))
+
+
+@pytest.mark.parametrize("mesh_shape", [{"expert": 8}, {"data": 2, "expert": 4}])
+def test_ragged_path_is_exact_and_groups_only_real_rows(mesh_shape):
+    """exchange="ragged" (the GPU/TPU path) on the CPU through the test-only lowering: forward
+    and gradients equal the dense (every expert) reference, and the group sizes fed to the
+    grouped matmul sum to the real rows each device received: the per-expert counts of its EP
+    group's tokens, never the padding of the receive buffer."""
+    reference = jax.jit(jax.value_and_grad(
+        functools.partial(dispatch_loss, dispatch_lib.dense_dispatch), argnums=(0, 2, 3),
+        has_aux=True))
+    n_ep, groups = mesh_shape["expert"], mesh_shape.get("data", 1)
+    for skewed in (False, True):
+        args = dispatch_inputs(skewed)
+        (_, (y_want, _)), grads_want = reference(*args)
+        with ragged_all_to_all_on_cpu(), jax.set_mesh(sharding.make_mesh(mesh_shape)):
+            (_, (y, group_sizes)), grads = ragged_value_and_grad()(*args)
+        np.testing.assert_allclose(y, y_want, rtol=1e-5, atol=1e-5)
+        for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_want)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        idx = np.asarray(args[1])
+        tokens_per_group = idx.shape[0] // groups
+        sizes = np.asarray(group_sizes).reshape(groups, E)  # [EP group, global expert]
+        for g in range(groups):
+            counts = np.bincount(idx[g * tokens_per_group:(g + 1) * tokens_per_group].ravel(),
+                                 minlength=E)
+            np.testing.assert_array_equal(sizes[g], counts, err_msg=f"{mesh_shape} group {g}")
+        assert sizes.sum() == idx.size
+        # The receive buffer (n_ep * local tokens * min(K, E / n_ep) rows) exceeds the real
+        # rows on every device when the load is balanced: padding exists and joins no group.
+        buffer_rows = n_ep * (idx.shape[0] // (groups * n_ep)) * min(2, E // n_ep)
+        assert sizes.reshape(groups * n_ep, -1).sum(1).max() <= buffer_rows
+        if not skewed:
+            assert sizes.reshape(groups * n_ep, -1).sum(1).max() < buffer_rows
+
+
+def test_ragged_path_lowers_to_ragged_all_to_all_for_gpu():
+    """For GPU the forward and backward lower to the ragged all-to-all custom call (two
+    exchanges forward, their two transposes backward) and grouped matmuls (chlo.ragged_dot),
+    with no dense all-to-all of rows."""
+    args = dispatch_inputs(False)
+    with jax.set_mesh(sharding.make_mesh({"expert": 8})):
+        text = ragged_value_and_grad().trace(*args).lower(
+            lowering_platforms=("cuda",)).as_text()
+    assert text.count("@ragged_all_to_all") == 4
+    assert "ragged_dot" in text

@@ -127,6 +127,13 @@ def ragged_exchange(operand, output, input_offsets, send_sizes, output_offsets, 
     """Ragged all-to-all over the `expert` axis: the real primitive (`exchange="ragged"`, for
     GPU/TPU) or its CPU emulation (`"emulated"`); same arguments, same result."""
     if exchange == "ragged":
+        # The primitive types its result like `output` (jax 0.10.2): a zero buffer that does not
+        # vary over the axis would make the exchanged rows look replicated, and the transpose
+        # of that implicit cast would sum the rows' gradients over the devices.
+        missing = tuple(sorted(jax.typeof(operand).manual_axis_type.varying
+                               - jax.typeof(output).manual_axis_type.varying))
+        if missing:
+            output = jax.lax.pcast(output, missing, to="varying")
         return jax.lax.ragged_all_to_all(operand, output, input_offsets, send_sizes,
                                          output_offsets, recv_sizes, axis_name=EP_AXIS)
     return emulated_ragged_all_to_all(operand, output, input_offsets, send_sizes,
