@@ -48,7 +48,7 @@ from r1jax.data.tasks import jsonl
 from r1jax.evals import rollout
 from r1jax.models import scan_layout, summary
 from r1jax.rl import config as rl_config
-from r1jax.rl import grpo, step
+from r1jax.rl import grpo, packing, step
 from r1jax.train import base, checkpoint, guard, metrics
 
 SAMPLES_NAME = "samples.jsonl"
@@ -185,15 +185,25 @@ class _Run:
             stats = {}
         return batch, dict(stats, **timings)
 
-    def device_batch(self, ro: rollout.Rollout, state) -> dict[str, jax.Array]:
-        """The arrays of the update (advantages, reference log-probs), batch-sharded."""
+    def host_batch(self, ro: rollout.Rollout) -> dict[str, np.ndarray]:
+        """The update's per-sequence arrays on the host, completions cut to the longest real
+        one (rounded up to grpo.update_width_multiple; `packing.update_width`)."""
         g = self.config.grpo
-        batch = {k: ro[k] for k in ("prompt_tokens", "prompt_lengths", "completion_tokens",
-                                    "completion_mask", "old_logps")}
-        batch["advantages"] = np.asarray(grpo.group_advantages(
+        host = {k: np.asarray(ro[k]) for k in ("prompt_tokens", "prompt_lengths",
+                                               "completion_tokens", "completion_mask",
+                                               "old_logps")}
+        width = packing.update_width(host["completion_mask"],
+                                     self.config.sampling.max_new_tokens,
+                                     g.update_width_multiple)
+        host = packing.trim(host, width)
+        host["advantages"] = np.asarray(grpo.group_advantages(
             jnp.asarray(ro["rewards"]), g.group_size, g.advantage_scale))
-        batch = distributed.global_batch(batch, step.batch_shardings(self.mesh, tuple(batch)))
-        if g.beta > 0:
+        return host
+
+    def device_batch(self, host: dict[str, np.ndarray], state) -> dict[str, jax.Array]:
+        """The arrays of the update with the reference log-probs, batch-sharded."""
+        batch = distributed.global_batch(host, step.batch_shardings(self.mesh, tuple(host)))
+        if self.config.grpo.beta > 0:
             score_keys = ("prompt_tokens", "prompt_lengths", "completion_tokens",
                           "completion_mask")
             batch["ref_logps"] = self.score(state["ref_params"], {k: batch[k] for k in score_keys})
@@ -201,19 +211,31 @@ class _Run:
             batch["ref_logps"] = jnp.zeros_like(batch["old_logps"])
         return batch
 
-    def optimise(self, state, batch) -> tuple[Any, list[dict]]:
+    def minibatch(self, batch, host, m: int) -> dict[str, jax.Array]:
+        """Minibatch m of the update, in the step's layout (packed rows when grpo.packing)."""
+        g = self.config.grpo
+        rows = slice(m * (g.batch_size // g.num_minibatches),
+                     (m + 1) * (g.batch_size // g.num_minibatches))
+        keys = step.update_keys(self.step_config)
+        minibatch = {k: batch[k][rows] for k in keys if k in batch}
+        # An eager slice of a sharded array comes back replicated; the step's in_shardings
+        # refuse a committed array sharded otherwise.
+        minibatch = jax.device_put(minibatch, step.batch_shardings(self.mesh, tuple(minibatch)))
+        if g.packing:
+            packed = packing.pack({k: v[rows] for k, v in host.items()}, g.num_micro_batches,
+                                  g.update_width_multiple, _batch_shards(self.mesh))
+            extra = {k: packed[k] for k in packing.PACKED_KEYS + packing.INDEX_KEYS}
+            minibatch.update(distributed.global_batch(
+                extra, step.batch_shardings(self.mesh, tuple(extra))))
+        return minibatch
+
+    def optimise(self, state, batch, host) -> tuple[Any, list[dict]]:
         """mu passes over the batch in minibatches; one jitted update each."""
         g = self.config.grpo
-        size = g.batch_size // g.num_minibatches
-        shardings = step.batch_shardings(self.mesh, tuple(batch))
         updates = []
         for _ in range(g.num_iterations):
             for m in range(g.num_minibatches):
-                minibatch = jax.tree.map(lambda x, m=m: x[m * size:(m + 1) * size], batch)
-                # An eager slice of a sharded array comes back replicated; the step's
-                # in_shardings refuse a committed array sharded otherwise.
-                minibatch = jax.device_put(minibatch, shardings)
-                state, out = self.train_step(state, minibatch)
+                state, out = self.train_step(state, self.minibatch(batch, host, m))
                 updates.append(out)
         return state, jax.device_get(updates)
 
@@ -225,15 +247,17 @@ class _Run:
         self.check_preempted()
         train_start = time.perf_counter()
         with jax.set_mesh(self.mesh):
-            batch = self.device_batch(ro, state)
-            state, updates = self.optimise(state, batch)
+            host = self.host_batch(ro)
+            batch = self.device_batch(host, state)
+            state, updates = self.optimise(state, batch, host)
         train_s = time.perf_counter() - train_start
         if self.config.grpo.ref_update_every and (s + 1) % self.config.grpo.ref_update_every == 0:
             state = dict(state, ref_params=jax.tree.map(jnp.copy, state["params"]))
         out = rollout.rollout_metrics(ro, self.config.sampling.max_new_tokens)
         out.update({k: v for k, v in timings.items() if k.startswith("dynamic/")})
         out.update(self.update_metrics(updates))
-        out.update(self.perf_metrics(ro, timings, train_s, time.perf_counter() - start))
+        out.update(self.perf_metrics(host, timings, train_s, time.perf_counter() - start,
+                                     float(np.sum(ro["lengths"]))))
         return state, out, [int(u["nonfinite"]) for u in updates]
 
     def update_metrics(self, updates: list[dict]) -> dict[str, Any]:
@@ -243,15 +267,16 @@ class _Run:
         out["nonfinite"] = int(sum(int(u["nonfinite"]) for u in updates))
         return out
 
-    def perf_metrics(self, ro, timings, train_s: float, step_s: float) -> dict[str, float]:
-        """Timings, tokens/s and the training MFU estimate, all under `perf/`."""
+    def perf_metrics(self, host, timings, train_s: float, step_s: float,
+                     sampled: float) -> dict[str, float]:
+        """Timings, tokens/s and the training MFU estimate, all under `perf/`; the update's
+        work is counted at its width (`host_batch`), `sampled` is the real tokens sampled."""
         if self.peak_flops is None:
             self.peak_flops = measure_peak_flops()
-        rows, p = ro["prompt_tokens"].shape
-        length = p + ro["completion_tokens"].shape[1]
+        rows, p = host["prompt_tokens"].shape
+        length = p + host["completion_tokens"].shape[1]
         fwd = summary.forward_flops(self.ctx.model, rows, length)
         flops = 3 * fwd * self.config.grpo.num_iterations + (fwd if self.config.grpo.beta else 0)
-        sampled = float(np.sum(ro["lengths"]))
         return {"perf/sample_s": timings["sample"], "perf/reward_s": timings["reward"],
                 "perf/train_s": train_s, "perf/step_s": step_s,
                 "perf/sample_tokens_per_s": sampled / max(timings["sample"], 1e-9),
@@ -268,6 +293,12 @@ class _Run:
             max_new_tokens=e.max_new_tokens or self.config.sampling.max_new_tokens,
             num_logged=e.num_logged_samples)
         return out, [dict(r, step=s) for r in samples]
+
+
+def _batch_shards(mesh) -> int:
+    """How many shards the batch axis is split into on `mesh` (the data axes' product)."""
+    return mesh.size // step.batch_shardings(mesh, ("advantages",))["advantages"].shard_shape(
+        (mesh.size,))[0]
 
 
 def eval_key(seed_key, step: int) -> jax.Array:
