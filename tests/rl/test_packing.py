@@ -100,3 +100,17 @@ def test_pack_layout():
     with pytest.raises(ValueError, match="prefix of ones"):
         packing.pack(dict(batch, completion_mask=batch["completion_mask"][:, ::-1]), MICRO)
     assert packing.update_width(batch["completion_mask"], T, 0) == T
+
+
+def test_micro_batched_reference_scorer(reference):
+    """The reference scorer in 4 micro-batches (lax.map) returns each row's log-probs in
+    place, equal to one pass over the whole batch."""
+    params, batch, _ = reference
+    config = _config(False)
+    keys = ("prompt_tokens", "prompt_lengths", "completion_tokens", "completion_mask")
+    inputs = {k: batch[k] for k in keys}
+    whole = jax.jit(step.make_score_fn(config))(params, inputs)
+    micro = jax.jit(step.make_score_fn(config, 4))(params, inputs)
+    np.testing.assert_allclose(micro, whole, rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(whole)[~batch["completion_mask"]] == 0)
+    assert np.all(np.asarray(whole)[batch["completion_mask"]] < 0)
