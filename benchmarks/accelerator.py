@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 
+import accelerator_attention  # benchmarks/ is the script's directory, on sys.path
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,7 +160,8 @@ def precision_section() -> None:
           f"policy) {bf16 * 1e3:.1f} ms, ratio float32 / bf16 {f32 / bf16:.2f}")
 
 
-SECTIONS = {"precision": precision_section}
+SECTIONS = {"precision": precision_section,
+            "attention": accelerator_attention.attention_section}
 
 
 def main(argv):
