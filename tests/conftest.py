@@ -5,16 +5,11 @@ import importlib.util
 import os
 import pathlib
 
+import cpu_env
 import pytest
 
-# Cheap compiles: the suite is mostly XLA compiling tiny programs, so LLVM runs at -O0 with the
-# pre-fusion-emitter CPU codegen (what the entry-point subprocess tests use, tests/experiments/
-# hf_dirs.cheap_cpu_env). Only code generation changes: HLO passes (sharding, collectives, buffer
-# assignment, which the compiled-program tests read) run as in production.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                      "--xla_backend_optimization_level=0 "
-                      "--xla_llvm_disable_expensive_passes=true "
-                      "--xla_cpu_use_fusion_emitters=false")
+# Cheap compiles, as in every JAX process the suite starts (see cpu_env.py).
+os.environ.setdefault("XLA_FLAGS", cpu_env.xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 

@@ -6,11 +6,11 @@ Also the settings resolution of `r1jax.distributed.initialize` and the row helpe
 """
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
+import cpu_env
 import jax
 import numpy as np
 import portpicker
@@ -100,8 +100,7 @@ def test_global_batch_and_fetch_round_trip_on_one_process():
 
 
 def _start(base_dir, workdir, cache, devices, process=None):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
+    env = cpu_env.env(devices, JAX_COMPILATION_CACHE_DIR=str(cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
     if process is not None:

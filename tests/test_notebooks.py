@@ -1,10 +1,10 @@
 """The notebooks run top to bottom in fast mode (FAST_MODE = True injected after the cell
 tagged "parameters", as papermill does) on CPU."""
 
-import os
 import pathlib
 import time
 
+import cpu_env
 import pytest
 
 nbclient = pytest.importorskip("nbclient")
@@ -32,11 +32,7 @@ def execute(path: pathlib.Path, timeout_s: int = 600):
                                      resources={"metadata": {"path": str(path.parent)}})
     # One CPU device, whatever the test session simulates: fast mode's batches are tiny, so
     # its run time is mostly XLA compiling, which LLVM at -O0 without fusion emitters cuts.
-    client.execute(env=dict(os.environ, JAX_PLATFORMS="cpu",
-                            XLA_FLAGS="--xla_force_host_platform_device_count=1 "
-                                      "--xla_backend_optimization_level=0 "
-                                      "--xla_llvm_disable_expensive_passes=true "
-                                      "--xla_cpu_use_fusion_emitters=false"))
+    client.execute(env=cpu_env.env(1))
     return nb, time.perf_counter() - start
 
 

@@ -1,10 +1,10 @@
 """The one sharding helper for params and optimizer state (issue 20), on 8 simulated devices."""
 
 import json
-import os
 import subprocess
 import sys
 
+import cpu_env
 import jax
 import jax.numpy as jnp
 import optax
@@ -142,8 +142,7 @@ def test_deepseek_v3_671b_init_state_compiles_sharded_on_1024_devices():
     """`init_state` of the full V3 preset (float32 master weights, moments and reference:
     671B x 16 bytes) compiles for 1,024 simulated devices with every output sharded: no
     replicated array over 100 MB, no shard over 100 MB (about 40 s on 2 CPU cores)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1024",
-               JAX_PLATFORMS="cpu")
+    env = cpu_env.env(1024)
     result = subprocess.run([sys.executable, "-c", _V3_INIT], capture_output=True, text=True,
                             timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

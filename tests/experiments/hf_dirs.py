@@ -10,6 +10,7 @@ import json
 import os
 import pathlib
 
+import cpu_env
 import jax.numpy as jnp
 
 from r1jax import ownership
@@ -24,11 +25,7 @@ EOS = "<|endoftext|>"
 def cheap_cpu_env(**extra: str) -> dict[str, str]:
     """One CPU device with cheap compiles (without them a smoke run is mostly XLA compiling):
     LLVM at -O0 and the pre-fusion-emitter CPU codegen (about 5x faster for a GRPO step)."""
-    return dict(os.environ, JAX_PLATFORMS="cpu",
-                XLA_FLAGS="--xla_force_host_platform_device_count=1 "
-                          "--xla_backend_optimization_level=0 "
-                          "--xla_llvm_disable_expensive_passes=true "
-                          "--xla_cpu_use_fusion_emitters=false", **extra)
+    return cpu_env.env(1, **extra)
 
 
 def gsm8k_records(count: int, offset: int = 0) -> list[dict]:

@@ -1,13 +1,13 @@
 """Exit status of the entry points: finished 0, preempted 75 (EX_TEMPFAIL) with "preempted at
 step N", failed non-zero; the SIGTERM handler is in place before the slow imports."""
 
-import os
 import pathlib
 import signal
 import subprocess
 import sys
 import time
 
+import cpu_env
 import pytest
 
 from r1jax import preemption
@@ -24,8 +24,7 @@ def _catches_sigterm(pid: int) -> bool:
 
 
 def _start(base_dir, workdir, *flags):
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = cpu_env.env(1)
     return subprocess.Popen(
         [sys.executable, "experiments/r1_zero.py", "--config=configs/r1_zero.py:smoke",
          f"--config.base_dir={base_dir}", f"--workdir={workdir}", *flags],

@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 
+import cpu_env
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -287,8 +288,7 @@ def test_two_processes_load_their_slices_and_save(checkpoints, tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     procs = [subprocess.Popen(
         [sys.executable, "-c", _RUNNER, checkpoints["bf16"], str(tmp_path / "out")],
-        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                 JAX_PLATFORMS="cpu", R1JAX_COORDINATOR=f"127.0.0.1:{port}",
+        env=cpu_env.env(4, R1JAX_COORDINATOR=f"127.0.0.1:{port}",
                  R1JAX_NUM_PROCESSES="2", R1JAX_PROCESS_ID=str(i)),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=repo) for i in range(2)]
     outputs = []

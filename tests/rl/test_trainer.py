@@ -7,7 +7,6 @@ trained here; they share a persistent compilation cache so only the first one co
 """
 
 import json
-import os
 import pathlib
 import shutil
 import signal
@@ -15,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import cpu_env
 import jax
 import numpy as np
 import pytest
@@ -295,10 +295,7 @@ print("SUMMARY " + json.dumps(summary, default=float), flush=True)
 @pytest.fixture(scope="module")
 def launch(base_dir, tmp_path_factory):
     cache = tmp_path_factory.mktemp("jax_cache")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1 "
-               "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-               "--xla_cpu_use_fusion_emitters=false",
-               JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
+    env = cpu_env.env(1, JAX_COMPILATION_CACHE_DIR=str(cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
 

@@ -1,9 +1,9 @@
 """SFT / pretraining trainer: packing, loss isolation between packed sequences, resume, sharding."""
 
-import os
 import subprocess
 import sys
 
+import cpu_env
 import jax
 import numpy as np
 import pytest
@@ -165,7 +165,7 @@ def test_pretrain_schedule_length_follows_the_steps():
 
 @pytest.mark.slow
 def test_pretrain_base_smoke(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = cpu_env.env(1)
     out = subprocess.run(
         [sys.executable, "experiments/pretrain_base.py", "--config=configs/pretrain_base.py:smoke",
          f"--workdir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True,
