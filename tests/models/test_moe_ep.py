@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from r1jax import hlo as hlo_lib
 from r1jax import sharding
 from r1jax.models import config as config_lib
 from r1jax.models import moe
@@ -108,6 +109,7 @@ def test_expert_parallel_matches_single_device_forward_and_gradients(skewed):
     for mesh_shape in MESHES:
         (y, grads, stats), hlo = sharded_loss_and_grads(boxed, params, x_btd, mesh_shape)
         assert "all-to-all" in hlo, mesh_shape  # the exchange really happens
+        assert hlo_lib.loop_report(hlo).in_loops == [], mesh_shape  # no loop communicates
         np.testing.assert_allclose(y, y_dense, rtol=1e-5, atol=1e-5, err_msg=str(mesh_shape))
         for reference in (grads_ref, grads_dense):
             for path, g in jax.tree_util.tree_leaves_with_path(grads):

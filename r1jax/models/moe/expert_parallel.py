@@ -8,8 +8,10 @@ their experts with all-to-all, and the outputs come back the same way. Here, per
      integers): every device then knows where every slice goes (`exchange_plan`);
   3. a ragged all-to-all writes each slice straight into its expert's group on the receiver,
      so the received rows are grouped by local expert with no second sort;
-  4. grouped matmul over the local experts (`jax.lax.ragged_dot`) whose group sizes are the
-     real rows received: padding rows join no group, so no expert computes them;
+  4. grouped matmul over the local experts (`grouped.grouped_swiglu`, `jax.lax.ragged_dot`)
+     whose group sizes are the real rows received: padding rows join no group, so no expert
+     computes them (on GPU/TPU; XLA:CPU expands ragged_dot into a masked product over every
+     local expert, see `grouped`);
   5. the reverse ragged all-to-all returns each output to its assignment's sorted slot; the
      outputs are unsorted and combined with the gates g.
 No capacity factor, no dropped token: exact.
@@ -31,14 +33,13 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
 from r1jax import sharding
-from r1jax.models.moe import dispatch, dropless
+from r1jax.models.moe import dispatch, dropless, grouped
 
 EP_AXIS = "expert"
 EXCHANGES = ("auto", "ragged", "emulated")
@@ -175,39 +176,18 @@ def exchange_plan(counts_sje: jax.Array, me: jax.Array) -> ExchangePlan:
         group_sizes=groups_je[me])
 
 
-def _grouped_dot(a_rx, w_exy, group_sizes_e, accum_dtype):
-    """`jax.lax.ragged_dot` summed in `accum_dtype`, in a's dtype (widened first on the CPU,
-    as `layers.accumulating_einsum` does: XLA:CPU lacks some bf16 x bf16 -> f32 dots)."""
-    accum_dtype = jnp.dtype(accum_dtype)
-    out_dtype = a_rx.dtype
-    if jax.default_backend() == "cpu" and jnp.result_type(a_rx, w_exy) != accum_dtype:
-        a_rx, w_exy = a_rx.astype(accum_dtype), w_exy.astype(accum_dtype)
-    y = jax.lax.ragged_dot(a_rx, w_exy, group_sizes_e, preferred_element_type=accum_dtype)
-    return y.astype(out_dtype)
-
-
-def grouped_swiglu(x_rd, group_sizes_e, experts: dispatch.ExpertParams, accum_dtype):
-    """SwiGLU of consecutive row groups, group e with local expert e's weights. [R, d] -> [R, d];
-    rows past sum(group_sizes) belong to no group and come out zero (no gradient either)."""
-    h_rf = (nn.silu(_grouped_dot(x_rd, experts.gate_edf, group_sizes_e, accum_dtype))
-            * _grouped_dot(x_rd, experts.up_edf, group_sizes_e, accum_dtype))
-    return _grouped_dot(h_rf, experts.down_efd, group_sizes_e, accum_dtype)
-
-
 def _ep_local(x_td, idx_tk, weight_tk, experts: dispatch.ExpertParams, *, num_devices: int,
-              exchange: str, accum_dtype):
+              exchange: str, accum_dtype, out_dtype):
     """One device's share of `expert_parallel_dispatch` (inside shard_map): sort, exchange the
     real rows, grouped SwiGLU, exchange back, unsort, combine. Returns (y_td, group_sizes [1,
     E_l])."""
     t, d = x_td.shape
     k = idx_tk.shape[1]
     local_experts = experts.gate_edf.shape[0]
-    expert_n = idx_tk.reshape(t * k)
-    order_p = jnp.argsort(expert_n, stable=True)   # p-th assignment in expert order
-    slot_n = jnp.argsort(order_p)                   # sorted position of assignment n
-    x_pd = dispatch.take_rows(x_td, order_p // k, slot_n.reshape(t, k))
-    counts_je = jnp.bincount(expert_n, length=num_devices * local_experts).astype(jnp.int32)
-    counts_sje = jax.lax.all_gather(counts_je.reshape(num_devices, local_experts), EP_AXIS)
+    layout = grouped.sort_by_expert(idx_tk, num_devices * local_experts)
+    x_pd = dispatch.take_rows(x_td, layout.order_p // k, layout.rank_tk)
+    counts_sje = jax.lax.all_gather(layout.group_sizes_e.reshape(num_devices, local_experts),
+                                    EP_AXIS)
     plan = exchange_plan(counts_sje, jax.lax.axis_index(EP_AXIS))
     # A token sends at most min(K, E_l) rows to one device: the per-peer and receive bounds.
     block_rows = t * min(k, local_experts)
@@ -215,12 +195,13 @@ def _ep_local(x_td, idx_tk, weight_tk, experts: dispatch.ExpertParams, *, num_de
                              block_rows=block_rows)
     x_gd = move(x_pd, jnp.zeros((num_devices * block_rows, d), x_pd.dtype), plan.send_offsets,
                 plan.send_sizes, plan.remote_offsets, plan.recv_sizes)
-    y_gd = grouped_swiglu(x_gd, plan.group_sizes, experts, accum_dtype)
+    y_gd = grouped.grouped_swiglu(x_gd, plan.group_sizes, experts, accum_dtype)
     y_pd = move(y_gd, jnp.zeros_like(x_pd), plan.recv_offsets, plan.recv_sizes,
                 plan.return_offsets, plan.send_sizes)
-    y_nd = dispatch.take_rows(y_pd, slot_n, order_p[:, None])
-    y_td = jnp.einsum("tkd,tk->td", y_nd.reshape(t, k, d).astype(jnp.float32), weight_tk)
-    return jax.lax.psum(y_td, "tensor").astype(x_td.dtype), plan.group_sizes[None]
+    y_nd = dispatch.take_rows(y_pd, layout.rank_tk.reshape(-1), layout.order_p[:, None])
+    # The f slices over `tensor` give partial outputs: summed in float32, rounded once.
+    y_td = jax.lax.psum(dispatch.combine(y_nd, weight_tk, jnp.float32), "tensor")
+    return y_td.astype(out_dtype), plan.group_sizes[None]
 
 
 def _axes_size(mesh, axes) -> int:
@@ -241,7 +222,7 @@ def resolve_exchange(exchange: str) -> str:
 
 def expert_parallel_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.Array,
                              experts: dispatch.ExpertParams, *, block_size: int,
-                             accum_dtype=jnp.float32, exchange: str = "auto",
+                             accum_dtype=jnp.float32, out_dtype=None, exchange: str = "auto",
                              return_group_sizes: bool = False):
     """Routed experts sharded over the `expert` mesh axis; only real rows exchanged and computed.
 
@@ -258,6 +239,7 @@ def expert_parallel_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.
       experts: the [E, d, f], [E, d, f], [E, f, d] stacks (sharded over `expert` by the rules).
       block_size: the dropless block cap, used only without the exchange.
       accum_dtype: matmul accumulation dtype.
+      out_dtype: the result's dtype (default x's).
       exchange: "ragged" (`jax.lax.ragged_all_to_all`, GPU/TPU), "emulated" (CPU stand-in,
         `emulated_ragged_all_to_all`) or "auto" (by backend, `resolve_exchange`).
       return_group_sizes: also return the group sizes fed to the grouped matmul, [token shards,
@@ -271,7 +253,8 @@ def expert_parallel_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.
     if (mesh.empty or mesh.shape.get(EP_AXIS, 1) == 1
             or x_td.shape[0] % _axes_size(mesh, tokens[0])):
         y_td = dropless.dropless_dispatch(x_td, idx_tk, weight_tk, experts,
-                                          block_size=block_size, accum_dtype=accum_dtype)
+                                          block_size=block_size, accum_dtype=accum_dtype,
+                                          out_dtype=out_dtype)
         return (y_td, None) if return_group_sizes else y_td
     num_devices = mesh.shape[EP_AXIS]
     if experts.gate_edf.shape[0] % num_devices:
@@ -281,7 +264,7 @@ def expert_parallel_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.
     experts_spec = dispatch.ExpertParams(ffn_in, ffn_in, ffn_out)
     local = jax.shard_map(
         functools.partial(_ep_local, num_devices=num_devices, exchange=exchange,
-                          accum_dtype=accum_dtype),
+                          accum_dtype=accum_dtype, out_dtype=out_dtype or x_td.dtype),
         mesh=mesh, in_specs=(tokens, tokens, tokens, experts_spec),
         out_specs=(tokens, PartitionSpec(tokens[0], None)))
     y_td, group_sizes = local(x_td, idx_tk, weight_tk, experts)
