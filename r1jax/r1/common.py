@@ -39,9 +39,13 @@ COLUMNS = (("pass@1", "pass@1", True), ("format_rate", "format", True),
 def save_model(directory: pathlib.Path, model_config, params, tokenizer_dir) -> pathlib.Path:
     """Saves a stage's model (kept as is when a killed attempt already finished saving it).
 
-    Every process calls it: `params` may be sharded across processes, so each leaf is gathered
-    alone (`hf_shards.gather`, in the same order everywhere); process 0 keeps the host copies
-    and writes, the others drop theirs and wait for the directory to be complete."""
+    Every process calls it: `params` may be sharded across processes (`sft.train` returns
+    them as trained), so each leaf is gathered alone (`hf_shards.gather`: one
+    `process_allgather` per leaf, in the same order everywhere); process 0 keeps the host
+    copies and writes them alone (`base.save_base`), the others drop theirs and wait for the
+    directory to be complete. Process 0 thus holds the whole model on the host: right for
+    the stage models r1jax trains (tests/r1/test_multihost_sft.py), not for a pod-scale one,
+    whose save would need every process to write its own shards."""
     if not base.exists(directory):
         host = {}
         for path, leaf in traverse_util.flatten_dict(params).items():

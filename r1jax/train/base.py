@@ -87,7 +87,12 @@ def save_base(directory: str | os.PathLike, model_config: config_lib.ModelConfig
         (tmp / "model_config.json").write_text(json.dumps(model_config.to_dict(), indent=2))
         for file in files:
             shutil.copyfile(file, tmp / pathlib.Path(file).name)
-        with ocp.StandardCheckpointer() as ckptr:
+        # The host copy is written by this process alone: with the default options orbax
+        # waits for every process at its barriers, and the R1 pipeline's other processes
+        # are not saving (r1.common.save_model).
+        alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                                   active_processes={jax.process_index()})
+        with ocp.StandardCheckpointer(multiprocessing_options=alone) as ckptr:
             ckptr.save(tmp / "params", jax.device_get(params))
         (tmp / "info.json").write_text(json.dumps(extra or {}, indent=2))
         (tmp / _DONE).write_text("ok\n")

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from r1jax import config_utils, preemption, sharding
+from r1jax import config_utils, distributed, preemption, sharding
 from r1jax.models import config as config_lib
 from r1jax.models import moe, transformer
 from r1jax.train import checkpoint, guard, partition, resume
@@ -211,11 +211,17 @@ def _as_intermediates(loads: dict[str, jax.Array]) -> dict:
 def train(model_config: config_lib.ModelConfig, optim_config: state_lib.OptimConfig,
           config: SFTConfig, batch_fn: Callable[[int], dict], workdir: str | os.PathLike,
           init_params, *, desc: str = "sft", devices=None) -> dict:
-    """Trains `init_params` for `config.steps` steps and returns the final params (host arrays).
+    """Trains `init_params` for `config.steps` steps and returns the final params.
 
     Checkpoints go to `<workdir>/checkpoints`, metrics to `<workdir>/metrics.jsonl` (and
     TensorBoard); a rerun with the same workdir resumes from the latest checkpoint.
-    `devices` defaults to all devices.
+    `devices` defaults to all devices. Across processes (`jax.distributed`) every process
+    calls this with the same `batch_fn` (the global batch) and gets the same result.
+
+    Returns:
+      The final params as jax.Arrays with the training sharding (not fetched to the host:
+      across processes no process holds them whole; `np.asarray` reads one in a single
+      process, `r1.common.save_model` saves them from any number).
     """
     mesh = sharding.make_mesh(dict(config.mesh), devices)
     shards = sharding.batch_sharding(mesh).num_devices // mesh.shape["tensor"]
@@ -259,7 +265,7 @@ def _train(model_config, optim_config, config, batch_fn, workdir, init_params, m
         for step in range(start, config.steps):
             resume.stop_if_preempted(preempt, ckpt, state, step, nonfinite, workdir)
             batch = batch_fn(step)
-            state, m = step_fn(state, batch)
+            state, m = step_fn(state, _global_batch(batch, batch_sh))
             nonfinite.record([int(m["nonfinite"])])
             nonfinite.check(desc, step + 1, ckpt, f"last loss={float(m['loss'])}")
             tokens += int((batch["segment_ids"] > 0).sum())
@@ -273,4 +279,13 @@ def _train(model_config, optim_config, config, batch_fn, workdir, init_params, m
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
                 resume.save(ckpt, state, step + 1, nonfinite)
             bar.update(1)
-    return jax.device_get(state["params"])
+    return state["params"]
+
+
+def _global_batch(batch: dict[str, np.ndarray], batch_sh) -> dict:
+    """The step's batch as the jitted step takes it: the host arrays in one process; across
+    processes (each computed the same global batch) global arrays to which each process
+    hands only its own devices' rows, as jit refuses host arrays sharded across processes."""
+    if jax.process_count() == 1:
+        return batch
+    return distributed.global_batch(batch, jax.tree.map(lambda _: batch_sh, batch))
