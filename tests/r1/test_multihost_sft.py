@@ -16,6 +16,7 @@ import sys
 import jax
 import numpy as np
 import portpicker
+import processes as processes_lib
 from flax import traverse_util
 
 from r1jax import config_utils, distributed, sharding
@@ -73,18 +74,7 @@ def _run_two_processes(base_dir, stage_dir, timeout=600) -> list[dict]:
                     distributed.ENV_NUM_PROCESSES: "2", distributed.ENV_PROCESS_ID: str(i)}),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
         for i in range(2)]
-    outputs = []
-    try:
-        for p in processes:
-            out, _ = p.communicate(timeout=timeout)
-            assert p.returncode == 0, out[-4000:]
-            outputs.append(out)
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return [json.loads(out.split("RESULT ", 1)[1]) for out in outputs]
+    return processes_lib.finish_all(processes, "RESULT ", timeout)
 
 
 def _restore_trained_params(stage_dir, model_config, section):
