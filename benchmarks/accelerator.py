@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 
 import accelerator_attention  # benchmarks/ is the script's directory, on sys.path
+import accelerator_moe
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -161,7 +162,8 @@ def precision_section() -> None:
 
 
 SECTIONS = {"precision": precision_section,
-            "attention": accelerator_attention.attention_section}
+            "attention": accelerator_attention.attention_section,
+            "moe": accelerator_moe.moe_section}
 
 
 def main(argv):
