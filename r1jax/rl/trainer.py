@@ -30,6 +30,7 @@ Workdir: config.json, checkpoints/, metrics.jsonl, tensorboard/, samples.jsonl, 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -47,8 +48,8 @@ from r1jax.data import pipeline, tasks, templates
 from r1jax.data.tasks import jsonl
 from r1jax.evals import rollout
 from r1jax.models import scan_layout, summary
+from r1jax.rl import advantages, grpo, packing, step
 from r1jax.rl import config as rl_config
-from r1jax.rl import grpo, packing, step
 from r1jax.train import base, checkpoint, guard, metrics
 
 SAMPLES_NAME = "samples.jsonl"
@@ -196,19 +197,27 @@ class _Run:
                                      self.config.sampling.max_new_tokens,
                                      g.update_width_multiple)
         host = packing.trim(host, width)
-        host["advantages"] = np.asarray(grpo.group_advantages(
-            jnp.asarray(ro["rewards"]), g.group_size, g.advantage_scale))
+        if g.kl_in == "loss":  # else `device_batch` estimates them with the reference's KL
+            host["advantages"] = np.asarray(advantages.estimate(
+                g.advantage, jnp.asarray(ro["rewards"]), jnp.asarray(host["completion_mask"]),
+                group_size=g.group_size, scale=g.advantage_scale, gamma=g.discount))
         return host
 
-    def device_batch(self, host: dict[str, np.ndarray], state) -> dict[str, jax.Array]:
+    def device_batch(self, host: dict[str, np.ndarray], state,
+                     rewards: np.ndarray) -> dict[str, jax.Array]:
         """The arrays of the update with the reference log-probs, batch-sharded."""
+        g = self.config.grpo
         batch = distributed.global_batch(host, step.batch_shardings(self.mesh, tuple(host)))
-        if self.config.grpo.beta > 0:
+        if g.beta > 0:
             score_keys = ("prompt_tokens", "prompt_lengths", "completion_tokens",
                           "completion_mask")
             batch["ref_logps"] = self.score(state["ref_params"], {k: batch[k] for k in score_keys})
         else:
             batch["ref_logps"] = jnp.zeros_like(batch["old_logps"])
+        if g.kl_in == "reward":
+            rewards = distributed.global_batch(
+                {"r": rewards}, {"r": sharding.batch_sharding(self.mesh, 1)})["r"]
+            batch["advantages"] = _kl_reward_advantages(g, rewards, batch)
         return batch
 
     def minibatch(self, batch, host, m: int) -> dict[str, jax.Array]:
@@ -248,7 +257,7 @@ class _Run:
         train_start = time.perf_counter()
         with jax.set_mesh(self.mesh):
             host = self.host_batch(ro)
-            batch = self.device_batch(host, state)
+            batch = self.device_batch(host, state, np.asarray(ro["rewards"], np.float32))
             state, updates = self.optimise(state, batch, host)
         train_s = time.perf_counter() - train_start
         if self.config.grpo.ref_update_every and (s + 1) % self.config.grpo.ref_update_every == 0:
@@ -293,6 +302,18 @@ class _Run:
             max_new_tokens=e.max_new_tokens or self.config.sampling.max_new_tokens,
             num_logged=e.num_logged_samples)
         return out, [dict(r, step=s) for r in samples]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _kl_reward_advantages(g: rl_config.GRPOConfig, rewards_n, batch) -> jax.Array:
+    """grpo.advantage's estimate with -beta * KL(pi_old || pi_ref) per token in the rewards
+    (grpo.kl_in="reward"; `advantages.estimate`), on the global batch."""
+    mask = batch["completion_mask"]
+    valid = mask > 0
+    kl = grpo.kl_penalty(jnp.where(valid, batch["old_logps"], 0.0),
+                         jnp.where(valid, batch["ref_logps"], 0.0), g.kl_estimator)
+    return advantages.estimate(g.advantage, rewards_n, mask, group_size=g.group_size,
+                               scale=g.advantage_scale, kl=kl, beta=g.beta, gamma=g.discount)
 
 
 def _batch_shards(mesh) -> int:
