@@ -101,6 +101,10 @@ class GRPOConfig:
       -beta * KL per token in the rewards the advantages are estimated from).
     entropy_coef: weight of an entropy bonus in the loss (the entropy comes with
       entropy_metric, which must be on).
+    algorithm: "grpo" (no critic) | "ppo" (a value model, `r1jax.rl.critic` / `rl.ppo`:
+      advantage must be "gae", with gae_lambda; the critic's value loss clips at
+      clip_eps_value around the old values (None: no clip) and its AdamW takes
+      critic_learning_rate, None: the policy's optim settings).
     """
 
     group_size: int = 16
@@ -132,6 +136,10 @@ class GRPOConfig:
     discount: float = 1.0
     kl_in: str = "loss"
     entropy_coef: float = 0.0
+    algorithm: str = "grpo"
+    gae_lambda: float = 0.95
+    clip_eps_value: float | None = 0.2
+    critic_learning_rate: float | None = None
 
     def __post_init__(self):
         s = "grpo"
@@ -172,13 +180,21 @@ class GRPOConfig:
     def _check_objective(self) -> None:
         """The loss / advantage / KL-placement / entropy-bonus choices."""
         s = "grpo"
-        estimators = tuple(e for e in advantages.ESTIMATORS if e != "gae")
-        for field, allowed in (("loss", objectives.LOSSES), ("advantage", estimators),
-                               ("kl_in", ("loss", "reward"))):
+        for field, allowed in (("loss", objectives.LOSSES), ("advantage", advantages.ESTIMATORS),
+                               ("kl_in", ("loss", "reward")), ("algorithm", ("grpo", "ppo"))):
             if getattr(self, field) not in allowed:
-                why = " ('gae' needs a critic, which GRPO has not)" if field == "advantage" else ""
-                _fail(s, field, getattr(self, field), f"must be one of {allowed}{why}")
-        _finite(s, self, "dual_clip_c", "entropy_coef", "discount")
+                _fail(s, field, getattr(self, field), f"must be one of {allowed}")
+        if (self.advantage == "gae") != (self.algorithm == "ppo"):
+            _fail(s, "advantage", self.advantage,
+                  f"algorithm={self.algorithm!r} needs advantage='gae' exactly when it is "
+                  "'ppo' (GAE needs the critic's values; PPO estimates with them)")
+        _finite(s, self, "dual_clip_c", "entropy_coef", "discount", "gae_lambda",
+                "clip_eps_value", "critic_learning_rate")
+        if not 0 <= self.gae_lambda <= 1:
+            _fail(s, "gae_lambda", self.gae_lambda, "must be in [0, 1]")
+        for field in ("clip_eps_value", "critic_learning_rate"):
+            if getattr(self, field) is not None and not getattr(self, field) > 0:
+                _fail(s, field, getattr(self, field), "must be > 0 or None")
         if not self.dual_clip_c > 1:
             _fail(s, "dual_clip_c", self.dual_clip_c, "must be > 1")
         if not 0 < self.discount <= 1:
