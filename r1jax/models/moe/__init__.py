@@ -19,7 +19,8 @@ One concern per module, each readable alone:
                       dense (reference) and gather (decoding) dispatches
   dropless.py         the sorted, block-padded dropless dispatch (prefill, training; CPU default)
   grouped.py          the sorted grouped-matmul dispatch, `jax.lax.ragged_dot` (GPU/TPU default)
-  expert_parallel.py  the all-to-all dispatch over the `expert` mesh axis
+  expert_parallel.py  experts over the `expert` mesh axis: ragged all-to-all of the real rows,
+                      grouped matmul on each device's experts
   layer.py            `MoE` and `Experts`: the layer, and the dispatch chosen once from the config
                       ("auto": by backend)
 
@@ -35,8 +36,8 @@ Where this departs from the paper, and why:
   * L_Bal's f_i counts the experts actually chosen (biased, group-limited selection) rather
     than the unbiased top-K of eq. 18: the loss balances the load the experts really receive.
   * Expert parallelism keeps XLA's static shapes, so to stay dropless (exact) each device's
-    exchange buffer holds the worst case and the receiving device runs its experts on n_ep
-    times the balanced load (see `expert_parallel`).
+    receive buffer holds the worst case (n_ep * T * min(K, E / n_ep) rows); only the real rows
+    are exchanged (on GPU/TPU) and computed (see `expert_parallel`).
 
 Parameters (per MoE layer), kernels stored [in, out] as in `layers.Dense`:
   gate/kernel [d, E] ('embed', 'expert'); gate/e_score_correction_bias [E] float32 (state: the
