@@ -4,13 +4,13 @@ and prefill, cached attention bounded by the filled slots, and the fused cuDNN k
 `ModelConfig.attention_impl` picks one, once per call site (`resolve`):
   "naive": the full [B, H, T, S] score matrix and a dense [B, T, S] mask (`attention.mla_naive`,
     `attention.gqa_core`): the reference every other path is tested against.
-  "blockwise": queries in blocks of `attention_block_size` (an outer `lax.scan` whose body is
-    under `jax.checkpoint`), keys/values in blocks of the same size (an inner `lax.scan`) with the
-    online softmax of Milakov & Gimelshein (arXiv:1805.02867) as in FlashAttention-2
-    (arXiv:2307.08691). A key block that no query of the query block may see is skipped
-    (`lax.cond`), so causal attention does about half the work of the full matrix. Memory: the
-    forward keeps one [B, H, block, block] score block; the backward recomputes one query block
-    at a time and keeps that block's inner residuals, [B, H, block, S]: linear in S.
+  "blockwise": queries in blocks of `attention_block_size` (an outer `lax.scan`), keys/values in
+    blocks of the same size (an inner `lax.scan`) with the online softmax of Milakov &
+    Gimelshein (arXiv:1805.02867) as in FlashAttention-2 (arXiv:2307.08691). A key block that no
+    query of the query block may see is skipped (`lax.cond`), so causal attention does about
+    half the work of the full matrix. Its custom VJP is FlashAttention-2's backward: it saves
+    the output and one logsumexp per query and recomputes each score block, so forward and
+    backward keep one [B, H, block, block] score block at a time: memory linear in T.
   "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` on GPU. The kernel takes a
     causal mask but no per-token mask without a dense [T, S] array, so it serves only forwards
     with no padding and no packed segments (`Mask.plain_causal`), in bfloat16/float16. MLA's
@@ -31,9 +31,12 @@ average of the values in the naive path; no real token reads such a row.
 
 from __future__ import annotations
 
+import functools
+
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from r1jax.models import config as config_lib
 from r1jax.models import layers
@@ -169,19 +172,36 @@ def _blocks(x, axis: int, size: int, fill=0):
 # -> [B, T, H, Dv]; query head h reads key/value head h // (H / G).
 
 
-def blockwise(q_bthd, k_bsgd, v_bsgv, mask: Mask, scale: float,
-              config: config_lib.ModelConfig) -> jax.Array:
-    """Blockwise attention (module docstring); equals the naive form up to float rounding."""
+def _layout(q_bthd, k_bsgd, v_bsgv, mask: Mask, config: config_lib.ModelConfig):
+    """Query-side and key-side blocks, each a tuple of arrays with the block index leading:
+    (q [n, B, bq, G, Q, D], slot [n, bq], segment [n, B, bq]) and (k [m, B, bk, G, D],
+    v [m, B, bk, G, Dv], slot [m, bk], segment [m, B, bk], valid [m, B, bk])."""
     b, t, h, d = q_bthd.shape
-    s, g, dv = k_bsgd.shape[1], k_bsgd.shape[2], v_bsgv.shape[-1]
+    s, g = k_bsgd.shape[1], k_bsgd.shape[2]
     bq, bk = min(config.attention_block_size, t), min(config.attention_block_size, s)
     q_xs = (_blocks(q_bthd.reshape(b, t, g, h // g, d), 1, bq),
             _blocks(mask.q_offset + jnp.arange(t), 0, bq), _blocks(mask.q_segment_bt, 1, bq))
     kv_xs = (_blocks(k_bsgd, 1, bk), _blocks(v_bsgv, 1, bk), _blocks(jnp.arange(s), 0, bk),
              _blocks(mask.kv_segment_bs, 1, bk), _blocks(mask.kv_valid_bs, 1, bk, False))
+    return q_xs, kv_xs
 
-    @jax.checkpoint  # The backward recomputes one query block's scores at a time.
-    def query_block(q_btgqd, q_slot_t, q_segment_bt):
+
+def _unblock(x_n, length: int) -> jax.Array:
+    """[n, B, block, ...] -> [B, length, ...] (padding cut)."""
+    x = jnp.moveaxis(x_n, 0, 1)
+    return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :length]
+
+
+def _forward(q_bthd, k_bsgd, v_bsgv, mask: Mask, scale: float, config):
+    """Blockwise forward: (out [B, T, H, Dv], logsumexp per query [n, B, G, Q, bq] (0 for a
+    query that sees no key))."""
+    b, t, h, _ = q_bthd.shape
+    g, dv = k_bsgd.shape[2], v_bsgv.shape[-1]
+    q_xs, kv_xs = _layout(q_bthd, k_bsgd, v_bsgv, mask, config)
+
+    def query_block(_, xs):
+        q_btgqd, q_slot_t, q_segment_bt = xs
+
         def key_block(state, xs):
             k_bsgd, v_bsgv, kv_slot_s, kv_segment_bs, kv_valid_bs = xs
             visible_bts = block_mask(q_slot_t, q_segment_bt, kv_slot_s, kv_segment_bs,
@@ -192,11 +212,94 @@ def blockwise(q_bthd, k_bsgd, v_bsgv, mask: Mask, scale: float,
                 lambda st: st, state)
             return state, None
 
-        state, _ = jax.lax.scan(key_block, _init_state(b, g, h // g, bq, dv), kv_xs)
-        return _finish(state, q_bthd.dtype)
+        state, _ = jax.lax.scan(key_block, _init_state(b, g, h // g, q_btgqd.shape[1], dv),
+                                kv_xs)
+        m_bgqt, l_bgqt, _ = state
+        lse_bgqt = jnp.where(l_bgqt > 0, m_bgqt + jnp.log(jnp.where(l_bgqt > 0, l_bgqt, 1.0)),
+                             0.0)
+        return None, (_finish(state, q_bthd.dtype), lse_bgqt)
 
-    _, out_nbtgqv = jax.lax.scan(lambda _, xs: (None, query_block(*xs)), None, q_xs)
-    return jnp.moveaxis(out_nbtgqv, 0, 1).reshape(b, -1, h, dv)[:, :t]
+    _, (out_nbtgqv, lse_nbgqt) = jax.lax.scan(query_block, None, q_xs)
+    return _unblock(out_nbtgqv, t).reshape(b, t, h, dv), lse_nbgqt
+
+
+def _backward_block(q_btgqd, do_btgqv, lse_bgqt, delta_bgqt, q_slot_t, q_segment_bt, kv,
+                    scale, config):
+    """FlashAttention-2's backward for one query block and one key block: (dq, dk, dv)."""
+    k_bsgd, v_bsgv, kv_slot_s, kv_segment_bs, kv_valid_bs = kv
+    visible = block_mask(q_slot_t, q_segment_bt, kv_slot_s, kv_segment_bs,
+                         kv_valid_bs)[:, None, None]
+    s_bgqts = layers.matmul("btgqd,bsgd->bgqts", q_btgqd, k_bsgd, config, jnp.float32) * scale
+    p_bgqts = jnp.where(visible, jnp.exp(s_bgqts - lse_bgqt[..., None]), 0.0)
+    dv_bsgv = layers.matmul("bgqts,btgqv->bsgv", p_bgqts.astype(do_btgqv.dtype), do_btgqv,
+                            config, jnp.float32)
+    dp_bgqts = layers.matmul("btgqv,bsgv->bgqts", do_btgqv, v_bsgv, config, jnp.float32)
+    ds_bgqts = (p_bgqts * (dp_bgqts - delta_bgqt[..., None]) * scale).astype(q_btgqd.dtype)
+    dq_btgqd = layers.matmul("bgqts,bsgd->btgqd", ds_bgqts, k_bsgd, config, jnp.float32)
+    dk_bsgd = layers.matmul("bgqts,btgqd->bsgd", ds_bgqts, q_btgqd, config, jnp.float32)
+    return dq_btgqd, dk_bsgd, dv_bsgv
+
+
+def _backward(scale, config, residuals, dout_bthv):
+    """Gradients block by block: an outer scan over query blocks carries dK and dV [B, S, ...];
+    an inner scan over key blocks carries the block's dQ. Nothing [T, S]-sized is kept."""
+    q_bthd, k_bsgd, v_bsgv, mask, out_bthv, lse_nbgqt = residuals
+    b, t, h, _ = q_bthd.shape
+    g = k_bsgd.shape[2]
+    q_xs, kv_xs = _layout(q_bthd, k_bsgd, v_bsgv, mask, config)
+    bq = q_xs[0].shape[2]
+    delta_bth = jnp.sum(dout_bthv.astype(jnp.float32) * out_bthv.astype(jnp.float32), -1)
+    delta_nbgqt = jnp.moveaxis(_blocks(delta_bth.reshape(b, t, g, h // g), 1, bq), 2, -1)
+    do_nbtgqv = _blocks(dout_bthv.reshape(b, t, g, h // g, -1).astype(q_bthd.dtype), 1, bq)
+
+    def query_block(dkv, xs):
+        q_btgqd, q_slot_t, q_segment_bt, do_btgqv, lse_bgqt, delta_bgqt = xs
+
+        def key_block(dq_btgqd, kv):
+            def compute(dq):
+                dq_j, dk_j, dv_j = _backward_block(q_btgqd, do_btgqv, lse_bgqt, delta_bgqt,
+                                                   q_slot_t, q_segment_bt, kv, scale, config)
+                return dq + dq_j, dk_j, dv_j
+
+            def skip(dq):
+                return (dq, jnp.zeros(kv[0].shape, jnp.float32),
+                        jnp.zeros(kv[1].shape, jnp.float32))
+
+            visible = block_mask(q_slot_t, q_segment_bt, *kv[2:])
+            dq_btgqd, dk_j, dv_j = jax.lax.cond(jnp.any(visible), compute, skip, dq_btgqd)
+            return dq_btgqd, (dk_j, dv_j)
+
+        dq, (dk_m, dv_m) = jax.lax.scan(key_block, jnp.zeros(q_btgqd.shape, jnp.float32), kv_xs)
+        return (dkv[0] + dk_m, dkv[1] + dv_m), dq
+
+    zeros = (jnp.zeros(kv_xs[0].shape, jnp.float32), jnp.zeros(kv_xs[1].shape, jnp.float32))
+    (dk_m, dv_m), dq_n = jax.lax.scan(query_block, zeros,
+                                      (*q_xs, do_nbtgqv, lse_nbgqt, delta_nbgqt))
+    s = k_bsgd.shape[1]
+    no_grad = jax.tree.map(lambda x: np.zeros(np.shape(x), jax.dtypes.float0), mask)
+    return (_unblock(dq_n, t).reshape(q_bthd.shape).astype(q_bthd.dtype),
+            _unblock(dk_m, s).astype(k_bsgd.dtype), _unblock(dv_m, s).astype(v_bsgv.dtype),
+            no_grad)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def blockwise(q_bthd, k_bsgd, v_bsgv, mask: Mask, scale: float,
+              config: config_lib.ModelConfig) -> jax.Array:
+    """Blockwise attention (module docstring); equals the naive form up to float rounding.
+
+    A custom VJP (FlashAttention-2's backward, recomputing each score block from the saved
+    per-query logsumexp) keeps the backward linear in T whatever remat policy surrounds it: a
+    `jax.checkpoint` inside the layer was measured to let the "dots" policy save every score
+    block (T^2 memory)."""
+    return _forward(q_bthd, k_bsgd, v_bsgv, mask, scale, config)[0]
+
+
+def _blockwise_fwd(q_bthd, k_bsgd, v_bsgv, mask, scale, config):
+    out_bthv, lse_nbgqt = _forward(q_bthd, k_bsgd, v_bsgv, mask, scale, config)
+    return out_bthv, (q_bthd, k_bsgd, v_bsgv, mask, out_bthv, lse_nbgqt)
+
+
+blockwise.defvjp(_blockwise_fwd, _backward)
 
 
 def fused(q_bthd, k_bsgd, v_bsgv, mask: Mask, scale: float, config: config_lib.ModelConfig,
