@@ -2,11 +2,17 @@
 
   python benchmarks/grpo_step.py                          # tiny and small_50m, then a tiny run
   python benchmarks/grpo_step.py --presets=tiny --rows=16 --prompt_len=64 --new_tokens=64
+  python benchmarks/grpo_step.py --presets=tiny --rows=8 --new_tokens=512 --run_steps=0 \
+      --repeats=2 --logps_vocab=32768          # log-prob chunks and packing only, ~minutes
 
 Part 1 times the jitted, sharded GRPO update (`r1jax.rl.step`) on random inputs for each model
 preset and reports tokens/s and MFU: model FLOPs (`summary.forward_flops`: 2 x activated params
 per token plus attention, x3 for forward + backward) against the peak FLOP/s of a float32
 matmul measured in this process (`trainer.measure_peak_flops`).
+
+Then, on the first preset (`--logps_vocab`): the update's compiled temporaries and step time
+with chunked log-probs vs the whole completion's [B, T, V] logits in one chunk, and a long-tail
+batch (one row in eight at full width, the rest an eighth of it) packed vs unpacked.
 
 Part 2 runs the real trainer (`configs/r1_zero.py:tiny` shrunk to a few steps, a random base
 model and a tokenizer trained here) and splits each step's wall-clock into sampling, rewards
@@ -28,7 +34,7 @@ from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.models import config as model_config_lib
 from r1jax.models import presets, summary, transformer
 from r1jax.rl import config as rl_config
-from r1jax.rl import step, trainer
+from r1jax.rl import packing, step, trainer
 from r1jax.train import base, metrics
 from r1jax.train import state as state_lib
 
@@ -38,6 +44,9 @@ _PROMPT = flags.DEFINE_integer("prompt_len", 64, "Prompt width P.")
 _NEW = flags.DEFINE_integer("new_tokens", 128, "Completion width T.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per preset.")
 _RUN_STEPS = flags.DEFINE_integer("run_steps", 4, "Steps of the full tiny run (0 skips it).")
+_LOGPS_VOCAB = flags.DEFINE_integer(
+    "logps_vocab", 32768, "Vocabulary of the chunked-vs-whole log-probs comparison and the "
+    "packed-vs-unpacked long-tail update, on the first preset (0 skips both).")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -55,31 +64,87 @@ def random_batch(rows, p, t, vocab, seed=0):
     }
 
 
-def time_train_step(preset: str, peak: float) -> dict[str, float]:
-    """Median seconds, tokens/s and MFU of one GRPO update for a model preset."""
+def _model(preset: str, vocab: int | None = None) -> model_config_lib.ModelConfig:
     model = model_config_lib.ModelConfig(**presets.get(preset).to_dict())
-    grpo_cfg = rl_config.GRPOConfig(group_size=4, prompts_per_step=_ROWS.value // 4)
-    config = step.StepConfig(model, grpo_cfg, state_lib.OptimConfig(learning_rate=1e-5), 1.0,
-                             _NEW.value)
+    return model if vocab is None else model.replace(vocab_size=vocab)
+
+
+def _step_config(model, new_tokens, **grpo) -> step.StepConfig:
+    grpo_cfg = rl_config.GRPOConfig(group_size=4, prompts_per_step=_ROWS.value // 4, **grpo)
+    return step.StepConfig(model, grpo_cfg, state_lib.OptimConfig(learning_rate=1e-5), 1.0,
+                           new_tokens)
+
+
+def timed_step(config: step.StepConfig, batch) -> tuple[float, float]:
+    """(median seconds of one update, temporary MiB of the compiled step) on an fsdp mesh."""
     mesh = sharding.make_mesh({"fsdp": -1})
-    params = jax.device_get(transformer.random_params(model, 0))
+    params = jax.device_get(transformer.random_params(config.model, 0))
     state = jax.device_put(step.init_state(params, config, 0), step.state_shardings(config, mesh))
     train_step = step.jit_train_step(config, mesh)
     with jax.set_mesh(mesh):
-        batch = jax.device_put(random_batch(_ROWS.value, _PROMPT.value, _NEW.value,
-                                            model.vocab_size), step.batch_shardings(mesh))
-        state, out = train_step(state, batch)  # compile
+        batch = jax.device_put(batch, step.batch_shardings(mesh, tuple(batch)))
+        compiled = train_step.lower(state, batch).compile()
+        temp = compiled.memory_analysis().temp_size_in_bytes
+        state, out = compiled(state, batch)  # warm-up
         jax.block_until_ready(out)
         times = []
         for _ in range(_REPEATS.value):
             start = time.perf_counter()
-            state, out = train_step(state, batch)
+            state, out = compiled(state, batch)
             jax.block_until_ready(out)
             times.append(time.perf_counter() - start)
-    seconds = float(np.median(times))
+    return float(np.median(times)), temp / 2**20
+
+
+def time_train_step(preset: str, peak: float) -> dict[str, float]:
+    """Median seconds, tokens/s and MFU of one GRPO update for a model preset."""
+    model = _model(preset)
+    config = _step_config(model, _NEW.value)
+    batch = random_batch(_ROWS.value, _PROMPT.value, _NEW.value, model.vocab_size)
+    seconds, _ = timed_step(config, batch)
     tokens = _ROWS.value * (_PROMPT.value + _NEW.value)
     flops = 3 * summary.forward_flops(model, _ROWS.value, _PROMPT.value + _NEW.value)
     return {"step_s": seconds, "tokens_per_s": tokens / seconds, "mfu": flops / seconds / peak}
+
+
+def compare_logps(preset: str, vocab: int) -> None:
+    """Chunked log-probs vs the whole completion's [B, T, V] logits in one chunk (the memory
+    of the step before issue 23, which formed them for prompt + completion): temporaries of
+    the compiled update and step time, as ratios."""
+    model = _model(preset, vocab)
+    batch = random_batch(_ROWS.value, _PROMPT.value, _NEW.value, vocab)
+    whole = timed_step(_step_config(model, _NEW.value, logps_chunk_size=_NEW.value), batch)
+    chunk = max(_NEW.value // 8, 1)
+    chunked = timed_step(_step_config(model, _NEW.value, logps_chunk_size=chunk), batch)
+    print(f"log-probs, {preset} with V={vocab}: one chunk {whole[1]:.0f} MiB temp "
+          f"{whole[0] * 1e3:.0f} ms/step; chunks of {chunk}: {chunked[1]:.0f} MiB "
+          f"{chunked[0] * 1e3:.0f} ms/step; chunked/one chunk: memory "
+          f"{chunked[1] / whole[1]:.2f}x, time {chunked[0] / whole[0]:.2f}x")
+
+
+def long_tail_batch(vocab: int) -> dict[str, np.ndarray]:
+    """Completions of new_tokens / 8 real tokens but one in eight rows at the full width."""
+    batch = random_batch(_ROWS.value, _PROMPT.value, _NEW.value, vocab)
+    lengths = np.full(_ROWS.value, max(_NEW.value // 8, 1))
+    lengths[::8] = _NEW.value
+    batch["completion_mask"] = np.arange(_NEW.value)[None] < lengths[:, None]
+    return batch
+
+
+def compare_real_length(preset: str) -> None:
+    """A long-tail batch updated at max_new_tokens, then with every row padded only to the
+    longest, then packed (rl.packing): ms per update and the ratios. (Here one row in eight
+    is full width, so the longest is max_new_tokens and trimming alone gains nothing.)"""
+    model = _model(preset)
+    batch = long_tail_batch(model.vocab_size)
+    full = timed_step(_step_config(model, _NEW.value), batch)
+    packed_batch = packing.pack(batch, 1, 64, jax.device_count())
+    packed = timed_step(_step_config(model, _NEW.value, packing=True), packed_batch)
+    rows, width = packed_batch["packed_tokens"].shape
+    print(f"long-tail update, {preset}: {_ROWS.value} rows x {_PROMPT.value + _NEW.value} "
+          f"unpacked {full[0] * 1e3:.0f} ms; packed into {rows} x {width}: "
+          f"{packed[0] * 1e3:.0f} ms; packed/unpacked {packed[0] / full[0]:.2f}x time, "
+          f"{packed[1] / full[1]:.2f}x temp memory")
 
 
 def make_tiny_base(root: pathlib.Path) -> pathlib.Path:
@@ -131,6 +196,9 @@ def main(argv):
         r = time_train_step(preset, peak)
         print(f"  {preset:>10}: {r['step_s'] * 1e3:8.1f} ms/step  "
               f"{r['tokens_per_s']:10.0f} tokens/s  MFU {100 * r['mfu']:5.1f}%")
+    if _LOGPS_VOCAB.value:
+        compare_logps(_PRESETS.value[0], _LOGPS_VOCAB.value)
+        compare_real_length(_PRESETS.value[0])
     if _RUN_STEPS.value > 1:
         shares = iteration_shares(_RUN_STEPS.value)
         print(f"full iteration (tiny preset, {shares['step_s']:.2f} s/step): "
