@@ -20,12 +20,18 @@ The exchange (`ragged_exchange`): `jax.lax.ragged_all_to_all` on GPU/TPU, which 
 real rows. XLA:CPU cannot compile it (jax 0.10.2: "HLO opcode `ragged-all-to-all` is not
 supported by XLA:CPU ThunkEmitter"), so on the CPU `emulated_ragged_all_to_all` gives the same
 result from the same arguments with a dense all-to-all of per-peer blocks sized for the worst
-case (row gathers on both sides, gathers in the backward too).
+case (row gathers on both sides, gathers in the backward too). What is checked on the CPU
+(tests/models/test_moe_ep.py): the emulation against the primitive's documented semantics; the
+"ragged" path itself, forward and gradients (JAX's transpose of the primitive), with the
+primitive lowered through the emulation by a test-only rule; its lowering for CUDA (ragged
+all-to-all custom calls and ragged_dot). Not checked: a GPU/TPU running it.
 
 Where this departs from the paper, and why: XLA's shapes are static, so the receive buffer
 holds the worst case, n_ep * T * min(K, E / n_ep) rows (every peer's tokens routed to this
 device: each token sends at most min(K, local experts) rows to one device). Only its first
-sum(group sizes) rows are real and computed; the rest is memory, not work.
+sum(group sizes) rows are real and computed; the rest is memory, not work, but that memory
+grows with n_ep for a fixed per-device batch. Bounding it without dropping would take several
+exchange rounds when a device's rows overflow a smaller buffer (not done).
 """
 
 from __future__ import annotations
@@ -73,6 +79,29 @@ def _placed_slot(offsets_i: jax.Array, sizes_i: jax.Array, rows: int):
     return slice_g, rank_g, (candidate >= 0) & (rank_g < sizes_i[slice_g])
 
 
+def _block_maps(offsets_i, sizes_i, rows: int, *, num_devices: int, block_rows: int):
+    """Row maps between a buffer of `rows` rows whose slices i sit at `offsets_i` and per-peer
+    blocks [n_ep * block_rows] holding the same slices packed back to back (peer j's S slices,
+    entries j*S .. j*S + S - 1, in block j). Inverse on the slices' rows, as
+    `dispatch.take_rows` wants.
+
+    Returns:
+      (buffer row of each block row, `rows` for padding: [n_ep * block_rows];
+       block row of each buffer row, n_ep * block_rows where no slice covers it: [rows];
+       whether a slice covers each buffer row: [rows] bool).
+    """
+    per_peer = offsets_i.shape[0] // num_devices
+    sizes_ji = sizes_i.reshape(num_devices, per_peer)
+    slice_jq, rank_jq, inside_jq = jax.vmap(lambda s: _packed_slot(s, block_rows))(sizes_ji)
+    placed_jq = jnp.take_along_axis(offsets_i.reshape(num_devices, per_peer), slice_jq,
+                                    axis=1) + rank_jq
+    placed_r = jnp.where(inside_jq, placed_jq, rows).reshape(-1)
+    slice_g, rank_g, inside_g = _placed_slot(offsets_i, sizes_i, rows)
+    packed_start_i = _exclusive_cumsum(sizes_ji).reshape(-1)
+    block_g = (slice_g // per_peer) * block_rows + packed_start_i[slice_g] + rank_g
+    return placed_r, jnp.where(inside_g, block_g, num_devices * block_rows), inside_g
+
+
 def emulated_ragged_all_to_all(operand, output, input_offsets, send_sizes, output_offsets,
                                recv_sizes, *, axis_name: str, num_devices: int,
                                block_rows: int):
@@ -93,34 +122,16 @@ def emulated_ragged_all_to_all(operand, output, input_offsets, send_sizes, outpu
       [M, ...]: `output` with the received slices written in.
     """
     n, m = operand.shape[0], output.shape[0]
-    per_peer = input_offsets.shape[0] // num_devices
-    sizes_ji = send_sizes.reshape(num_devices, per_peer)
-    # Sender: block row (j, q) <- operand row; operand row -> its block row (the inverse map).
-    slice_jq, rank_jq, inside_jq = jax.vmap(lambda s: _packed_slot(s, block_rows))(sizes_ji)
-    offsets_ji = input_offsets.reshape(num_devices, per_peer)
-    src_jq = jnp.take_along_axis(offsets_ji, slice_jq, axis=1) + rank_jq
-    src_r = jnp.where(inside_jq, src_jq, n).reshape(-1)
-    slice_p, rank_p, inside_p = _placed_slot(input_offsets, send_sizes, n)
-    packed_start_i = _exclusive_cumsum(sizes_ji).reshape(-1)
-    block_p = (slice_p // per_peer) * block_rows + packed_start_i[slice_p] + rank_p
-    block_p = jnp.where(inside_p, block_p, num_devices * block_rows)
+    maps = functools.partial(_block_maps, num_devices=num_devices, block_rows=block_rows)
+    src_r, block_p, _ = maps(input_offsets, send_sizes, n)
     blocks = dispatch.take_rows(operand, src_r, block_p[:, None])
     blocks = jax.lax.all_to_all(blocks.reshape((num_devices, block_rows) + operand.shape[1:]),
                                 axis_name, 0, 0).reshape((-1,) + operand.shape[1:])
-    # Receiver: output row g <- block row (source, packed position); and back.
+    # Block s now holds source s's slices for this device, packed in slice order.
     landing_i = jax.lax.all_to_all(output_offsets, axis_name, 0, 0, tiled=True)
-    slice_g, rank_g, inside_g = _placed_slot(landing_i, recv_sizes, m)
-    recv_packed_i = _exclusive_cumsum(recv_sizes.reshape(num_devices, per_peer)).reshape(-1)
-    block_g = (slice_g // per_peer) * block_rows + recv_packed_i[slice_g] + rank_g
-    block_g = jnp.where(inside_g, block_g, num_devices * block_rows)
-    slice_sq, rank_sq, inside_sq = jax.vmap(lambda s: _packed_slot(s, block_rows))(
-        recv_sizes.reshape(num_devices, per_peer))
-    landing_si = landing_i.reshape(num_devices, per_peer)
-    out_sq = jnp.take_along_axis(landing_si, slice_sq, axis=1) + rank_sq
-    out_r = jnp.where(inside_sq, out_sq, m).reshape(-1)
+    out_r, block_g, inside_g = maps(landing_i, recv_sizes, m)
     received = dispatch.take_rows(blocks, block_g, out_r[:, None])
-    covered = inside_g.reshape((m,) + (1,) * (output.ndim - 1))
-    return jnp.where(covered, received, output)
+    return jnp.where(inside_g.reshape((m,) + (1,) * (output.ndim - 1)), received, output)
 
 
 def ragged_exchange(operand, output, input_offsets, send_sizes, output_offsets, recv_sizes, *,
