@@ -10,10 +10,15 @@ reports generated tokens/s end to end (prefill included) for
            transformers / hf.py are unavailable);
 and the ratios r1jax / naive, r1jax / hf, plus how many greedy tokens HF and r1jax agree on.
 Timings are medians over `--repeats` runs after one warm-up (compilation reported apart).
+Then the long-tail workload (issue 24): B prompts x G samples at temperature 1 where 10% of the
+rows run to `--tail_new_tokens` and the others stop at 1/8 of that (stop sequences taken from a
+free run, `continuous.stops_for_lengths`), sampled by the static sampler and by continuous
+batching with `--tail_slots` slots: real tokens/s of each, their ratio, and rows x decode steps.
 Finally: cache bytes per token of MLA vs GQA / MHA models of the same width, heads and depth.
 
   python benchmarks/sampling.py                      # tiny and small_50m, batch 8 and 64
   python benchmarks/sampling.py --presets=tiny --batches=8 --repeats=3
+  python benchmarks/sampling.py --presets=tiny --batches= --skip_naive   # long tail only
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import numpy as np
 from r1jax import sampling
 from r1jax.models import config as config_lib
 from r1jax.models import presets, transformer
+from r1jax.sampling import continuous
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -131,6 +137,42 @@ def bench_batch(config, params, sampler, naive, hf_generate, b: int, args) -> No
     print(line, flush=True)
 
 
+def long_tail(name: str, args) -> None:
+    """Static vs continuous batching on a long-tailed workload (see the module docstring)."""
+    config = config_lib.ModelConfig.from_dict(presets.get(name))
+    params = transformer.random_params(config)
+    n, g = args.tail_new_tokens, args.tail_samples
+    rng = np.random.default_rng(0)
+    prompt_bp = rng.integers(1, config.vocab_size, (args.tail_prompts, args.prompt_len))
+    prompt_bp, lengths_b = prompt_bp.astype(np.int32), np.full(len(prompt_bp), args.prompt_len)
+    key = jax.random.key(0)
+    free = sampling.make_sampler(config, sampling.SamplingConfig(
+        max_new_tokens=n, num_samples=g))(params, prompt_bp, lengths_b, key)
+    rows = len(prompt_bp) * g
+    targets = np.where(rng.random(rows) < 0.1, n, max(n // 8, 3))
+    settings = sampling.SamplingConfig(
+        max_new_tokens=n, num_samples=g,
+        stop_token_sequences=continuous.stops_for_lengths(np.asarray(free.tokens), targets))
+    engines = {"static": sampling.make_sampler(config, settings),
+               "continuous": continuous.make_continuous_sampler(config, settings,
+                                                                args.tail_slots)}
+    print(f"\n== long tail, {name}: {len(prompt_bp)} prompts x G={g}, N={n}, "
+          f"{args.tail_slots} slots")
+    seconds, results = {}, {}
+    for label, engine in engines.items():
+        compile_s, seconds[label] = timed(
+            lambda e=engine: e(params, prompt_bp, lengths_b, key).tokens, args.repeats)
+        results[label] = engine(params, prompt_bp, lengths_b, key)
+        lengths = np.asarray(results[label].lengths)
+        width = rows if label == "static" else engines[label].num_slots
+        print(f"   {label:10s} {lengths.sum() / seconds[label]:9.0f} real tok/s (first call "
+              f"{compile_s:5.1f} s), rows x steps {width * int(results[label].num_steps):6d}, "
+              f"lengths median {np.median(lengths):.0f} max {lengths.max()}")
+    same = np.array_equal(results["static"].tokens, results["continuous"].tokens)
+    print(f"   continuous / static tokens/s: x{seconds['static'] / seconds['continuous']:.2f} "
+          f"(same tokens: {same})")
+
+
 def cache_report(name: str) -> None:
     mla = config_lib.ModelConfig.from_dict(presets.get(name))
     heads = mla.num_attention_heads
@@ -156,11 +198,17 @@ def main():
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip_naive", action="store_true")
+    parser.add_argument("--tail_prompts", type=int, default=64)
+    parser.add_argument("--tail_samples", type=int, default=4)
+    parser.add_argument("--tail_new_tokens", type=int, default=256)
+    parser.add_argument("--tail_slots", type=int, default=64)
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{len(jax.devices())}")
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = [int(b) for b in args.batches.split(",") if b]
     for name in args.presets.split(","):
-        bench_preset(name, batches, args)
+        if batches:
+            bench_preset(name, batches, args)
+        long_tail(name, args)
     for name in args.presets.split(","):
         cache_report(name)
 
