@@ -48,7 +48,7 @@ from r1jax.data import pipeline, tasks, templates
 from r1jax.data.tasks import jsonl
 from r1jax.evals import rollout
 from r1jax.models import scan_layout, summary
-from r1jax.rl import advantages, grpo, packing, step
+from r1jax.rl import advantages, grpo, packing, ppo, step
 from r1jax.rl import config as rl_config
 from r1jax.train import base, checkpoint, guard, metrics
 
@@ -152,6 +152,8 @@ class _Run:
         self.step_config = step_config
         self.train_step = step.jit_train_step(step_config, mesh)
         self.score = step.jit_score(step_config, mesh)
+        # PPO's value model (grpo.algorithm="ppo"); its state is state["critic"].
+        self.critic = ppo.Critic(step_config, mesh) if config.grpo.algorithm == "ppo" else None
         self.key = None  # set from the state's seed key
         self.peak_flops = config.peak_flops
 
@@ -197,7 +199,7 @@ class _Run:
                                      self.config.sampling.max_new_tokens,
                                      g.update_width_multiple)
         host = packing.trim(host, width)
-        if g.kl_in == "loss":  # else `device_batch` estimates them with the reference's KL
+        if g.kl_in == "loss" and self.critic is None:  # else `device_batch` estimates them
             host["advantages"] = np.asarray(advantages.estimate(
                 g.advantage, jnp.asarray(ro["rewards"]), jnp.asarray(host["completion_mask"]),
                 group_size=g.group_size, scale=g.advantage_scale, gamma=g.discount))
@@ -214,9 +216,12 @@ class _Run:
             batch["ref_logps"] = self.score(state["ref_params"], {k: batch[k] for k in score_keys})
         else:
             batch["ref_logps"] = jnp.zeros_like(batch["old_logps"])
-        if g.kl_in == "reward":
+        if g.kl_in == "reward" or self.critic is not None:
             rewards = distributed.global_batch(
                 {"r": rewards}, {"r": sharding.batch_sharding(self.mesh, 1)})["r"]
+        if self.critic is not None:  # GAE from the critic's values of this batch
+            batch.update(self.critic.advantages(state["critic"]["params"], batch, rewards))
+        elif g.kl_in == "reward":
             batch["advantages"] = _kl_reward_advantages(g, rewards, batch)
         return batch
 
@@ -241,11 +246,20 @@ class _Run:
     def optimise(self, state, batch, host) -> tuple[Any, list[dict]]:
         """mu passes over the batch in minibatches; one jitted update each."""
         g = self.config.grpo
+        state = dict(state)
+        critic_state = state.pop("critic", None)  # the policy's step never sees the critic
+        size = g.batch_size // g.num_minibatches
         updates = []
         for _ in range(g.num_iterations):
             for m in range(g.num_minibatches):
                 state, out = self.train_step(state, self.minibatch(batch, host, m))
+                if critic_state is not None:
+                    critic_state, critic_out = self.critic.update(
+                        critic_state, batch, slice(m * size, (m + 1) * size))
+                    out = dict(out, **critic_out)
                 updates.append(out)
+        if critic_state is not None:
+            state["critic"] = critic_state
         return state, jax.device_get(updates)
 
     def run_step(self, state, s: int) -> tuple[Any, dict[str, Any], list[int]]:
@@ -493,6 +507,8 @@ def train(config, workdir: str) -> dict[str, Any]:
     # then built in place (step.jit_init_state), never whole on one device.
     params = distributed.put_global(params, step.param_shardings(model_config, mesh))
     state = step.jit_init_state(step_config, mesh, config.seed)(params)
+    if config.grpo.algorithm == "ppo":  # the value model starts from the policy (rl.critic)
+        state["critic"] = ppo.Critic(step_config, mesh).init(params)
     del params
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    max_to_keep=config.keep_checkpoints,
