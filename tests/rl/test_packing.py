@@ -15,7 +15,7 @@ N, P, T, VOCAB, MICRO = 8, 6, 12, 97, 2
 
 
 def _config(packed: bool) -> step.StepConfig:
-    model = tiny_models.dense(VOCAB, 2, 64)
+    model = tiny_models.dense(VOCAB, 1, 64)
     grpo = rl_config.GRPOConfig(group_size=2, prompts_per_step=4, num_micro_batches=MICRO,
                                 beta=0.04, clip_eps_low=0.2, clip_eps_high=0.28,
                                 logps_chunk_size=5, packing=packed, update_width_multiple=4)
