@@ -22,6 +22,11 @@ from r1jax.models import layers
 
 BIAS = "e_score_correction_bias"  # the bias b_i [E] inside the router's params
 ROUTER = "gate"  # the router's module name inside an MoE layer
+# Routing replay (R3, issue 24): each router sows its selection idx_tk under SELECTED in
+# 'intermediates' (when that collection is mutable), and selects from a recorded int [T, K]
+# under SELECTED in the REPLAY collection when one is given (rows < 0: its own selection).
+SELECTED = "selected_experts"
+REPLAY = "replay"
 
 
 _SCORING: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -66,12 +71,18 @@ def gate_values(scores_te: jax.Array, idx_tk: jax.Array, *, norm_topk_prob: bool
     return weight_tk * routed_scaling_factor
 
 
-def route(logits_te: jax.Array, bias_e: jax.Array, config: config_lib.ModelConfig):
-    """Router logits [T, E] -> (scores_te float32, idx_tk int32, weight_tk float32)."""
+def route(logits_te: jax.Array, bias_e: jax.Array, config: config_lib.ModelConfig,
+          replay_tk: jax.Array | None = None):
+    """Router logits [T, E] -> (scores_te float32, idx_tk int32, weight_tk float32).
+
+    replay_tk: optional recorded selection [T, K] (a row < 0: not recorded); recorded rows keep
+    it, and their gate values still come from these logits (the router keeps its gradient)."""
     scores_te = _SCORING[config.scoring_func](logits_te.astype(jnp.float32))
     idx_tk = select_experts(scores_te, jax.lax.stop_gradient(bias_e),
                             top_k=config.num_experts_per_tok, n_group=config.n_group,
                             topk_group=config.topk_group)
+    if replay_tk is not None:
+        idx_tk = jnp.where(replay_tk[:, :1] >= 0, replay_tk.astype(idx_tk.dtype), idx_tk)
     weight_tk = gate_values(scores_te, idx_tk, norm_topk_prob=config.norm_topk_prob,
                             routed_scaling_factor=config.routed_scaling_factor)
     return scores_te, idx_tk, weight_tk
@@ -93,4 +104,8 @@ class Router(nn.Module):
                             (num_experts,), jnp.float32)
         logits_te = jnp.einsum("td,de->te", x_td.astype(jnp.float32),
                                kernel_de.astype(jnp.float32))
-        return route(logits_te, bias_e, self.config)
+        replay_tk = (self.get_variable(REPLAY, SELECTED) if self.has_variable(REPLAY, SELECTED)
+                     else None)
+        scores_te, idx_tk, weight_tk = route(logits_te, bias_e, self.config, replay_tk)
+        self.sow("intermediates", SELECTED, idx_tk)
+        return scores_te, idx_tk, weight_tk
