@@ -146,7 +146,7 @@ def _scanned(config: config_lib.ModelConfig, length: int):
     """`length` identical layers under nn.scan: params (and sown values) stacked on axis 0;
     carry x; positions, mask, cache index broadcast; the cache scanned along axis 0."""
     return nn.scan(_layer_class(config),
-                   variable_axes={"params": 0, "intermediates": 0},
+                   variable_axes={"params": 0, "intermediates": 0, moe.routing.REPLAY: 0},
                    split_rngs={"params": True},
                    in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
                    length=length,
