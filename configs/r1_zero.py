@@ -7,6 +7,7 @@
 Presets:
   tiny   2-digit +/- arithmetic from the toy base model of configs/pretrain_base.py:tiny, on
          one CPU in minutes.
+  tiny_ppo  the tiny run with PPO and a critic instead of GRPO (same model, data, batch).
   qwen2_5_3b_countdown  TinyZero (countdown, Qwen2.5-3B base from a local HF directory).
   deepseek_v3_671b      the paper's R1-Zero setting (V3-Base, math JSONL, pod-scale mesh).
   smoke  a few seconds per step with a shrunken everything (for the tests, which point
@@ -57,6 +58,16 @@ def tiny() -> ml_collections.ConfigDict:
     c.eval.update(every=20)
     config_utils.assign(c.rewards, {"numeric": 1.0, "format_strict": 0.5, "format_lenient": 0.5})
     c.checkpoint_every = 20
+    return c
+
+
+def tiny_ppo() -> ml_collections.ConfigDict:
+    """The tiny run with PPO (grpo.algorithm="ppo"): a value model initialised from the policy,
+    GAE (lambda 0.95, gamma 1) from its values, the KL to the reference in the per-token
+    rewards (as PPO for RLHF puts it), the value loss clipped at 0.2; model, data, batch,
+    learning rate and steps as `tiny`, so the two runs compare GRPO with PPO."""
+    c = tiny()
+    c.grpo.update(algorithm="ppo", advantage="gae", kl_in="reward")
     return c
 
 
@@ -129,7 +140,7 @@ def deepseek_v3_671b() -> ml_collections.ConfigDict:
     return c
 
 
-PRESETS = {"tiny": tiny, "smoke": smoke, "qwen2_5_3b_countdown": qwen2_5_3b_countdown,
+PRESETS = {"tiny": tiny, "tiny_ppo": tiny_ppo, "smoke": smoke, "qwen2_5_3b_countdown": qwen2_5_3b_countdown,
            "deepseek_v3_671b": deepseek_v3_671b}
 
 
