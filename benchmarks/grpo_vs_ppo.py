@@ -1,0 +1,172 @@
+"""The R1 paper's cost argument for GRPO, measured: per-device state bytes and update time of a
+GRPO step vs a PPO step with a critic, same model, batch and lengths.
+
+  python benchmarks/grpo_vs_ppo.py                  # tiny preset, 16 rows x (32 + 64) tokens
+  python benchmarks/grpo_vs_ppo.py --small          # a 2-layer d=64 model, quick
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/grpo_vs_ppo.py
+
+GRPO step (after sampling and rewards): the reference scorer, group advantages (host), the
+policy update (`step.jit_train_step`). PPO step: the same scorer and policy update (with [N, T]
+GAE advantages), plus the critic's value forward (`critic.jit_values`), GAE
+(`ppo.gae_batch`) and the critic update (`critic.jit_step`, its own AdamW state). Sampling is
+left out: it is the same for both.
+
+Memory is read from the compiled programs (`memory_analysis`, per device): the resident state
+is the policy update's arguments (policy, reference, Adam moments, batch) and, for PPO, also
+the critic update's arguments (value model, its moments, batch); the peak adds the largest
+temporary buffer of the step's programs. Times are medians of --repeats calls.
+"""
+
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from r1jax import sharding
+from r1jax.models import config as model_config_lib
+from r1jax.models import presets, transformer
+from r1jax.rl import config as rl_config
+from r1jax.rl import critic, grpo, ppo, step
+from r1jax.train import state as state_lib
+
+_PRESET = flags.DEFINE_string("preset", "tiny", "Model preset.")
+_SMALL = flags.DEFINE_bool("small", False, "A 2-layer d=64 dense model and a small batch.")
+_ROWS = flags.DEFINE_integer("rows", 16, "Completions per update (prompts x G).")
+_PROMPT = flags.DEFINE_integer("prompt_len", 32, "Prompt width P.")
+_NEW = flags.DEFINE_integer("new_tokens", 64, "Completion width T.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per program.")
+
+
+def model_config() -> model_config_lib.ModelConfig:
+    if _SMALL.value:
+        return model_config_lib.ModelConfig(
+            vocab_size=256, hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+            attention_type="gqa", num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            n_routed_experts=0, n_shared_experts=0, max_position_embeddings=256,
+            original_max_position_embeddings=256)
+    return model_config_lib.ModelConfig(**presets.get(_PRESET.value).to_dict())
+
+
+def random_batch(rows, p, t, vocab, seed=0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "prompt_tokens": rng.integers(0, vocab, (rows, p)).astype(np.int32),
+        "prompt_lengths": rng.integers(p // 2, p + 1, rows).astype(np.int32),
+        "completion_tokens": rng.integers(0, vocab, (rows, t)).astype(np.int32),
+        "completion_mask": np.arange(t)[None] < rng.integers(t // 2, t + 1, rows)[:, None],
+        "old_logps": (-3 * rng.random((rows, t))).astype(np.float32),
+        "rewards": rng.integers(0, 2, rows).astype(np.float32),
+    }
+
+
+SEQ_KEYS = ("prompt_tokens", "prompt_lengths", "completion_tokens", "completion_mask")
+
+
+def median_s(fn, *args) -> tuple[float, object]:
+    """Median wall seconds of fn(*args) (one untimed call first: compilation)."""
+    out = jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(_REPEATS.value):
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), out
+
+
+def update_s(update, state, batch) -> float:
+    """Median wall seconds of a donating update (the state is threaded through the calls)."""
+    state, out = jax.block_until_ready(update(state, batch))
+    times = []
+    for _ in range(_REPEATS.value):
+        start = time.perf_counter()
+        state, out = jax.block_until_ready(update(state, batch))
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def memory(jitted, *args) -> dict[str, int]:
+    """Per-device argument / temporary bytes of the compiled program."""
+    analysis = jitted.lower(*args).compile().memory_analysis()
+    return {"args": analysis.argument_size_in_bytes, "temp": analysis.temp_size_in_bytes}
+
+
+def main(argv):
+    del argv
+    model = model_config()
+    rows, p, t = (8, 8, 16) if _SMALL.value else (_ROWS.value, _PROMPT.value, _NEW.value)
+    g = rl_config.GRPOConfig(group_size=4, prompts_per_step=rows // 4, beta=0.04,
+                             update_width_multiple=0)
+    optim = state_lib.OptimConfig(learning_rate=1e-5)
+    config = step.StepConfig(model, g, optim, 1.0, t)
+    ppo_config = step.StepConfig(model, rl_config.GRPOConfig(
+        group_size=4, prompts_per_step=rows // 4, beta=0.04, kl_in="reward",
+        update_width_multiple=0), optim, 1.0, t)
+    critic_config = critic.CriticConfig(model, optim)
+    mesh = sharding.make_mesh({"fsdp": -1})
+    print(f"{len(jax.devices())} {jax.devices()[0].platform} device(s); "
+          f"{'small' if _SMALL.value else _PRESET.value} model; {rows} rows x ({p} + {t}) tokens")
+
+    params = jax.device_put(transformer.random_params(model, 0),
+                            step.param_shardings(model, mesh))
+    host = random_batch(rows, p, t, model.vocab_size)
+    with jax.set_mesh(mesh):
+        seq = jax.device_put({k: host[k] for k in SEQ_KEYS},
+                             step.batch_shardings(mesh, SEQ_KEYS))
+        batch = dict(seq)
+        batch["old_logps"] = jax.device_put(host["old_logps"], sharding.batch_sharding(mesh, 2))
+        rewards = jax.device_put(host["rewards"], sharding.batch_sharding(mesh, 1))
+
+        score = step.jit_score(config, mesh)
+        score_s, ref_logps = median_s(score, params, seq)
+        batch["ref_logps"] = ref_logps
+
+        # GRPO: group advantages [N], the policy update.
+        adv_n = grpo.group_advantages(rewards, g.group_size)
+        grpo_batch = dict(batch, advantages=adv_n)
+        grpo_state = step.jit_init_state(config, mesh, 0)(params)
+        grpo_update = step.jit_train_step(config, mesh)
+        grpo_mem = memory(grpo_update, grpo_state, grpo_batch)
+        grpo_s = update_s(grpo_update, grpo_state, grpo_batch)
+
+        # PPO: values, GAE, the policy update with [N, T] advantages, the critic update.
+        ppo_state = step.jit_init_state(ppo_config, mesh, 0)(params)
+        critic_state = jax.jit(lambda prm: critic.init_state(prm, critic_config),
+                               out_shardings=critic.state_shardings(critic_config, mesh))(params)
+        values_fn = critic.jit_values(critic_config, mesh)
+        values_s, values_bt = median_s(values_fn, critic_state["params"], seq)
+        gae_fn = jax.jit(lambda r, m, v, o, ref: ppo.gae_batch(
+            r, m, v, o, ref, beta=0.04, kl_estimator="k1", gamma=1.0, lam=0.95))
+        gae_s, (adv_nt, returns) = median_s(gae_fn, rewards, batch["completion_mask"],
+                                            values_bt, batch["old_logps"], ref_logps)
+        ppo_batch = dict(batch, advantages=adv_nt)
+        ppo_update = step.jit_train_step(ppo_config, mesh)
+        policy_mem = memory(ppo_update, ppo_state, ppo_batch)
+        policy_s = update_s(ppo_update, ppo_state, ppo_batch)
+        critic_batch = dict(seq, old_values=values_bt, returns=returns)
+        critic_update = critic.jit_step(critic_config, mesh)
+        critic_mem = memory(critic_update, critic_state, critic_batch)
+        values_mem = memory(values_fn, critic_state["params"], seq)
+        critic_s = update_s(critic_update, critic_state, critic_batch)
+
+    grpo_total_s = score_s + grpo_s
+    ppo_total_s = score_s + values_s + gae_s + policy_s + critic_s
+    grpo_state_b = grpo_mem["args"]
+    ppo_state_b = policy_mem["args"] + critic_mem["args"]
+    grpo_peak = grpo_state_b + grpo_mem["temp"]
+    ppo_peak = ppo_state_b + max(policy_mem["temp"], critic_mem["temp"], values_mem["temp"])
+    mib = 2.0 ** 20
+    print(f"per-device state (compiled arguments): GRPO {grpo_state_b / mib:.1f} MiB, "
+          f"PPO {ppo_state_b / mib:.1f} MiB ({policy_mem['args'] / mib:.1f} policy + "
+          f"{critic_mem['args'] / mib:.1f} critic): {ppo_state_b / grpo_state_b:.2f}x")
+    print(f"per-device peak (state + largest temporaries): GRPO {grpo_peak / mib:.1f} MiB, "
+          f"PPO {ppo_peak / mib:.1f} MiB: {ppo_peak / grpo_peak:.2f}x")
+    print(f"update time (median of {_REPEATS.value}): GRPO {grpo_total_s * 1e3:.1f} ms "
+          f"(score {score_s * 1e3:.1f} + policy {grpo_s * 1e3:.1f}); PPO "
+          f"{ppo_total_s * 1e3:.1f} ms (score {score_s * 1e3:.1f} + values "
+          f"{values_s * 1e3:.1f} + GAE {gae_s * 1e3:.1f} + policy {policy_s * 1e3:.1f} + "
+          f"critic {critic_s * 1e3:.1f}): {ppo_total_s / grpo_total_s:.2f}x")
+
+
+if __name__ == "__main__":
+    app.run(main)
