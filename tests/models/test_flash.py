@@ -99,13 +99,21 @@ def test_fused_layout_equals_blockwise_on_cpu_xla():
     """The cuDNN call's plumbing (values 6 wide padded to the 12-wide query/key heads as MLA's
     128 -> 192; 4 query heads on 2 key/value heads), checked with the same
     `jax.nn.dot_product_attention` call on its XLA implementation against blockwise (itself
-    checked against naive above)."""
+    checked against naive above), forward and gradients."""
     rng = np.random.default_rng(5)
     mask = flash.Mask.full(jnp.ones((B, T), bool), jnp.zeros((B, T), jnp.int32), True)
     q, k, v = _rand(rng, B, T, 4, 12), _rand(rng, B, T, 2, 12), _rand(rng, B, T, 2, 6)
-    got = jax.jit(functools.partial(flash.fused, implementation="xla"), static_argnums=(4, 5))(
-        q, k, v, mask, 0.3, MLA)
-    _close(got, jax.jit(flash.blockwise, static_argnums=(4, 5))(q, k, v, mask, 0.3, MLA))
+    weight = _rand(rng, B, T, 4, 6)
+
+    def loss(attend, q, k, v):
+        return jnp.sum(attend(q, k, v, mask, 0.3, MLA) * weight)
+
+    fused = functools.partial(flash.fused, implementation="xla")
+    got = jax.jit(jax.value_and_grad(functools.partial(loss, fused), (0, 1, 2)))(q, k, v)
+    want = jax.jit(jax.value_and_grad(functools.partial(loss, flash.blockwise), (0, 1, 2)))(
+        q, k, v)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        _close(a, b)
 
 
 def test_cudnn_off_gpu_or_with_padding_is_a_clear_error():
