@@ -12,12 +12,14 @@ from r1jax.models import attention, layers, transformer
 from r1jax.models import config as config_lib
 
 # One layer keeps compiles short; the two-layer MoE config covers per-layer cache threading.
+# Cached attention reads the 9-slot cache in chunks of 4 (`flash.bounded`; the last chunk is
+# clamped to slots 5..8 and masks the slots it shares with the previous one).
 MLA = config_lib.ModelConfig(
     vocab_size=64, hidden_size=32, num_hidden_layers=1, intermediate_size=48,
     num_attention_heads=2, q_lora_rank=16, kv_lora_rank=8, qk_nope_head_dim=8,
     qk_rope_head_dim=4, v_head_dim=8, n_routed_experts=0, rope_type="yarn", rope_factor=4.0,
     original_max_position_embeddings=8, max_position_embeddings=32, mscale=1.0,
-    mscale_all_dim=0.5)
+    mscale_all_dim=0.5, attention_block_size=4)
 GQA = MLA.replace(attention_type="gqa", num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                   attention_bias=True, rope_interleave=False, q_lora_rank=None,
                   rope_type="llama3", rope_factor=8.0, tie_word_embeddings=True)
