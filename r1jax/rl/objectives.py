@@ -176,6 +176,23 @@ def rollout_is_weights(old_logps: jax.Array, sampler_logps: jax.Array, mask: jax
     return jax.lax.stop_gradient(weights)
 
 
+def logp_gap_metrics(old_logps: jax.Array, sampler_logps: jax.Array,
+                     mask: jax.Array) -> dict[str, jax.Array]:
+    """How far the sampler's log-probs are from the trainer's, over the real tokens.
+
+    With delta = log pi_old - log pi_sampler (the trainer's recomputation minus the sampler's):
+    "mean_abs_delta" mean |delta|; "k3_kl" the mean k3 estimate of KL(pi_sampler || pi_old),
+    exp(delta) - 1 - delta (>= 0, from samples of the sampler); "max_ratio" max exp(delta).
+    Zeros when there is no real token.
+    """
+    valid = mask > 0
+    delta = jnp.where(valid, old_logps.astype(jnp.float32) - sampler_logps, 0.0)
+    count = jnp.maximum(valid.sum(), 1)
+    return {"mean_abs_delta": jnp.abs(delta).sum() / count,
+            "k3_kl": (jnp.exp(delta) - 1.0 - delta).sum() / count,
+            "max_ratio": jnp.where(valid, jnp.exp(delta), 0.0).max(initial=0.0)}
+
+
 # ---------------------------------------------------------------------------------------------
 # The loss
 # ---------------------------------------------------------------------------------------------

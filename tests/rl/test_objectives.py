@@ -323,3 +323,37 @@ def test_bad_options_raise_naming_the_argument():
         objectives.rollout_is_weights(x, x, mask, correction="token_mask", cap=1.0)
     with pytest.raises(ValueError, match="correction='seq'"):
         objectives.rollout_is_weights(x, x, mask, correction="seq", cap=2.0)
+
+
+def test_logp_gap_metrics_match_reference():
+    _, old, _, _, mask = random_batch(13)
+    sampler = old + np.random.default_rng(3).normal(0, 0.2, old.shape)
+    sampler[mask == 0] = np.nan
+    got = objectives.logp_gap_metrics(*f32(old, sampler, mask))
+    d = (old - sampler)[mask > 0]
+    want = {"mean_abs_delta": np.abs(d).mean(), "k3_kl": np.mean(np.exp(d) - 1 - d),
+            "max_ratio": np.exp(d).max()}
+    for k, v in want.items():
+        np.testing.assert_allclose(float(got[k]), v, rtol=1e-5, err_msg=k)
+    same = objectives.logp_gap_metrics(*f32(old, old, mask))
+    assert {k: float(v) for k, v in same.items()} == {"mean_abs_delta": 0.0, "k3_kl": 0.0,
+                                                      "max_ratio": 1.0}
+
+
+def test_is_weights_fold_into_token_advantages():
+    """w >= 0 commutes with every objective's min / clip: weighting the loss terms equals
+    weighting the advantages (how the trainer applies grpo.rollout_is), values and gradients."""
+    lp, old, ref, adv, mask = random_batch(17)
+    w = ref_is_weights(old, old + np.random.default_rng(4).normal(0, 0.5, old.shape), mask,
+                       "token_mask", 1.5) * np.random.default_rng(5).uniform(0.5, 2, old.shape)
+    assert np.any(w == 0) and np.any(w > 1)
+    args = f32(old, ref)
+    for loss in objectives.LOSSES:
+        fn = loss_fn(loss, "seq_mean", is_weights=jnp.asarray(w, jnp.float32))
+        folded = loss_fn(loss, "seq_mean")
+        a, ga = jax.value_and_grad(fn)(jnp.asarray(lp, jnp.float32), *args,
+                                       *f32(adv, mask))
+        b, gb = jax.value_and_grad(folded)(jnp.asarray(lp, jnp.float32), *args,
+                                           *f32(w * adv[:, None], mask))
+        np.testing.assert_allclose(float(a), float(b), rtol=1e-5, err_msg=loss)
+        np.testing.assert_allclose(ga, gb, rtol=1e-5, atol=1e-7, err_msg=loss)
