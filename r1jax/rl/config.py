@@ -105,6 +105,12 @@ class GRPOConfig:
       advantage must be "gae", with gae_lambda; the critic's value loss clips at
       clip_eps_value around the old values (None: no clip) and its AdamW takes
       critic_learning_rate, None: the policy's optim settings).
+    old_logps_from: "sampler" (the sampler's log-probs are pi_old) | "trainer" (the trainer's
+      forward recomputes them with the policy before the update; the sampler-vs-trainer gap is
+      then logged every step, `objectives.logp_gap_metrics`).
+    rollout_is: the sampler-vs-trainer correction (`objectives.rollout_is_weights`, needs
+      old_logps_from="trainer"): "none" | "token_truncate" (TIS) | "sequence_truncate" |
+      "token_mask" | "sequence_mask" (MIS), with cap C = rollout_is_cap > 1.
     """
 
     group_size: int = 16
@@ -140,6 +146,9 @@ class GRPOConfig:
     gae_lambda: float = 0.95
     clip_eps_value: float | None = 0.2
     critic_learning_rate: float | None = None
+    old_logps_from: str = "sampler"
+    rollout_is: str = "none"
+    rollout_is_cap: float = 2.0
 
     def __post_init__(self):
         s = "grpo"
@@ -190,6 +199,7 @@ class GRPOConfig:
                   "'ppo' (GAE needs the critic's values; PPO estimates with them)")
         _finite(s, self, "dual_clip_c", "entropy_coef", "discount", "gae_lambda",
                 "clip_eps_value", "critic_learning_rate")
+        self._check_rollout_correction()
         if not 0 <= self.gae_lambda <= 1:
             _fail(s, "gae_lambda", self.gae_lambda, "must be in [0, 1]")
         for field in ("clip_eps_value", "critic_learning_rate"):
@@ -204,6 +214,20 @@ class GRPOConfig:
         if self.entropy_coef > 0 and not self.entropy_metric:
             _fail(s, "entropy_coef", self.entropy_coef,
                   "needs entropy_metric=True (the entropy is computed with the log-probs)")
+
+    def _check_rollout_correction(self) -> None:
+        s = "grpo"
+        for field, allowed in (("old_logps_from", ("sampler", "trainer")),
+                               ("rollout_is", objectives.IS_CORRECTIONS)):
+            if getattr(self, field) not in allowed:
+                _fail(s, field, getattr(self, field), f"must be one of {allowed}")
+        if self.rollout_is != "none" and self.old_logps_from != "trainer":
+            _fail(s, "rollout_is", self.rollout_is,
+                  "needs old_logps_from='trainer' (the correction compares the trainer's "
+                  "log-probs with the sampler's)")
+        _finite(s, self, "rollout_is_cap")
+        if not self.rollout_is_cap > 1:
+            _fail(s, "rollout_is_cap", self.rollout_is_cap, "must be > 1")
 
     @property
     def loss_beta(self) -> float:
