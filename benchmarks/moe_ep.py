@@ -11,10 +11,11 @@ on routing that sends every token to the experts of one device). Printed per wid
   fwd+bwd ms    the jitted forward + backward of the dispatch (best of --repeats)
   temp MiB      XLA's temporary bytes per device for that step (`memory_analysis`): the
                 worst-case receive buffer makes it grow with n_ep
-The exchange is the CPU emulation of the ragged all-to-all (XLA:CPU cannot compile the real
-one), which moves the whole buffer; on GPU/TPU only the real rows move. Simulated devices share
-this machine's cores, and XLA:CPU expands `ragged_dot` into a masked product over every local
-expert, so the times measure this CPU's cost of the program, not an accelerator's.
+On the CPU the exchange is the emulation of the ragged all-to-all (XLA:CPU cannot compile the
+real one), which moves the whole buffer, and the local experts run the block loop over the real
+rows' groups (`expert_parallel.grouped_blocks`); on GPU/TPU only the real rows move and one
+grouped matmul per projection runs. Simulated devices share this machine's cores: the times
+measure this CPU's cost of the program, not an accelerator's.
 
   python benchmarks/moe_ep.py --small      # seconds
   python benchmarks/moe_ep.py              # defaults below

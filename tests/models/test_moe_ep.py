@@ -23,7 +23,7 @@ from r1jax import sharding
 from r1jax.models import config as config_lib
 from r1jax.models import moe
 from r1jax.models.moe import dispatch as dispatch_lib
-from r1jax.models.moe import expert_parallel, layer, routing
+from r1jax.models.moe import expert_parallel, grouped, layer, routing
 
 D, F, E = 16, 8, 8
 MESHES = ({"expert": 8}, {"fsdp": 2, "expert": 2, "tensor": 2}, {"data": 2, "expert": 4})
@@ -328,3 +328,33 @@ def test_ragged_path_lowers_to_ragged_all_to_all_for_gpu():
             lowering_platforms=("cuda",)).as_text()
     assert text.count("@ragged_all_to_all") == 4
     assert "ragged_dot" in text
+
+
+def test_cpu_block_loop_reads_only_real_rows():
+    """`grouped_blocks` (the CPU's local expert compute) equals the grouped matmul on the same
+    groups, forward and gradients, and never reads a padding row: NaN padding stays out of
+    every output and gradient, and padding rows come out zero."""
+    rows, sizes = 24, jnp.array([5, 0, 7, 1], jnp.int32)  # 13 real rows, 11 padding rows
+    rng = np.random.default_rng(6)
+    experts = dispatch_lib.ExpertParams(*(jnp.asarray(rng.normal(0, 0.5, s), jnp.float32)
+                                          for s in ((4, D, F), (4, D, F), (4, F, D))))
+    real = np.arange(rows) < int(sizes.sum())
+    x = jnp.asarray(np.where(real[:, None], rng.normal(size=(rows, D)), np.nan), jnp.float32)
+    probe = jnp.asarray(rng.normal(size=(rows, D)), jnp.float32)
+
+    def loss(run, x, w):
+        return jnp.sum(run(x, sizes, w) * probe)
+
+    blocks = functools.partial(expert_parallel.grouped_blocks, block_size=4,
+                               accum_dtype=jnp.float32)
+    grouped_ref = functools.partial(grouped.grouped_swiglu, accum_dtype=jnp.float32)
+    y, grads = jax.jit(lambda x, w: (blocks(x, sizes, w), jax.grad(
+        functools.partial(loss, blocks), argnums=(0, 1))(x, w)))(x, experts)
+    x_clean = jnp.where(real[:, None], x, 0.0)
+    y_ref, grads_ref = jax.jit(lambda x, w: (grouped_ref(x, sizes, w), jax.grad(
+        functools.partial(loss, grouped_ref), argnums=(0, 1))(x, w)))(x_clean, experts)
+    np.testing.assert_array_equal(np.asarray(y)[~real], 0.0)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(grads[0])[~real], 0.0)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -8,10 +8,11 @@ their experts with all-to-all, and the outputs come back the same way. Here, per
      integers): every device then knows where every slice goes (`exchange_plan`);
   3. a ragged all-to-all writes each slice straight into its expert's group on the receiver,
      so the received rows are grouped by local expert with no second sort;
-  4. grouped matmul over the local experts (`grouped.grouped_swiglu`, `jax.lax.ragged_dot`)
-     whose group sizes are the real rows received: padding rows join no group, so no expert
-     computes them (on GPU/TPU; XLA:CPU expands ragged_dot into a masked product over every
-     local expert, see `grouped`);
+  4. grouped matmul over the local experts whose group sizes are the real rows received:
+     padding rows join no group, so no expert computes them. On GPU/TPU one grouped GEMM per
+     projection (`grouped.grouped_swiglu`, `jax.lax.ragged_dot`); on the CPU, which expands
+     ragged_dot into a masked product over every local expert, the block loop of `dropless`
+     over the same groups (`grouped_blocks`);
   5. the reverse ragged all-to-all returns each output to its assignment's sorted slot; the
      outputs are unsorted and combined with the gates g.
 No capacity factor, no dropped token: exact.
@@ -187,8 +188,41 @@ def exchange_plan(counts_sje: jax.Array, me: jax.Array) -> ExchangePlan:
         group_sizes=groups_je[me])
 
 
+def grouped_blocks(x_gd, group_sizes_e, experts: dispatch.ExpertParams, *, block_size: int,
+                   accum_dtype):
+    """The CPU's local expert compute: `dropless.block_swiglu` over rows already grouped by
+    expert (group e: `group_sizes_e[e]` rows, after the earlier groups; rows past their sum are
+    padding). Each group is padded to whole blocks of `block_size` and only blocks that hold a
+    real row run, so padding rows join no block. XLA:CPU expands `ragged_dot` into a masked
+    product over every local expert (E_l times the work); the block loop is the CPU's
+    grouped matmul, as in `dropless`. [R, d] -> [R, d], padding rows zero.
+    """
+    rows = x_gd.shape[0]
+    local_experts = group_sizes_e.shape[0]
+    group_end_e = jnp.cumsum(group_sizes_e)
+    padded_e = -(-group_sizes_e // block_size) * block_size
+    padded_end_e = jnp.cumsum(padded_e)
+    padded_rows = dropless.padded_rows(rows, local_experts, block_size)
+    block_expert_b = jnp.minimum(jnp.searchsorted(
+        padded_end_e, jnp.arange(0, padded_rows, block_size), side="right"), local_experts - 1)
+    expert_r = jnp.repeat(block_expert_b, block_size)
+    rank_r = jnp.arange(padded_rows) - (padded_end_e - padded_e)[expert_r]
+    used_r = rank_r < group_sizes_e[expert_r]
+    grouped_r = jnp.where(used_r, group_end_e[expert_r] - group_sizes_e[expert_r] + rank_r, rows)
+    expert_g = jnp.minimum(jnp.searchsorted(group_end_e, jnp.arange(rows), side="right"),
+                           local_experts - 1)
+    padded_g = (padded_end_e - padded_e)[expert_g] + jnp.arange(rows) - (
+        group_end_e - group_sizes_e)[expert_g]
+    padded_g = jnp.where(jnp.arange(rows) < group_end_e[-1], padded_g, padded_rows)
+    x_rd = dispatch.take_rows(x_gd, grouped_r, padded_g[:, None])
+    y_rd = dropless.block_swiglu(*dispatch.vary_alike((
+        x_rd, block_expert_b, (padded_end_e[-1] // block_size).astype(jnp.int32), experts)),
+        block_size, False, jnp.dtype(accum_dtype))
+    return dispatch.take_rows(y_rd, padded_g, grouped_r[:, None])
+
+
 def _ep_local(x_td, idx_tk, weight_tk, experts: dispatch.ExpertParams, *, num_devices: int,
-              exchange: str, accum_dtype, out_dtype):
+              exchange: str, block_size: int, accum_dtype, out_dtype):
     """One device's share of `expert_parallel_dispatch` (inside shard_map): sort, exchange the
     real rows, grouped SwiGLU, exchange back, unsort, combine. Returns (y_td, group_sizes [1,
     E_l])."""
@@ -206,7 +240,12 @@ def _ep_local(x_td, idx_tk, weight_tk, experts: dispatch.ExpertParams, *, num_de
                              block_rows=block_rows)
     x_gd = move(x_pd, jnp.zeros((num_devices * block_rows, d), x_pd.dtype), plan.send_offsets,
                 plan.send_sizes, plan.remote_offsets, plan.recv_sizes)
-    y_gd = grouped.grouped_swiglu(x_gd, plan.group_sizes, experts, accum_dtype)
+    if exchange == "ragged":  # GPU/TPU: one grouped GEMM per projection
+        y_gd = grouped.grouped_swiglu(x_gd, plan.group_sizes, experts, accum_dtype)
+    else:
+        y_gd = grouped_blocks(x_gd, plan.group_sizes, experts, accum_dtype=accum_dtype,
+                              block_size=dropless.choose_block_size(t * k, local_experts,
+                                                                    block_size))
     y_pd = move(y_gd, jnp.zeros_like(x_pd), plan.recv_offsets, plan.recv_sizes,
                 plan.return_offsets, plan.send_sizes)
     y_nd = dispatch.take_rows(y_pd, layout.rank_tk.reshape(-1), layout.order_p[:, None])
@@ -248,7 +287,8 @@ def expert_parallel_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.
     Args:
       x_td: [T, d] tokens; idx_tk: [T, K] int32 experts; weight_tk: [T, K] float32 gates g.
       experts: the [E, d, f], [E, d, f], [E, f, d] stacks (sharded over `expert` by the rules).
-      block_size: the dropless block cap, used only without the exchange.
+      block_size: the block cap (config.moe_block_size) of the CPU's block loop and of the
+        dropless dispatch used without the exchange.
       accum_dtype: matmul accumulation dtype.
       out_dtype: the result's dtype (default x's).
       exchange: "ragged" (`jax.lax.ragged_all_to_all`, GPU/TPU), "emulated" (CPU stand-in,
@@ -275,7 +315,8 @@ def expert_parallel_dispatch(x_td: jax.Array, idx_tk: jax.Array, weight_tk: jax.
     experts_spec = dispatch.ExpertParams(ffn_in, ffn_in, ffn_out)
     local = jax.shard_map(
         functools.partial(_ep_local, num_devices=num_devices, exchange=exchange,
-                          accum_dtype=accum_dtype, out_dtype=out_dtype or x_td.dtype),
+                          block_size=block_size, accum_dtype=accum_dtype,
+                          out_dtype=out_dtype or x_td.dtype),
         mesh=mesh, in_specs=(tokens, tokens, tokens, experts_spec),
         out_specs=(tokens, PartitionSpec(tokens[0], None)))
     y_td, group_sizes = local(x_td, idx_tk, weight_tk, experts)
