@@ -73,7 +73,7 @@ def _prompt_cache(config, sampling, params, prompt_bp, lengths_b) -> transformer
     (a cache of P + N slots, so the prefill's sums are the same); the first P slots kept."""
     p = prompt_bp.shape[1]
     one = dataclasses.replace(sampling, num_samples=1)
-    cache = sampler_lib._prefill(config, one, params, prompt_bp, lengths_b)
+    cache, _ = sampler_lib._prefill(config, one, params, prompt_bp, lengths_b)
     axis = _batch_axis(config.scan_layers) + 1
     layers_ = jax.tree.map(lambda a: jax.lax.slice_in_dim(a, 0, p, axis=axis), cache.layers)
     return transformer.Cache(layers_, cache.valid_bs[:, :p], cache.index)
@@ -276,6 +276,9 @@ def make_continuous_sampler(config: config_lib.ModelConfig,
     """
     if num_slots < 1:
         raise ValueError(f"num_slots={num_slots}: must be >= 1")
+    if sampling.record_routing:
+        raise ValueError("SamplingConfig.record_routing: routing replay records come from the "
+                         "static sampler (sampler.make_sampler) only")
     shards = batch_shards(mesh)
     num_slots = -(-num_slots // shards) * shards
     jitted = jax.jit(functools.partial(continuous_sample_fn, config, sampling, num_slots),

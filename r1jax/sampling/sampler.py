@@ -38,7 +38,7 @@ import numpy as np
 from r1jax import sharding
 from r1jax.models import config as config_lib
 from r1jax.models import layers, transformer
-from r1jax.sampling import controls, stops
+from r1jax.sampling import controls, routing_record, stops
 
 FINISH_LENGTH = 0  # max_new_tokens reached
 FINISH_STOP = 1  # EOS or a stop sequence
@@ -100,6 +100,8 @@ class SamplingConfig(SamplingOptions):
         `SampleResult.prompt_truncated`) when a prompt exceeds the prompt budget
         min(max_position_embeddings - max_new_tokens, max_prompt_length).
       cache_dtype: None = the model's activation dtype.
+      record_routing: also return each MoE router's top-k selection of every token
+        (`SampleResult.routing`, `routing_record`), for routing replay in the trainer.
     """
 
     _NAME: ClassVar[str] = "SamplingConfig"
@@ -113,6 +115,7 @@ class SamplingConfig(SamplingOptions):
     overlong: str = "error"
     max_prompt_length: int | None = None
     cache_dtype: str | None = None
+    record_routing: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -149,7 +152,9 @@ class SampleResult:
     sampled tokens (0 where masked). mask: bool [R, N], True for real completion tokens, the
     EOS / stop-sequence token included. lengths: int32 [R] = mask.sum(1). finish_reason: int32 [R],
     FINISH_STOP or FINISH_LENGTH. prompt_truncated: bool [R]. num_steps: int32 scalar, decode
-    steps run (< N when every row stopped early).
+    steps run (< N when every row stopped early). routing: with `record_routing`, {router path:
+    int16 [R, P + N, (layers,) K]} in the update's [prompt ; completion] layout (`routing_record`);
+    else None.
     """
 
     tokens: jax.Array
@@ -159,6 +164,7 @@ class SampleResult:
     finish_reason: jax.Array
     prompt_truncated: jax.Array
     num_steps: jax.Array
+    routing: dict | None = None
 
     def finish_reason_names(self) -> list[str]:
         return [FINISH_REASONS[int(c)] for c in np.asarray(self.finish_reason)]
@@ -177,6 +183,7 @@ class _Loop:
     tokens_bn: jax.Array
     logps_bn: jax.Array
     mask_bn: jax.Array
+    routes: dict | None = None
 
 
 def cache_bytes_per_token(config: config_lib.ModelConfig, dtype=None) -> int:
@@ -235,18 +242,30 @@ def _repeat(cache: transformer.Cache, g: int, scan_layers: bool) -> transformer.
 # The compiled sampler.
 
 
+def _decode(config, sampling, params, tokens_bt, positions_bt, cache, mask_bt):
+    """`Transformer.decode` -> (logits, cache, the routers' `routing_record.selections`, or None
+    without sampling.record_routing)."""
+    model = transformer.Transformer(config)
+    args = ({"params": params}, tokens_bt, positions_bt, cache, mask_bt)
+    if not sampling.record_routing:
+        return *model.apply(*args, method=transformer.Transformer.decode), None
+    (logits, cache), variables = model.apply(*args, mutable=["intermediates"],
+                                             method=transformer.Transformer.decode)
+    return logits, cache, routing_record.selections(variables["intermediates"])
+
+
 def _prefill(config, sampling, params, prompt_bp, lengths_b):
-    """Writes every prompt token but the last real one into a cache of P + N slots."""
+    """Writes every prompt token but the last real one into a cache of P + N slots. Returns
+    (the cache repeated G times, the prefill's router selections or None)."""
     b, p = prompt_bp.shape
     dtype = sampling.cache_dtype and jnp.dtype(sampling.cache_dtype)
     cache = _constrain(transformer.init_cache(config, b, p + sampling.max_new_tokens, dtype),
                        config.scan_layers)
     positions_bp = jnp.broadcast_to(jnp.arange(p), (b, p))
     mask_bp = positions_bp < (lengths_b - 1)[:, None]
-    _, cache = transformer.Transformer(config).apply(
-        {"params": params}, prompt_bp, positions_bp, cache, mask_bp,
-        method=transformer.Transformer.decode)
-    return _repeat(cache, sampling.num_samples, config.scan_layers)
+    _, cache, selected = _decode(config, sampling, params, prompt_bp, positions_bp, cache,
+                                 mask_bp)
+    return _repeat(cache, sampling.num_samples, config.scan_layers), selected
 
 
 def _sample_step(sampling, rng, table_mk, loop: _Loop, logits_bv) -> _Loop:
@@ -287,7 +306,6 @@ def _initial_loop(sampling, cache, prompt_bp, lengths_b, table_mk) -> _Loop:
 
 
 def _decode_loop(config, sampling, params, rng, loop: _Loop, lengths_b) -> _Loop:
-    model = transformer.Transformer(config)
     table_mk = stops.stop_table(sampling.stop_token_sequences)
 
     def cond(loop: _Loop):
@@ -295,9 +313,12 @@ def _decode_loop(config, sampling, params, rng, loop: _Loop, lengths_b) -> _Loop
 
     def body(loop: _Loop):
         positions_b1 = (lengths_b - 1 + loop.step)[:, None]
-        logits_b1v, cache = model.apply(
-            {"params": params}, loop.last_b[:, None], positions_b1, loop.cache,
-            ~loop.done_b[:, None], method=transformer.Transformer.decode)
+        logits_b1v, cache, selected = _decode(config, sampling, params, loop.last_b[:, None],
+                                              positions_b1, loop.cache, ~loop.done_b[:, None])
+        if selected is not None:  # the fed token's slot in [prompt ; completion]
+            slot_b = jnp.where(loop.step == 0, lengths_b - 1, loop.cache.index - 1)
+            loop = loop.replace(routes=routing_record.put_step(loop.routes, selected, slot_b,
+                                                               ~loop.done_b))
         return _sample_step(sampling, rng, table_mk, loop.replace(cache=cache), logits_b1v[:, 0])
 
     return jax.lax.while_loop(cond, body, loop)
@@ -316,17 +337,20 @@ def sample_fn(config: config_lib.ModelConfig, sampling: SamplingConfig, params,
     if sampling.pad_side == "left":
         prompt_bp = right_align(prompt_bp, lengths_b)
     prompt_bp, lengths_b, truncated_b = keep_last(prompt_bp.astype(jnp.int32), lengths_b, budget)
-    cache = _prefill(config, sampling, params, prompt_bp, lengths_b)
+    cache, selected = _prefill(config, sampling, params, prompt_bp, lengths_b)
     g = sampling.num_samples
     prompt_rp, lengths_r = jnp.repeat(prompt_bp, g, axis=0), jnp.repeat(lengths_b, g)
     table_mk = stops.stop_table(sampling.stop_token_sequences)
     loop = _initial_loop(sampling, cache, prompt_rp, lengths_r, table_mk)
+    if selected is not None:
+        loop = loop.replace(routes=routing_record.from_prefill(
+            selected, lengths_b, prompt_bp.shape[1], sampling.max_new_tokens, g))
     loop = _decode_loop(config, sampling, params, rng, loop, lengths_r)
     return SampleResult(
         tokens=loop.tokens_bn, logps=loop.logps_bn, mask=loop.mask_bn,
         lengths=loop.mask_bn.sum(axis=1).astype(jnp.int32),
         finish_reason=jnp.where(loop.stopped_b, FINISH_STOP, FINISH_LENGTH).astype(jnp.int32),
-        prompt_truncated=jnp.repeat(truncated_b, g), num_steps=loop.step)
+        prompt_truncated=jnp.repeat(truncated_b, g), num_steps=loop.step, routing=loop.routes)
 
 
 # ---------------------------------------------------------------------------------------------
