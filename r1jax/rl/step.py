@@ -42,7 +42,7 @@ from r1jax import sharding
 from r1jax.models import config as config_lib
 from r1jax.models import moe, transformer
 from r1jax.rl import config as rl_config
-from r1jax.rl import logprobs, objectives, packing
+from r1jax.rl import logprobs, objectives, packing, replay
 from r1jax.train import state as state_lib
 
 
@@ -89,12 +89,16 @@ def completion_hidden(model: transformer.Transformer, params, batch):
     intermediates.
 
     Completion token 0 is predicted by the last real prompt token (slot length - 1), token
-    t > 0 by completion token t - 1 (slot P + t - 1).
+    t > 0 by completion token t - 1 (slot P + t - 1). With batch["routing"] (the sampler's
+    `SampleResult.routing` for these rows, [B, P + T, ...]) the MoE layers replay its experts.
     """
     prompt_bp, lengths_b = batch["prompt_tokens"], batch["prompt_lengths"]
     tokens_bl, mask_bl, positions_bl = sequence_inputs(
         prompt_bp, lengths_b, batch["completion_tokens"], batch["completion_mask"])
-    hidden_bld, variables = model.apply({"params": params}, tokens_bl, positions_bl, mask_bl,
+    variables = {"params": params}
+    if "routing" in batch:  # routing replay (R3): the sampler's experts for every token
+        variables |= replay.to_replay(batch["routing"])
+    hidden_bld, variables = model.apply(variables, tokens_bl, positions_bl, mask_bl,
                                         mutable=["intermediates"],
                                         method=transformer.Transformer.hidden)
     p, t = prompt_bp.shape[1], batch["completion_tokens"].shape[1]
