@@ -184,8 +184,10 @@ def make_loss_fn(config: StepConfig):
     g = config.grpo
 
     def loss_fn(params, batch):
+        # The entropy (chunked like the log-probs) for the metric or an entropy bonus.
+        with_entropy = g.entropy_metric or g.entropy_coef != 0
         logps_bt, entropy_bt, intermediates = completion_logps(config, params, batch,
-                                                               g.entropy_metric, g.packing)
+                                                               with_entropy, g.packing)
         # grpo.loss picks the objective (GRPO by default); with grpo.kl_in="reward" the KL is
         # in the advantages and loss_beta is 0.
         loss, metrics = objectives.policy_loss(
