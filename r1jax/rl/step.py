@@ -113,6 +113,9 @@ def packed_completion_hidden(model: transformer.Transformer, params, batch):
     packed rows [R, W] (positions restart per sequence, attention within its segment), then
     each sequence's completion is gathered back to [N, T, d] (columns past its end clamped;
     they are masked in the loss)."""
+    if "routing" in batch:
+        raise ValueError("routing replay (batch['routing']) is not supported with "
+                         "grpo.packing: the record is laid out per sequence, not per packed row")
     hidden_rwd, variables = model.apply(
         {"params": params}, batch["packed_tokens"], batch["packed_positions"],
         batch["packed_mask"], batch["packed_segments"], mutable=["intermediates"],
