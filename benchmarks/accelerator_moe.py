@@ -11,7 +11,7 @@ its compiled program (`memory_analysis`) and the ratio block loop / grouped; a s
 fails (e.g. out of memory) prints why. The weights alone are 22.5 GB in bfloat16 and their
 gradients as much again; the block loop also keeps three float32 weight-gradient accumulators
 (45 GB), so it needs more than an 80 GB card holds at this size.
---small (CPU, seconds): d=64, 16 experts 32 wide, top-4, float32, 256 and 1024 tokens (on the
+--small (CPU, seconds): d=64, 16 experts 32 wide, top-4, float32, 128 and 512 tokens (on the
 CPU the grouped path is the slower one: XLA:CPU expands ragged_dot over every expert).
 """
 
@@ -29,7 +29,7 @@ from r1jax.models.moe import dispatch, dropless, grouped
 
 def _setting() -> dict:
     if flags.FLAGS.small:
-        return dict(d=64, f=32, experts=16, top_k=4, dtype=jnp.float32, tokens=(256, 1024))
+        return dict(d=64, f=32, experts=16, top_k=4, dtype=jnp.float32, tokens=(128, 512))
     return dict(d=7168, f=2048, experts=256, top_k=8, dtype=jnp.bfloat16, tokens=(4096, 16384))
 
 
