@@ -48,7 +48,7 @@ from r1jax.data import pipeline, tasks, templates
 from r1jax.data.tasks import jsonl
 from r1jax.evals import rollout
 from r1jax.models import scan_layout, summary
-from r1jax.rl import advantages, grpo, packing, ppo, step
+from r1jax.rl import advantages, grpo, objectives, packing, ppo, step
 from r1jax.rl import config as rl_config
 from r1jax.train import base, checkpoint, guard, metrics
 
@@ -154,6 +154,7 @@ class _Run:
         self.score = step.jit_score(step_config, mesh)
         # PPO's value model (grpo.algorithm="ppo"); its state is state["critic"].
         self.critic = ppo.Critic(step_config, mesh) if config.grpo.algorithm == "ppo" else None
+        self.consistency = {}  # the sampler-vs-trainer gap of the last batch (old_logps_from)
         self.key = None  # set from the state's seed key
         self.peak_flops = config.peak_flops
 
@@ -210,12 +211,16 @@ class _Run:
         """The arrays of the update with the reference log-probs, batch-sharded."""
         g = self.config.grpo
         batch = distributed.global_batch(host, step.batch_shardings(self.mesh, tuple(host)))
+        seq = {k: batch[k] for k in ("prompt_tokens", "prompt_lengths", "completion_tokens",
+                                     "completion_mask")}
         if g.beta > 0:
-            score_keys = ("prompt_tokens", "prompt_lengths", "completion_tokens",
-                          "completion_mask")
-            batch["ref_logps"] = self.score(state["ref_params"], {k: batch[k] for k in score_keys})
+            batch["ref_logps"] = self.score(state["ref_params"], seq)
         else:
             batch["ref_logps"] = jnp.zeros_like(batch["old_logps"])
+        sampler_logps = batch["old_logps"]
+        if g.old_logps_from == "trainer":  # pi_old from the trainer's forward, gap logged
+            batch["old_logps"] = self.score(state["params"], seq)
+            self.consistency = _logp_gap(sampler_logps, batch["old_logps"], seq)
         if g.kl_in == "reward" or self.critic is not None:
             rewards = distributed.global_batch(
                 {"r": rewards}, {"r": sharding.batch_sharding(self.mesh, 1)})["r"]
@@ -223,6 +228,9 @@ class _Run:
             batch.update(self.critic.advantages(state["critic"]["params"], batch, rewards))
         elif g.kl_in == "reward":
             batch["advantages"] = _kl_reward_advantages(g, rewards, batch)
+        if g.rollout_is != "none":  # TIS / MIS: w >= 0 folds exactly into the advantages
+            batch["advantages"] = _is_weighted(g, batch["advantages"], batch["old_logps"],
+                                               sampler_logps, seq["completion_mask"])
         return batch
 
     def minibatch(self, batch, host, m: int) -> dict[str, jax.Array]:
@@ -279,6 +287,7 @@ class _Run:
         out = rollout.rollout_metrics(ro, self.config.sampling.max_new_tokens)
         out.update({k: v for k, v in timings.items() if k.startswith("dynamic/")})
         out.update(self.update_metrics(updates))
+        out.update({k: float(v) for k, v in jax.device_get(self.consistency).items()})
         out.update(self.perf_metrics(host, timings, train_s, time.perf_counter() - start,
                                      float(np.sum(ro["lengths"]))))
         return state, out, [int(u["nonfinite"]) for u in updates]
@@ -328,6 +337,23 @@ def _kl_reward_advantages(g: rl_config.GRPOConfig, rewards_n, batch) -> jax.Arra
                          jnp.where(valid, batch["ref_logps"], 0.0), g.kl_estimator)
     return advantages.estimate(g.advantage, rewards_n, mask, group_size=g.group_size,
                                scale=g.advantage_scale, kl=kl, beta=g.beta, gamma=g.discount)
+
+
+@jax.jit
+def _logp_gap(sampler_logps, old_logps, seq) -> dict[str, jax.Array]:
+    """`objectives.logp_gap_metrics` under "consistency/" (trainer's pi_old vs the sampler's)."""
+    gap = objectives.logp_gap_metrics(old_logps, sampler_logps, seq["completion_mask"])
+    return {f"consistency/{k}": v for k, v in gap.items()}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _is_weighted(g: rl_config.GRPOConfig, advantages_n, old_logps, sampler_logps, mask):
+    """[N, T] advantages times the grpo.rollout_is weights (`objectives.rollout_is_weights`;
+    weights >= 0 commute with every objective's min and clip, so this equals weighting the
+    policy loss terms, tests/rl/test_objectives.py)."""
+    w = objectives.rollout_is_weights(old_logps, sampler_logps, mask,
+                                      correction=g.rollout_is, cap=g.rollout_is_cap)
+    return w * (advantages_n[:, None] if advantages_n.ndim == 1 else advantages_n)
 
 
 def _batch_shards(mesh) -> int:
