@@ -19,7 +19,7 @@ ROPE_TYPES = ("default", "yarn", "llama3")
 # from jax.default_backend() when the layer is built (moe.layer.resolve_dispatch).
 MOE_DISPATCH = ("auto", "dropless", "grouped", "dense", "expert_parallel")
 MLA_DECODE = ("absorbed", "naive")
-ATTENTION_IMPLS = ("auto", "naive", "blockwise", "cudnn")
+ATTENTION_IMPLS = ("auto", "naive", "blockwise", "cudnn", "splash")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -89,8 +89,9 @@ class ModelConfig:
       `attention_impl` (`r1jax.models.flash`): "naive" (full [T, S] scores, the reference),
       "blockwise" (online softmax over key/value blocks of `attention_block_size`, memory
       linear in T; decoding reads only the filled cache slots), "cudnn" (the fused GPU
-      kernel, causal unpacked unpadded bf16/fp16 forwards only) or "auto" (per backend and
-      shape: cuDNN where it applies on GPU, else blockwise; naive for short CPU forwards).
+      kernel, causal unpacked unpadded bf16/fp16 forwards only), "splash" (Pallas, TPU) or
+      "auto" (per backend and shape: splash on TPU; cuDNN where it applies on GPU, else
+      blockwise; naive for short CPU forwards).
     Precision (`PRECISION_POLICIES`, documented there with their bytes per parameter):
       `param_dtype` stores the parameters (the optimizer's master weights; Adam's moments take
       the same dtype); `dtype` is the compute dtype of activations and of the weights' transient
