@@ -15,8 +15,11 @@ and prefill, cached attention bounded by the filled slots, and the fused cuDNN k
     causal mask but no per-token mask without a dense [T, S] array, so it serves only forwards
     with no padding and no packed segments (`Mask.plain_causal`), in bfloat16/float16. MLA's
     value head (128 in V3) is zero-padded to the query/key width (192) and cut after.
-  "auto": cuDNN on GPU where it applies, else blockwise; on the CPU naive while T * S <=
-    `NAIVE_MAX_SCORES` (a few MB of scores per head, faster to compile and run), else blockwise.
+  "splash": Pallas splash attention on TPU (`r1jax.models.splash`; padding and packing as
+    segment ids).
+  "auto": splash on TPU; cuDNN on GPU where it applies, else blockwise; on the CPU naive
+    while T * S <= `NAIVE_MAX_SCORES` (a few MB of scores per head, faster to compile and
+    run), else blockwise.
 
 Cached attention (prefill and decoding, `bounded`) with any impl but "naive" reads only the
 filled slots: a `fori_loop` over cache chunks of `attention_block_size` whose trip count is
@@ -39,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax.models import config as config_lib
-from r1jax.models import layers
+from r1jax.models import layers, splash
 
 # Large negative, finite: exp(_MASKED - m) underflows to 0 and never makes inf - inf.
 _MASKED = -1e30
@@ -105,12 +108,15 @@ def _why_not_fused(config: config_lib.ModelConfig, mask: Mask) -> str | None:
 
 
 def resolve(config: config_lib.ModelConfig, mask: Mask) -> str:
-    """The implementation an uncached forward uses: "naive", "blockwise" or "cudnn".
+    """The implementation an uncached forward uses: "naive", "blockwise", "cudnn" or "splash".
 
     Raises ValueError naming `ModelConfig.attention_impl` when "cudnn" is asked for where it
-    cannot run (no GPU, float32 compute, padding or packed segments).
+    cannot run (no GPU, float32 compute, padding or packed segments), or "splash" off TPU.
     """
     impl, backend = config.attention_impl, jax.default_backend()
+    if impl == "splash" and backend != "tpu":
+        raise ValueError(f"ModelConfig.attention_impl='splash': the Pallas splash kernel needs a "
+                         f"TPU, this process runs on {backend!r}; use 'blockwise' or 'auto'")
     if impl == "cudnn":
         why = (f"the cuDNN kernel needs a GPU, this process runs on {backend!r}"
                if backend != "gpu" else _why_not_fused(config, mask))
@@ -121,6 +127,8 @@ def resolve(config: config_lib.ModelConfig, mask: Mask) -> str:
         return impl
     if backend == "gpu" and _why_not_fused(config, mask) is None:
         return "cudnn"
+    if backend == "tpu":
+        return "splash"
     t, s = mask.q_segment_bt.shape[1], mask.kv_segment_bs.shape[1]
     return "naive" if backend == "cpu" and t * s <= NAIVE_MAX_SCORES else "blockwise"
 
@@ -324,7 +332,7 @@ def fused(q_bthd, k_bsgd, v_bsgv, mask: Mask, scale: float, config: config_lib.M
     return out[..., :dv]
 
 
-IMPLS = {"blockwise": blockwise, "cudnn": fused}
+IMPLS = {"blockwise": blockwise, "cudnn": fused, "splash": splash.attention}
 
 
 def bounded(q_bthd, kv_chunk, groups: int, value_dim: int, num_slots: int, mask: Mask,

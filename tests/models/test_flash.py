@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from r1jax import sharding
-from r1jax.models import attention, flash, transformer
+from r1jax.models import attention, flash, splash, transformer
 from r1jax.models import config as config_lib
 from r1jax.rl import config as rl_config
 from r1jax.rl import step
@@ -116,10 +116,38 @@ def test_fused_layout_equals_blockwise_on_cpu_xla():
         _close(a, b)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("base", [MLA, GQA], ids=["mla", "gqa"])
+def test_splash_in_interpret_mode_equals_blockwise(base):
+    """Pallas splash attention (the TPU default) in interpret mode, padding and packed segments
+    as segment ids, lengths padded 11 -> 128, heads 12 -> 128 wide: forward and gradients."""
+    mask = _mask(packed=True)
+    seen = mask.dense().any(-1)[:, :, None, None]
+    if base.attention_type == "mla":
+        rng = np.random.default_rng(8)  # MLA's per-head form: 12-wide q/k, 6-wide values
+        q, k, v = _rand(rng, B, T, 2, 12), _rand(rng, B, T, 2, 12), _rand(rng, B, T, 2, 6)
+    else:
+        q, k, v = _inputs(base, seed=8)
+    weight = _rand(np.random.default_rng(11), *q.shape[:3], v.shape[-1])
+
+    def loss(attend, q, k, v):
+        return jnp.sum(jnp.where(seen, attend(q, k, v, mask, 0.3, base) * weight, 0.0))
+
+    got = jax.jit(jax.value_and_grad(functools.partial(loss, splash.attention), (0, 1, 2)))(
+        q, k, v)
+    want = jax.jit(jax.value_and_grad(functools.partial(loss, flash.blockwise), (0, 1, 2)))(
+        q, k, v)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        _close(a, b)
+    assert np.isfinite(np.asarray(splash.attention(q, k, v, mask, 0.3, base))).all()
+
+
 def test_cudnn_off_gpu_or_with_padding_is_a_clear_error():
     mask = _mask(packed=False)
     with pytest.raises(ValueError, match="attention_impl='cudnn'"):
         flash.resolve(MLA.replace(attention_impl="cudnn", dtype="bfloat16"), mask)
+    with pytest.raises(ValueError, match="attention_impl='splash'"):
+        flash.resolve(MLA.replace(attention_impl="splash"), mask)
     with pytest.raises(ValueError, match="padding or packed segments"):
         flash.fused(*_inputs(GQA, 0), mask, 1.0, GQA, implementation="xla")
 
