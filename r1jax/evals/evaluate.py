@@ -9,8 +9,9 @@ run's own prompts, settings and sampling key.
 Prompts are a generated task split (name + knobs) or a user JSONL file (GSM8K, MATH-500, AIME
 via `r1jax.data.tasks.jsonl`). Sampling, scoring and the shared metrics are the trainer's
 (`rollout.sample` / `score` / `eval_metrics`), so every number means what a run's `eval/`
-metrics mean; answers for the vote are read by `templates.extract_answer`, the reader the
-accuracy rewards use. Batch b > 0 of a multi-batch evaluation samples with fold_in(key, b);
+metrics mean; answers for the vote are read as the accuracy rewards read them
+(`rewards.answer.final_answer`: outside the reasoning unless the accuracy reward's
+`answer_in_think` option is set). Batch b > 0 of a multi-batch evaluation samples with fold_in(key, b);
 batch 0 with the key itself.
 """
 
@@ -31,6 +32,7 @@ from r1jax.data import pipeline, tasks, templates
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.evals import passk, rollout
 from r1jax.models import config as config_lib
+from r1jax.rewards import answer as answer_lib
 from r1jax.rewards import registry
 
 #: Rewards for prompts that lack the fields of a run's own rewards (and for HF checkpoints):
@@ -166,10 +168,23 @@ def _language_consistency(ctx: rollout.Context, scored: rollout.Rollout) -> np.n
     return registry.get("language")(responses, **fields)
 
 
+def vote_answers(texts: Sequence[str], template: templates.Template,
+                 spec: registry.Spec) -> list[str | None]:
+    """The normalised answer of each completion for the vote, read as the accuracy reward of
+    `spec` reads it (`rewards.answer.final_answer`): an answer written only inside the reasoning is
+    no answer unless that reward's `answer_in_think` option is set, so a vote never counts
+    what the accuracy metrics would not."""
+    name = spec.accuracy_name()
+    options = dict(dict(spec.options).get(name, ())) if name else {}
+    in_think = bool(options.get("answer_in_think", False))
+    return [normalise_answer(answer_lib.final_answer(template.full_response(t),
+                                                     answer_in_think=in_think))
+            for t in texts]
+
+
 def _keep(ctx: rollout.Context, scored: rollout.Rollout) -> dict[str, Any]:
     """The per-completion values the metrics and the JSON report need."""
-    answers = [normalise_answer(templates.extract_answer(ctx.template.full_response(t)))
-               for t in scored["texts"]]
+    answers = vote_answers(scored["texts"], ctx.template, ctx.rewards)
     out = {k: np.asarray(scored[k]) for k in ("accuracy", "lenient_accuracy", "format",
                                               "lengths", "rewards")}
     out.update(texts=list(scored["texts"]), answers=answers,

@@ -58,6 +58,24 @@ def test_normalise_answer_ignores_whitespace_only():
     assert evaluate.normalise_answer("1,000") != evaluate.normalise_answer("1000")
 
 
+def test_vote_reads_answers_as_the_accuracy_reward_does():
+    """An answer written only inside <think> is no vote (rewards.answer: it earns no accuracy
+    either), unless the accuracy reward's answer_in_think option reads the reasoning."""
+    from r1jax.rewards import registry
+
+    template = templates.get("r1_zero")
+    texts = ["<think> try <answer>5</answer> </think> <answer> 7 </answer>",
+             "<think> maybe <answer>5</answer> </think> no answer",
+             "<think> 1 + 1 </think> <answer>1 + 1</answer>"]
+    spec = registry.Spec.from_dict({"numeric": 1.0, "format_strict": 1.0})
+    assert evaluate.vote_answers(texts, template, spec) == ["7", None, "1+1"]
+    reads_think = registry.Spec.from_dict({"numeric": 1.0}, {"numeric": {"answer_in_think": True}})
+    assert evaluate.vote_answers(texts, template, reads_think)[1] == "5"
+    # The accuracy reward agrees with the vote on the answer-only-in-think completion.
+    assert spec.reward("numeric")([texts[1]], answer=["5"])[0] == 0.0
+    assert reads_think.reward("numeric")([texts[1]], answer=["5"])[0] == 1.0
+
+
 def test_compute_metrics_on_constructed_samples():
     k = 2
     sampled = {"accuracy": np.array([1, 0, 1, 1], np.float32),
