@@ -243,32 +243,13 @@ def continuous_sample_fn(config: config_lib.ModelConfig, sampling: sampler_lib.S
         num_steps=slots.num_steps)
 
 
-def batch_shards(mesh: jax.sharding.Mesh | None) -> int:
-    """How many ways the batch dimension is split on `mesh` (1 without one)."""
-    if mesh is None:
-        return 1
-    spec = sharding.batch_sharding(mesh, 2).spec[0]
-    axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
-    return int(np.prod([mesh.shape[a] for a in axes]))
-
-
-def pad_prompts(prompt_bp: np.ndarray, lengths_b: np.ndarray, multiple: int):
-    """Prompts padded with copies of the first to a multiple of `multiple` rows (the copies are
-    never decoded: the sampler is told the real row count)."""
-    extra = -prompt_bp.shape[0] % multiple
-    if not extra:
-        return prompt_bp, lengths_b
-    return (np.concatenate([prompt_bp, np.repeat(prompt_bp[:1], extra, 0)]),
-            np.concatenate([lengths_b, np.repeat(lengths_b[:1], extra)]))
-
-
 def make_continuous_sampler(config: config_lib.ModelConfig,
                             sampling: sampler_lib.SamplingConfig, num_slots: int,
                             mesh: jax.sharding.Mesh | None = None):
     """A compiled `sampler(params, prompt_tokens, prompt_lengths, rng) -> SampleResult` with W =
     `num_slots` decode slots: the same rows as `sampler.make_sampler`'s (B * G of them, same
     keys), computed W at a time. Any number of prompts works on any mesh: prompts are padded to
-    a multiple of the batch shards (never decoded), and W is rounded up to one.
+    a multiple of the batch shards (`sampler.pad_prompts`; never decoded), and W is rounded up to one.
 
     Args:
       config, sampling: as `sampler.make_sampler`. num_slots: W >= 1.
@@ -279,15 +260,14 @@ def make_continuous_sampler(config: config_lib.ModelConfig,
     if sampling.record_routing:
         raise ValueError("SamplingConfig.record_routing: routing replay records come from the "
                          "static sampler (sampler.make_sampler) only")
-    shards = batch_shards(mesh)
+    shards = sampler_lib.batch_shards(mesh)
     num_slots = -(-num_slots // shards) * shards
     jitted = jax.jit(functools.partial(continuous_sample_fn, config, sampling, num_slots),
                      static_argnums=0)
 
     def sampler(params, prompt_tokens, prompt_lengths, rng):
         num_rows = np.shape(prompt_tokens)[0] * sampling.num_samples
-        prompt_bp, lengths_b = pad_prompts(np.asarray(prompt_tokens), np.asarray(prompt_lengths),
-                                           shards)
+        prompt_bp, lengths_b = sampler_lib.pad_prompts(prompt_tokens, prompt_lengths, shards)
         if mesh is None:
             return jitted(num_rows, params, prompt_bp, lengths_b, rng)
         args = jax.device_put(

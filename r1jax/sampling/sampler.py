@@ -362,10 +362,24 @@ def param_shardings(config: config_lib.ModelConfig, mesh: jax.sharding.Mesh):
     return transformer.param_shardings(config, mesh)[1]
 
 
-def _axes(spec_entry) -> tuple[str, ...]:
-    if spec_entry is None:
-        return ()
-    return (spec_entry,) if isinstance(spec_entry, str) else tuple(spec_entry)
+def batch_shards(mesh: jax.sharding.Mesh | None) -> int:
+    """How many ways the batch dimension is split on `mesh` (1 without one)."""
+    if mesh is None:
+        return 1
+    spec = sharding.batch_sharding(mesh, 2).spec[0]
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def pad_prompts(prompt_bp, lengths_b, multiple: int):
+    """Host prompts [B, P] and lengths [B] padded with copies of the first prompt to a multiple
+    of `multiple` rows (so any batch shards evenly; callers drop the copies' rows)."""
+    prompt_bp, lengths_b = np.asarray(prompt_bp), np.asarray(lengths_b)
+    extra = -prompt_bp.shape[0] % multiple
+    if not extra:
+        return prompt_bp, lengths_b
+    return (np.concatenate([prompt_bp, np.repeat(prompt_bp[:1], extra, 0)]),
+            np.concatenate([lengths_b, np.repeat(lengths_b[:1], extra)]))
 
 
 def make_sampler(config: config_lib.ModelConfig, sampling: SamplingConfig,
@@ -375,24 +389,27 @@ def make_sampler(config: config_lib.ModelConfig, sampling: SamplingConfig,
     Params are an argument (not closed over), so a trainer calls the same sampler every step
     with new weights and never recompiles while shapes stay the same. With a mesh, prompts are
     batch-sharded over the data axes (`sharding.batch_sharding`; B * G must divide evenly),
-    params are placed by the logical rules, and the model's activation constraints apply;
-    B must then be a multiple of the number of batch shards.
+    params are placed by the logical rules, and the model's activation constraints apply.
+    Any B works: a batch that the batch shards do not divide is padded with copies of its first
+    prompt (`pad_prompts`; they are sampled too, with their own row keys) and their rows dropped.
     """
     jitted = jax.jit(functools.partial(sample_fn, config, sampling))
     if mesh is None:
         return jitted
-    batch = sharding.batch_sharding(mesh, 2)
-    shards = int(np.prod([mesh.shape[a] for a in _axes(batch.spec[0])]))
-    shardings = (param_shardings(config, mesh), batch, sharding.batch_sharding(mesh, 1),
-                 sharding.replicated(mesh))
+    shards = batch_shards(mesh)
+    shardings = (param_shardings(config, mesh), sharding.batch_sharding(mesh, 2),
+                 sharding.batch_sharding(mesh, 1), sharding.replicated(mesh))
 
     def sampler(params, prompt_tokens, prompt_lengths, rng):
+        rows = prompt_tokens.shape[0] * sampling.num_samples
         if prompt_tokens.shape[0] % shards:
-            raise ValueError(f"batch size B={prompt_tokens.shape[0]} must be a multiple of the "
-                             f"{shards} batch shards of mesh {dict(mesh.shape)}")
+            prompt_tokens, prompt_lengths = pad_prompts(prompt_tokens, prompt_lengths, shards)
         args = jax.device_put((params, prompt_tokens, prompt_lengths, rng), shardings)
         with jax.set_mesh(mesh):
-            return jitted(*args)
+            result = jitted(*args)
+        if result.tokens.shape[0] == rows:
+            return result
+        return jax.tree.map(lambda x: x[:rows] if x.ndim else x, result)
 
     sampler.jitted = jitted
     return sampler
