@@ -16,6 +16,7 @@ import sys
 import jax
 import numpy as np
 import portpicker
+import pytest
 import processes as processes_lib
 from flax import traverse_util
 
@@ -90,6 +91,7 @@ def _restore_trained_params(stage_dir, model_config, section):
     return state["params"]
 
 
+@pytest.mark.slow  # two interpreters start JAX and compile one SFT step: ~40-90 s on 2 cores
 def test_sft_stage_saves_and_reloads_across_two_processes(base_dir, tmp_path):
     stage_dir = tmp_path / "cold_start"
     results = _run_two_processes(base_dir, stage_dir)
