@@ -16,8 +16,8 @@ import sys
 import jax
 import numpy as np
 import portpicker
-import pytest
 import processes as processes_lib
+import pytest
 from flax import traverse_util
 
 from r1jax import config_utils, distributed, sharding
