@@ -8,6 +8,9 @@ zero-padded to a multiple of the kernel block (128 at least) and head widths to 
 128 (MLA's 192-wide query/key and 128-wide value heads), which adds nothing to q . k and is cut
 from the output. On other backends the kernel runs in Pallas interpret mode (how the CPU tests
 check it against the blockwise path); `flash.resolve` picks it by default on TPU only.
+Under a mesh the kernel runs per device in `jax.shard_map` (batch over the data axes, heads
+over `tensor`, as the logical rules place the attention's activations): XLA cannot partition
+a Pallas call itself.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 
+from r1jax import sharding
 from r1jax.models import config as config_lib
 
 _LANES = 128
@@ -51,20 +55,36 @@ def attention(q_bthd, k_bsgd, v_bsgv, mask, scale: float, config: config_lib.Mod
     Returns:
       [B, T, H, Dv].
     """
-    b, t, h, _ = q_bthd.shape
-    g, dv = k_bsgd.shape[2], v_bsgv.shape[-1]
     if interpret is None:
         interpret = jax.default_backend() != "tpu"
+    kv_segment_bs = jnp.where(mask.kv_valid_bs, mask.kv_segment_bs, _PAD_SEGMENT)
+    args = (q_bthd, k_bsgd, v_bsgv, mask.q_segment_bt, kv_segment_bs)
+
+    def local(*args):
+        return _attention(*args, scale=scale, config=config, interpret=interpret)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return local(*args)
+    heads = sharding.logical_to_spec(("act_batch", None, "act_heads", None))
+    rows = sharding.logical_to_spec(("act_batch", None))
+    return jax.shard_map(local, mesh=mesh, in_specs=(heads, heads, heads, rows, rows),
+                         out_specs=heads, check_vma=False)(*args)
+
+
+def _attention(q_bthd, k_bsgd, v_bsgv, q_segment_bt, kv_segment_bs, *, scale, config,
+               interpret):
+    b, t, h, _ = q_bthd.shape
+    g, dv = k_bsgd.shape[2], v_bsgv.shape[-1]
     block = max(_LANES, -(-config.attention_block_size // _LANES) * _LANES)
     width = -(-max(q_bthd.shape[-1], dv) // _LANES) * _LANES
 
-    def prepare(x, axis_len=1):
-        return _pad_to(_pad_to(x, x.ndim - 1, width), axis_len, block)
+    def prepare(x):
+        return _pad_to(_pad_to(x, x.ndim - 1, width), 1, block)
 
     q_btgqd = prepare(q_bthd * scale).reshape(b, -1, g, h // g, width)
     k_bsgd, v_bsgv = prepare(k_bsgd), prepare(v_bsgv)
-    kv_segment_bs = jnp.where(mask.kv_valid_bs, mask.kv_segment_bs, _PAD_SEGMENT)
-    q_segment_bt = _pad_to(mask.q_segment_bt, 1, block)
+    q_segment_bt = _pad_to(q_segment_bt, 1, block)
     kv_segment_bs = _pad_to(kv_segment_bs, 1, block, _PAD_SEGMENT)
     kernel = _kernel(h // g, q_btgqd.shape[1], block, interpret)
 

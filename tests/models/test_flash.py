@@ -3,6 +3,7 @@ forwards and gradients with padding, packed segments and odd lengths; cached att
 only the filled slots; prefill + decode on a long prompt against teacher forcing; and the
 compiled GRPO step's temporary memory growing linearly with T."""
 
+import contextlib
 import functools
 
 import jax
@@ -120,7 +121,8 @@ def test_fused_layout_equals_blockwise_on_cpu_xla():
 @pytest.mark.parametrize("base", [MLA, GQA], ids=["mla", "gqa"])
 def test_splash_in_interpret_mode_equals_blockwise(base):
     """Pallas splash attention (the TPU default) in interpret mode, padding and packed segments
-    as segment ids, lengths padded 11 -> 128, heads 12 -> 128 wide: forward and gradients."""
+    as segment ids, lengths padded 11 -> 128, heads 12 -> 128 wide: forward and gradients. GQA
+    runs under a 2 x 2 (fsdp, tensor) mesh, so through the kernel's shard_map."""
     mask = _mask(packed=True)
     seen = mask.dense().any(-1)[:, :, None, None]
     if base.attention_type == "mla":
@@ -133,8 +135,10 @@ def test_splash_in_interpret_mode_equals_blockwise(base):
     def loss(attend, q, k, v):
         return jnp.sum(jnp.where(seen, attend(q, k, v, mask, 0.3, base) * weight, 0.0))
 
-    got = jax.jit(jax.value_and_grad(functools.partial(loss, splash.attention), (0, 1, 2)))(
-        q, k, v)
+    mesh = sharding.make_mesh({"fsdp": 2, "tensor": 2}, jax.devices()[:4])
+    with jax.set_mesh(mesh) if base.attention_type == "gqa" else contextlib.nullcontext():
+        got = jax.jit(jax.value_and_grad(functools.partial(loss, splash.attention), (0, 1, 2)))(
+            q, k, v)
     want = jax.jit(jax.value_and_grad(functools.partial(loss, flash.blockwise), (0, 1, 2)))(
         q, k, v)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
