@@ -3,8 +3,8 @@
 
 Forward + backward of one causal GQA attention (16 query heads on 4 key/value heads of 128,
 bfloat16; --small: 4 on 2 of 32, float32) at 4k / 8k / 16k tokens (--small: 256 / 512 / 1k, blocks of 128),
-one sequence, with each `ModelConfig.attention_impl`: "cudnn" (GPU only), "blockwise" and
-"naive". Prints the median ms of the jitted value-and-gradient and the temporary bytes of its
+one sequence, with each `ModelConfig.attention_impl`: "cudnn" (GPU only) or "splash" (TPU
+only), "blockwise" and "naive". Prints the median ms of the jitted value-and-gradient and the temporary bytes of its
 compiled program (`memory_analysis`); a setting that fails (e.g. out of memory) prints why.
 """
 
@@ -73,7 +73,8 @@ def _measure(config: config_lib.ModelConfig, impl: str, length: int) -> str:
 
 def attention_section() -> None:
     lengths, config = _setting()
-    impls = (("cudnn",) if jax.default_backend() == "gpu" else ()) + ("blockwise", "naive")
+    fused = {"gpu": ("cudnn",), "tpu": ("splash",)}.get(jax.default_backend(), ())
+    impls = fused + ("blockwise", "naive")
     print(f"attention fwd+bwd, {config.num_attention_heads} heads on "
           f"{config.num_key_value_heads} kv heads of {config.head_dim}, {config.dtype}, "
           f"block {config.attention_block_size}, one sequence:")
