@@ -2,10 +2,11 @@
 --sections=attention` (it reads that script's --small and --repeats flags).
 
 Forward + backward of one causal GQA attention (16 query heads on 4 key/value heads of 128,
-bfloat16; --small: 4 on 2 of 32, float32) at 4k / 8k / 16k tokens (--small: 256 / 512 / 1k, blocks of 128),
-one sequence, with each `ModelConfig.attention_impl`: "cudnn" (GPU only) or "splash" (TPU
-only), "blockwise" and "naive". Prints the median ms of the jitted value-and-gradient and the temporary bytes of its
-compiled program (`memory_analysis`); a setting that fails (e.g. out of memory) prints why.
+bfloat16; --small: 4 on 2 of 32, float32) at 4k / 8k / 16k tokens (--small: 256 / 512 / 1k,
+blocks of 128), one sequence, with each `ModelConfig.attention_impl`: "cudnn" (GPU only) or
+"splash" (TPU only), "blockwise" and "naive". Prints the median ms of the jitted
+value-and-gradient and the temporary bytes of its compiled program (`memory_analysis`); a
+setting that fails (e.g. out of memory) prints why.
 """
 
 from __future__ import annotations
