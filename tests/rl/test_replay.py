@@ -70,8 +70,9 @@ def trainer_view(scan_layers: bool, use_replay: bool):
     config, params, result = sampled(scan_layers)
     batch = {"prompt_tokens": np.repeat(PROMPTS, G, 0), "prompt_lengths": np.repeat(LENGTHS, G),
              "completion_tokens": result.tokens, "completion_mask": result.mask}
-    if use_replay:
-        batch["routing"] = result.routing
+    # Always a record (one compiled forward); all -1 rows select with the router's own choice.
+    batch["routing"] = result.routing if use_replay else jax.tree.map(
+        lambda r: np.full(r.shape, -1, r.dtype), result.routing)
     logps, _, intermediates = _trainer_logps(config)(_perturb_bias(params), batch)
     return np.asarray(logps), jax.device_get(replay.flip_rates(result.routing, intermediates))
 
