@@ -1,18 +1,21 @@
-"""Per-device memory plan of GRPO training on a device mesh, from real sharded shapes.
+"""Per-device memory plan of the GRPO update on a device mesh, from real sharded shapes.
 
   python -m r1jax.plan --config=configs/model.py:deepseek_v3_671b \\
       --mesh=data=1,fsdp=64,expert=8,tensor=1 --accelerator=v5p --batch=64 --seq=4096
   python -m r1jax.plan --config=configs/model.py:deepseek_v3_671b --accelerator=h100
   python -m r1jax.plan --config=configs/r1_zero.py:qwen2_5_3b_countdown \
       --model_dir=/models/Qwen2.5-3B --accelerator=h100
+  python benchmarks/plan_check.py --config=configs/model.py:qwen2_5_0_5b --layers=2
+      # the planner against the compiled step (`memory_analysis`), reduced depth
 
 The model is a model config, an HF checkpoint or r1jax base directory (--model_dir), or an
 experiment config's base model with its `model_overrides` (`models.summary.resolve_model`).
 With an experiment config the plan uses the run's own settings unless --batch/--seq/--mesh
 say otherwise: the micro-batch of one gradient computation (prompts_per_step * G /
 (num_minibatches * num_micro_batches) sequences), the sequence length (data.max_prompt_len +
-sampling.max_new_tokens), the model's dtype (an HF checkpoint keeps its stored one), its
-remat_policy (the total that applies is marked) and the configured mesh when it has no -1 axis.
+sampling.max_new_tokens, of which the completion is max_new_tokens), the log-prob chunk, the
+model's dtypes (an HF checkpoint keeps its stored one), its remat_policy (the total that
+applies is marked) and the configured mesh when it has no -1 axis.
 
 Nothing is allocated: the parameter tree comes from `jax.eval_shape` of the model's `init`, its
 logical axis names go through `sharding.RULES` onto a `jax.sharding.AbstractMesh`, and each
@@ -20,32 +23,47 @@ leaf's per-device bytes are those of `NamedSharding.shard_shape`. Without --mesh
 proposes the smallest power-of-two chip count (and a mesh on it) whose plan fits the
 accelerator's memory with 10% headroom.
 
-Per device, for one optimizer update on a micro-batch of --batch sequences of --seq tokens:
-  parameters  the sharded parameter tree in param_dtype;
-  optimizer   AdamW's two moments in float32 (8 bytes per parameter element; the trainer keeps
-              them in param_dtype, so this is the conservative figure), sharded like the params;
-  reference   the frozen GRPO reference model, sharded like the params;
-  gradients   one gradient tree in param_dtype, sharded like the params;
-  activations saved for the backward pass, estimated from shapes (below);
-  KV cache    the rollout cache, --batch sequences of --seq slots: config.kv_cache_values_per_token
-              (MLA: the latent d_c + d_h^R) per token and layer, batch-sharded.
+What one device holds during one update (`rl.step.jit_train_step`) on a micro-batch of B
+sequences of S tokens, the last T of them the completion; n = B / (data * fsdp * expert)
+sequences per device (the act_batch axes), P_dev the parameter bytes of one shard:
 
-Activation formula. Tokens per device n = batch * seq / (data * fsdp * expert) (the act_batch
-axes); widths over heads, MLP hidden and vocabulary divide by `tensor`. Per token, in the
-activation dtype (b bytes), a layer keeps:
-  attention (MLA)  2d (residual, norm) + 2 d_c' (query latent, normed) + (d_c + d_h^R)
-                   + d_c (normed latent) + (3 H d_qk + 2 H d_v) / tensor (q, k, roped q;
-                   v, output; d_qk = d_h + d_h^R) + 2 H S float32 / tensor (scores and
-                   probabilities, S = seq) + d (projection);
-  attention (GQA)  2d + (H + 2 H_kv) d_h / tensor + 2 H S float32 / tensor + H d_h / tensor + d;
-  dense MLP        2d + 3 I / tensor + d;
-  MoE              2d + 2 N_r float32 (logits, scores) + R (2d + 3 f / tensor) for the routed
-                   rows + 3 N_s f / tensor + d, with R = K_r rows per token (dropless) or
-                   n_ep K_r (expert_parallel: the worst-case exchange buffer, see models/moe.py);
-  head             2 V float32 / tensor (logits, log-softmax), once.
-Without rematerialisation every layer (MTP modules included) keeps all of it. With full
-rematerialisation (remat_policy="full") a layer keeps only its input (d per token) and one
-layer's activations are live at a time during its recomputation.
+  state (the step's donated arguments, and its aliased outputs):
+    parameters   P_dev, in param_dtype (the master weights);
+    optimizer    Adam's mu and nu: 2 x the trainable shard in param_dtype (the moments follow
+                 the parameters, `train.state.make_optimizer`; frozen leaves have none);
+    reference    the frozen GRPO reference, sharded like the parameters: P_dev;
+    inputs       the batch: n (S + T) int32 tokens, a bool mask, two float32 log-prob rows.
+  temporaries at the peak, the largest of two phases:
+    backward     weight copies + activations + logits + gradients (+ accumulator);
+    update       gradients (+ accumulator) + the new parameters and moments, which the
+                 numerical guard holds beside the old ones until its finite check selects;
+  where
+    gradients    one gradient tree in param_dtype, sharded like the parameters (P_dev); with
+                 micro-batches a float32 accumulator beside it;
+    weight copies  W: each layer's weights as the backward keeps them, i.e. the compute-dtype
+                 copy (bf16 under the accelerator policy) gathered whole over fsdp: every
+                 layer's without rematerialisation (the forward's gathers serve the backward);
+                 one layer's with it, plus the output head's V x d copy. None when the
+                 parameters are neither cast nor sharded over fsdp (the argument is the copy);
+    activations  A: what autodiff saves for the backward, traced from the model itself
+                 (`jax.vjp` of `Transformer.hidden` under `jax.eval_shape`, so attention,
+                 MLA, MoE dispatch and the remat policy count exactly as the code is written):
+                 per layer kind, A_layer = the residual bytes of one sequence added by one more
+                 layer, measured at the per-device widths (H / tensor heads, I / tensor and
+                 f / tensor hidden); n x (sum over layers of A_layer + the embedding and final
+                 norm's share). With remat_policy != "none" each layer keeps what its policy
+                 saves (its input for "full") and one layer's full A is live while it is
+                 recomputed. MTP modules count as one more layer of the model's kind;
+    logits       the chunked log-prob pass (`rl.logprobs`, chunk C positions): two float32
+                 [n, C, V / tensor] copies (the logits and their gradient) and the head
+                 weight's float32 gradient [d, V / tensor] carried through the chunk loop.
+  expert_parallel MoE adds its receive buffer, n_ep * min(K, N_r / n_ep) rows of d in and out
+  per token and MoE layer (an estimate: the exchange is not in the traced single-device form).
+
+The rollout holds the state plus the sampler's KV cache: config.kv_cache_values_per_token (MLA:
+the latent d_c + d_h^R) per token and layer, batch-sharded; the plan's total is the larger of
+the update and the rollout. `benchmarks/plan_check.py` and `tests/test_plan_memory.py` compare
+these figures with XLA's own (`compile().memory_analysis()`) on simulated CPU meshes.
 """
 
 from __future__ import annotations
@@ -63,11 +81,12 @@ from jax.sharding import AbstractMesh, AxisType, NamedSharding
 
 from r1jax import sharding
 from r1jax.models import config as config_lib
-from r1jax.models import layers, summary, transformer
+from r1jax.models import layers, residuals, summary, transformer
 
 ACCELERATORS = {"h100": ("NVIDIA H100", 80e9), "v5p": ("TPU v5p", 95e9)}
 HEADROOM = 0.9  # plan to use at most this fraction of device memory
 GIB = 2**30
+FROZEN = "e_score_correction_bias"  # train.state.FROZEN_PARAM_NAMES: no Adam moments
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -123,51 +142,77 @@ def _token_shards(mesh: AbstractMesh) -> int:
     return int(np.prod([mesh.shape[a] for a in axes]))
 
 
-def layer_bytes_per_token(config: config_lib.ModelConfig, mesh: AbstractMesh, seq: int,
-                          is_moe: bool) -> float:
-    """Bytes one decoder layer keeps per token for the backward pass (module docstring)."""
-    c, tp = config, mesh.shape["tensor"]
-    b = np.dtype(layers.dtype_of(c.dtype)).itemsize
-    d, h = c.hidden_size, c.num_attention_heads
-    scores = 2 * h * seq * 4 / tp
-    if c.attention_type == "mla":
-        q_lora = 2 * (c.q_lora_rank or 0)
-        attn = (2 * d + q_lora + c.kv_cache_values_per_token + c.kv_lora_rank
-                + (3 * h * c.qk_head_dim + 2 * h * c.v_head_dim) / tp + d) * b + scores
-    else:
-        heads = (h + 2 * c.num_key_value_heads) * c.head_dim + h * c.head_dim
-        attn = (2 * d + heads / tp + d) * b + scores
-    if not is_moe:
-        return attn + (3 * d + 3 * c.intermediate_size / tp) * b
-    n_ep = mesh.shape["expert"] if c.moe_dispatch == "expert_parallel" else 1
-    rows = n_ep * c.num_experts_per_tok
-    f = c.moe_intermediate_size
-    routed = rows * (2 * d + 3 * f / tp) * b
-    shared = 3 * c.n_shared_experts * f / tp * b
-    return attn + (3 * d) * b + 2 * c.n_routed_experts * 4 + routed + shared
+def _itemsize(name: str) -> int:
+    return np.dtype(layers.dtype_of(name)).itemsize
+
+
+def _layer_kinds(config: config_lib.ModelConfig) -> list[bool]:
+    """is-MoE of every decoder layer, MTP modules included (each one more layer)."""
+    kinds = [config.is_moe_layer(i) for i in range(config.num_hidden_layers)]
+    return kinds + [config.is_moe] * config.num_nextn_predict_layers
+
+
+def _residuals(config, mesh, seq) -> dict[bool, residuals.LayerResiduals]:
+    sliced = residuals.per_device_widths(config, mesh.shape["tensor"])
+    return {k: residuals.layer_residuals(sliced, k, seq) for k in set(_layer_kinds(config))}
 
 
 def activation_bytes(config: config_lib.ModelConfig, mesh: AbstractMesh, batch: int,
                      seq: int, remat: bool) -> float:
-    """Per-device activation bytes of one forward + backward (module docstring formula)."""
-    tokens = batch * seq / _token_shards(mesh)
-    kinds = [config.is_moe_layer(i) for i in range(config.num_hidden_layers)]
-    kinds += [config.is_moe] * config.num_nextn_predict_layers
-    per_layer = [layer_bytes_per_token(config, mesh, seq, k) for k in kinds]
-    head = 2 * config.vocab_size * 4 / mesh.shape["tensor"]
+    """Per-device activations the backward keeps: n (sum_layers A_layer + base).
+
+    With `remat` every layer keeps its input [S, d] (remat_policy "full"; "dots" keeps more,
+    not modelled) and one layer's A_layer is live while it is recomputed."""
+    res = _residuals(config, mesh, seq)
+    kinds = _layer_kinds(config)
     if remat:
-        b = np.dtype(layers.dtype_of(config.dtype)).itemsize
-        kept = len(kinds) * config.hidden_size * b + max(per_layer)
+        x = seq * config.hidden_size * _itemsize(config.dtype)
+        kept = len(kinds) * x + max(res[k].activations for k in kinds)
     else:
-        kept = sum(per_layer)
-    return tokens * (kept + head)
+        kept = sum(res[k].activations for k in kinds)
+    n = batch / _token_shards(mesh)
+    return n * (kept + res[kinds[0]].base + _exchange_per_seq(config, mesh, seq))
+
+
+def _exchange_per_seq(config: config_lib.ModelConfig, mesh: AbstractMesh, seq: int) -> float:
+    """expert_parallel's receive buffer per sequence, over the MoE layers (module docstring)."""
+    n_ep = mesh.shape["expert"]
+    if config.moe_dispatch != "expert_parallel" or n_ep == 1:
+        return 0.0
+    rows = n_ep * min(config.num_experts_per_tok, config.n_routed_experts // n_ep)
+    moe_layers = sum(_layer_kinds(config))
+    return moe_layers * seq * rows * 2 * config.hidden_size * _itemsize(config.dtype)
+
+
+def weight_copy_bytes(config: config_lib.ModelConfig, mesh: AbstractMesh, batch: int,
+                      seq: int, remat: bool) -> float:
+    """Per-device weight copies the backward keeps (module docstring: W)."""
+    if mesh.shape["fsdp"] == 1 and config.dtype == config.param_dtype:
+        return 0.0
+    w = {k: r.weights for k, r in _residuals(config, mesh, seq).items()}
+    layer_copies = max(w.values()) if remat else sum(w[k] for k in _layer_kinds(config))
+    head = config.vocab_size * config.hidden_size / mesh.shape["tensor"]
+    return layer_copies + head * _itemsize(config.dtype)
+
+
+def logits_bytes(config: config_lib.ModelConfig, mesh: AbstractMesh, batch: int,
+                 completion: int, chunk: int) -> float:
+    """The chunked log-prob pass: 2 float32 [n, C, V / tensor] + float32 [d, V / tensor]."""
+    n = batch / _token_shards(mesh)
+    vocab = config.vocab_size / mesh.shape["tensor"]
+    return 4 * vocab * (2 * n * min(chunk, completion) + config.hidden_size)
+
+
+def input_bytes(mesh: AbstractMesh, batch: int, seq: int, completion: int) -> float:
+    """The batch arrays: tokens int32 [n, S], mask bool and two float32 log-prob rows [n, T]."""
+    return batch / _token_shards(mesh) * (4 * seq + 9 * completion + 8)
 
 
 def kv_cache_bytes(config: config_lib.ModelConfig, mesh: AbstractMesh, batch: int,
                    seq: int) -> float:
     """Per-device rollout KV cache: batch x seq slots, every layer, batch-sharded."""
-    b = np.dtype(layers.dtype_of(config.dtype)).itemsize
-    per_token = config.kv_cache_values_per_token * config.num_hidden_layers * b
+    per_token = config.kv_cache_values_per_token * config.num_hidden_layers \
+        * _itemsize(config.dtype)
     if config.attention_type == "gqa":
         per_token /= min(mesh.shape["tensor"], config.num_key_value_heads)
     return batch * seq / _token_shards(mesh) * per_token
@@ -180,15 +225,20 @@ def kv_cache_bytes(config: config_lib.ModelConfig, mesh: AbstractMesh, batch: in
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """Per-device bytes by component, for one mesh."""
+    """Per-device bytes by component, for one mesh (module docstring)."""
 
     mesh: dict[str, int]
     parameters: float
     optimizer: float
     reference: float
+    inputs: float
     gradients: float
+    accumulator: float
+    weight_copies_remat: float
+    weight_copies_no_remat: float
     activations_remat: float
     activations_no_remat: float
+    logits: float
     kv_cache: float
     replicated: tuple[ParamShard, ...]
     ideal_parameters: float  # the parameter bytes divided evenly over every chip
@@ -197,29 +247,59 @@ class Plan:
     def chips(self) -> int:
         return int(np.prod(list(self.mesh.values())))
 
-    def total(self, remat: bool = True) -> float:
-        states = self.parameters + self.optimizer + self.reference + self.gradients
+    @property
+    def state(self) -> float:
+        """The step's arguments (aliased by its outputs)."""
+        return self.parameters + self.optimizer + self.reference + self.inputs
+
+    def temporaries(self, remat: bool = True) -> float:
+        """Peak temporaries: the larger of the backward and the update phase."""
+        weights = self.weight_copies_remat if remat else self.weight_copies_no_remat
         act = self.activations_remat if remat else self.activations_no_remat
-        return states + act + self.kv_cache
+        grads = self.gradients + self.accumulator
+        return grads + max(weights + act + self.logits, self.parameters + self.optimizer)
+
+    def step_total(self, remat: bool = True) -> float:
+        """What the compiled update holds: state + peak temporaries."""
+        return self.state + self.temporaries(remat)
+
+    def total(self, remat: bool = True) -> float:
+        """The larger of the update and the rollout (state + KV cache)."""
+        return max(self.step_total(remat), self.state + self.kv_cache)
 
 
 def make_plan(config: config_lib.ModelConfig, mesh_shape: Mapping[str, int], batch: int,
-              seq: int, boxed=None, replicated_threshold: float = 2**24) -> Plan:
+              seq: int, boxed=None, replicated_threshold: float = 2**24, *,
+              completion: int | None = None, logps_chunk: int = 512,
+              micro_batches: int = 1) -> Plan:
     """The per-device plan on `mesh_shape`; `boxed` (from `boxed_params`) may be reused.
 
+    Args:
+      batch, seq: B sequences of S tokens per gradient computation (one micro-batch).
+      completion: T, the completion tokens of each sequence (default S: the upper bound).
+      logps_chunk: C, GRPOConfig.logps_chunk_size.
+      micro_batches: GRPOConfig.num_micro_batches (> 1 adds the float32 accumulator).
     `replicated` lists parameters of more than `replicated_threshold` bytes that no mesh axis
     shards (every device holds all of it) when the mesh has more than one device."""
     mesh = abstract_mesh(mesh_shape)
+    completion = seq if completion is None else completion
     shards = param_shards(boxed_params(config) if boxed is None else boxed, mesh)
     params = sum(p.elements * p.itemsize for p in shards)
-    elements = sum(p.elements for p in shards)
+    trainable = sum(p.elements * p.itemsize for p in shards
+                    if not p.path.endswith(f"'{FROZEN}']"))
     replicated = tuple(p for p in shards if mesh.size > 1 and p.elements == p.global_elements
                        and p.elements * p.itemsize > replicated_threshold)
-    return Plan(dict(zip(sharding.MESH_AXES, mesh.axis_sizes)), params, 8.0 * elements,
-                params, params, activation_bytes(config, mesh, batch, seq, True),
-                activation_bytes(config, mesh, batch, seq, False),
-                kv_cache_bytes(config, mesh, batch, seq), replicated,
-                sum(p.global_elements * p.itemsize for p in shards) / mesh.size)
+    accumulator = 4.0 * sum(p.elements for p in shards) if micro_batches > 1 else 0.0
+    return Plan(
+        dict(zip(sharding.MESH_AXES, mesh.axis_sizes)), params, 2.0 * trainable, params,
+        input_bytes(mesh, batch, seq, completion), params, accumulator,
+        weight_copy_bytes(config, mesh, batch, seq, True),
+        weight_copy_bytes(config, mesh, batch, seq, False),
+        activation_bytes(config, mesh, batch, seq, True),
+        activation_bytes(config, mesh, batch, seq, False),
+        logits_bytes(config, mesh, batch, completion, logps_chunk),
+        kv_cache_bytes(config, mesh, batch, seq), replicated,
+        sum(p.global_elements * p.itemsize for p in shards) / mesh.size)
 
 
 def candidate_meshes(config: config_lib.ModelConfig, chips: int, batch: int):
@@ -235,13 +315,14 @@ def candidate_meshes(config: config_lib.ModelConfig, chips: int, batch: int):
 
 
 def propose(config: config_lib.ModelConfig, memory: float, batch: int, seq: int,
-            max_chips: int = 8192) -> Plan | None:
+            max_chips: int = 8192, **options) -> Plan | None:
     """The smallest power-of-two chip count with a mesh whose plan (with remat) fits
-    HEADROOM * memory; among those meshes the one using the least memory. None if none fits."""
+    HEADROOM * memory; among those meshes the one using the least memory. None if none fits.
+    `options` go to `make_plan` (completion, logps_chunk, micro_batches)."""
     boxed = boxed_params(config)
     chips = 1
     while chips <= max_chips:
-        plans = [make_plan(config, m, batch, seq, boxed)
+        plans = [make_plan(config, m, batch, seq, boxed, **options)
                  for m in candidate_meshes(config, chips, batch)]
         fitting = [p for p in plans if p.total() <= HEADROOM * memory]
         if fitting:
@@ -256,11 +337,18 @@ def format_report(config: config_lib.ModelConfig, plan: Plan, accelerator: str, 
     (the run's setting, when known) marks the total that applies."""
     name, memory = ACCELERATORS[accelerator]
     mesh = ",".join(f"{k}={v}" for k, v in plan.mesh.items())
-    rows = [("parameters", plan.parameters),
+    rows = [("parameters (master weights)", plan.parameters),
             ("  (evenly over all chips it would be)", plan.ideal_parameters),
-            ("optimizer (AdamW, 2 x float32)", plan.optimizer), ("reference model", plan.reference), ("gradients", plan.gradients),
-            ("activations, full remat", plan.activations_remat),
+            (f"optimizer (Adam mu, nu in {config.param_dtype})", plan.optimizer),
+            ("reference model", plan.reference), ("batch inputs", plan.inputs),
+            ("gradients", plan.gradients), ("gradient accumulator (float32)", plan.accumulator),
+            ("weight copies, remat", plan.weight_copies_remat),
+            ("weight copies, no remat", plan.weight_copies_no_remat),
+            ("activations, remat", plan.activations_remat),
             ("activations, no remat", plan.activations_no_remat),
+            ("logits (chunked log-probs)", plan.logits),
+            ("update step, with remat", plan.step_total(True)),
+            ("update step, without remat", plan.step_total(False)),
             (f"rollout KV cache ({batch} x {seq} tokens)", plan.kv_cache),
             ("total with remat", plan.total(True)), ("total without remat", plan.total(False))]
     lines = [f"{config.num_hidden_layers} layers, d={config.hidden_size}, "
@@ -305,6 +393,15 @@ class RunSettings:
     remat: bool | None              # the model's remat_policy != "none" (None: not known)
     mesh: dict[str, int] | None     # a fixed mesh, or None to propose one
     source: str                     # where the numbers came from, for the report
+    completion: int | None = None   # completion tokens per sequence (None: all of seq)
+    logps_chunk: int = 512          # GRPOConfig.logps_chunk_size
+    micro_batches: int = 1          # GRPOConfig.num_micro_batches
+
+    @property
+    def plan_options(self) -> dict:
+        """The keyword arguments of `make_plan` these settings fix."""
+        return {"completion": self.completion, "logps_chunk": self.logps_chunk,
+                "micro_batches": self.micro_batches}
 
 
 DEFAULT_SETTINGS = RunSettings(512, 4096, None, None, "defaults (--batch, --seq)")
@@ -322,13 +419,16 @@ def experiment_settings(config, model: config_lib.ModelConfig) -> RunSettings:
                        f"{g.group_size} / ({g.num_minibatches} minibatches x "
                        f"{g.num_micro_batches} micro-batches), {d.max_prompt_len} prompt + "
                        f"{s.max_new_tokens} new tokens, dtype {model.dtype}, remat_policy "
-                       f"{model.remat_policy}")
+                       f"{model.remat_policy}", s.max_new_tokens, g.logps_chunk_size,
+                       g.num_micro_batches)
 
 
 def with_flags(settings: RunSettings, batch: int | None, seq: int | None,
                mesh: str | None) -> RunSettings:
     """`settings` with the command line's explicit --batch, --seq and --mesh applied."""
     changes = {k: v for k, v in (("batch", batch), ("seq", seq)) if v is not None}
+    if seq is not None and settings.completion is not None and settings.completion > seq:
+        changes["completion"] = None
     if mesh:
         changes["mesh"] = parse_mesh(mesh)
     return dataclasses.replace(settings, **changes)
@@ -365,9 +465,9 @@ def main(argv, config_flag):
         print(f"micro-batch {batch} x {seq} tokens from {settings.source}")
     if settings.mesh:
         plan = make_plan(config, settings.mesh, batch, seq,
-                         replicated_threshold=_THRESHOLD.value * 2**20)
+                         replicated_threshold=_THRESHOLD.value * 2**20, **settings.plan_options)
     else:
-        plan = propose(config, ACCELERATORS[acc][1], batch, seq)
+        plan = propose(config, ACCELERATORS[acc][1], batch, seq, **settings.plan_options)
         if plan is None:
             raise app.UsageError(f"no mesh of up to 8192 chips fits {ACCELERATORS[acc][0]}")
         print(f"proposed: {plan.chips} chips")

@@ -18,9 +18,9 @@ import pytest
 
 from r1jax import config_utils, plan, sharding
 from r1jax.models import config as config_lib
-from r1jax.models import hf, presets, transformer
+from r1jax.models import hf, presets, residuals, transformer
 from r1jax.rl import config as rl_config
-from r1jax.rl import step
+from r1jax.rl import plan_check, step
 from r1jax.sampling import sampler
 from r1jax.train import state as state_lib
 
@@ -40,9 +40,12 @@ def test_parameter_bytes_match_hand_counts():
     cfg = tiny()
     abstract = transformer.abstract_params(cfg)
     total = sum(int(np.prod(x.shape)) * 4 for x in jax.tree.leaves(abstract))
+    frozen = sum(int(np.prod(x.shape)) * 4 for p, x in jax.tree_util.tree_leaves_with_path(abstract)
+                 if plan.FROZEN in jax.tree_util.keystr(p))
+    assert frozen > 0  # the MoE balancing bias: state, not a parameter Adam moves
     one = plan.make_plan(cfg, {"fsdp": 1}, batch=8, seq=16)
     assert one.parameters == one.reference == one.gradients == total
-    assert one.optimizer == 2 * total  # float32 params: two float32 moments
+    assert one.optimizer == 2 * (total - frozen)  # float32 params: two float32 moments
     # fsdp=2 halves every leaf with an 'embed' axis; the rest (norms, biases, the latent
     # projections' other axes) stays whole.
     two = plan.make_plan(cfg, {"fsdp": 2}, batch=8, seq=16)
@@ -51,25 +54,50 @@ def test_parameter_bytes_match_hand_counts():
     assert two.parameters == by_hand < total
     expert = [p for p in shards if "gate_proj" in p.path and "experts" in p.path][0]
     assert expert.elements * 2 == expert.global_elements
+    assert plan.make_plan(cfg, {"fsdp": 2}, 8, 16, micro_batches=2).accumulator == \
+        4 * sum(p.elements for p in shards)
 
 
-def test_activations_and_cache_follow_the_formula():
+def test_layer_residuals_are_weights_plus_linear_activations():
+    """A dense layer's traced residuals: its parameters (in the compute dtype) and its
+    activations; tensor sharding halves the per-device widths."""
+    cfg = tiny().replace(n_routed_experts=0, first_k_dense_replace=2, num_hidden_layers=2)
+    layer = transformer.abstract_params(cfg)["layers_1"]
+    elements = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(layer))
+    one = residuals.layer_residuals(cfg, False, 16)
+    # float32: the parameters themselves (plus a few bytes of saved scalars)
+    assert 0 <= one.weights - 4 * elements <= 16
+    assert one.activations > 16 * cfg.hidden_size * 4 * 4  # at least 4 [S, d] float32 values
+    assert residuals.residual_bytes(cfg, 1, 16)[1] == sum(
+        int(np.prod(x.shape)) for x in jax.tree.leaves(transformer.abstract_params(cfg)))
+    half = residuals.per_device_widths(cfg, 2)
+    assert (half.num_attention_heads, half.intermediate_size) == (
+        cfg.num_attention_heads // 2, cfg.intermediate_size // 2)
+
+
+def test_plan_totals_follow_their_terms():
     cfg = tiny()
-    mesh = plan.abstract_mesh({"fsdp": 2, "tensor": 2})
-    p = plan.make_plan(cfg, {"fsdp": 2, "tensor": 2}, batch=8, seq=16)
-    tokens = 8 * 16 / 2
-    assert p.kv_cache == tokens * cfg.kv_cache_values_per_token * cfg.num_hidden_layers * 4
-    per_layer = [plan.layer_bytes_per_token(cfg, mesh, 16, cfg.is_moe_layer(i))
-                 for i in range(cfg.num_hidden_layers)]
-    head = 2 * cfg.vocab_size * 4 / 2
-    assert p.activations_no_remat == pytest.approx(tokens * (sum(per_layer) + head))
-    assert p.activations_remat == pytest.approx(
-        tokens * (cfg.num_hidden_layers * cfg.hidden_size * 4 + max(per_layer) + head))
+    p = plan.make_plan(cfg, {"fsdp": 2, "tensor": 2}, batch=8, seq=16, completion=8,
+                       logps_chunk=4)
+    n = 8 // 2  # sequences per device: act_batch shards over fsdp only here
+    assert p.kv_cache == n * 16 * cfg.kv_cache_values_per_token * cfg.num_hidden_layers * 4
+    assert p.logits == 4 * cfg.vocab_size / 2 * (2 * n * 4 + cfg.hidden_size)
+    res = {k: residuals.layer_residuals(residuals.per_device_widths(cfg, 2), k, 16)
+           for k in (False, True)}
+    kinds = [cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers)]
+    assert p.activations_no_remat == n * (sum(res[k].activations for k in kinds) + res[True].base)
     assert p.activations_remat < p.activations_no_remat
+    assert p.weight_copies_no_remat == sum(res[k].weights for k in kinds) + \
+        cfg.vocab_size * cfg.hidden_size / 2 * 4
+    backward = p.weight_copies_no_remat + p.activations_no_remat + p.logits
+    assert p.temporaries(False) == p.gradients + max(backward, p.parameters + p.optimizer)
+    assert p.step_total(False) == p.state + p.temporaries(False)
+    assert p.total(False) == max(p.step_total(False), p.state + p.kv_cache)
+    assert plan.weight_copy_bytes(cfg, plan.abstract_mesh({"data": 2}), 8, 16, False) == 0
     ep = plan.make_plan(cfg.replace(moe_dispatch="expert_parallel"), {"fsdp": 1, "expert": 2},
                         batch=8, seq=16)
     dropless = plan.make_plan(cfg, {"fsdp": 1, "expert": 2}, batch=8, seq=16)
-    assert ep.activations_no_remat > dropless.activations_no_remat  # worst-case exchange
+    assert ep.activations_no_remat > dropless.activations_no_remat  # the receive buffer
 
 
 def test_replicated_parameters_are_flagged():
@@ -111,32 +139,14 @@ def shrunken_v3(**changes):
     return config_lib.ModelConfig(**values)
 
 
-def abstract_train_inputs(step_config, mesh, batch, prompt_len, completion_len):
-    state_sh = step.state_shardings(step_config, mesh)
-    abstract = jax.eval_shape(lambda p: step.init_state(p, step_config, 0),
-                              transformer.abstract_params(step_config.model))
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                         abstract, state_sh)
-    shapes = {"prompt_tokens": ((batch, prompt_len), jnp.int32),
-              "prompt_lengths": ((batch,), jnp.int32),
-              "completion_tokens": ((batch, completion_len), jnp.int32),
-              "completion_mask": ((batch, completion_len), jnp.bool_),
-              "old_logps": ((batch, completion_len), jnp.float32),
-              "ref_logps": ((batch, completion_len), jnp.float32),
-              "advantages": ((batch,), jnp.float32)}
-    shardings = step.batch_shardings(mesh)
-    return state, {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[k])
-                   for k, (shape, dtype) in shapes.items()}
-
-
 def lower_train_step(model, mesh_shape, batch, prompt_len, completion_len):
     """StableHLO text of the jitted GRPO step on an AbstractMesh (TPU lowering)."""
     mesh = plan.abstract_mesh(mesh_shape)
     grpo_cfg = rl_config.GRPOConfig(group_size=4, prompts_per_step=batch // 4)
     step_config = step.StepConfig(model, grpo_cfg, state_lib.OptimConfig(), 1.0,
                                   completion_len)
-    state, batch_in = abstract_train_inputs(step_config, mesh, batch, prompt_len,
-                                            completion_len)
+    state, batch_in = plan_check.abstract_inputs(step_config, mesh, batch, prompt_len,
+                                                 completion_len)
     jitted = step.jit_train_step(step_config, mesh)
     with jax.sharding.use_abstract_mesh(mesh):
         return jitted.trace(state, batch_in).lower(lowering_platforms=("tpu",)).as_text()
@@ -303,5 +313,6 @@ def test_cli_plans_an_experiment_on_an_hf_directory(tmp_path):
     assert "with rematerialisation (the run's remat_policy)" in out
     # The preset's accelerator precision: bf16 compute, float32 master weights and moments.
     expected = plan.make_plan(model.replace(dtype="bfloat16", param_dtype="float32",
-                                            remat_policy="full"), {"fsdp": 1}, 16, 1280)
+                                            remat_policy="full"), {"fsdp": 1}, 16, 1280,
+                              completion=1024, logps_chunk=512)
     assert f"{expected.total(True) / plan.GIB:10.2f} GiB" in out
