@@ -75,7 +75,7 @@ def test_value_loss_matches_reference_and_finite_differences(eps):
 
 def test_value_model_fits_gae_returns():
     n, p, t, vocab = 4, 3, 6, 31
-    model = tiny_models.dense(vocab, 2, 64)
+    model = tiny_models.dense(vocab, 1, 64)
     rng = np.random.default_rng(1)
     lengths = np.array([6, 3, 5, 1])
     batch = {"prompt_tokens": rng.integers(0, vocab, (n, p)).astype(np.int32),
