@@ -5,7 +5,9 @@ moe_dispatch="expert_parallel" on several meshes must give the forward output, t
 (w.r.t. every parameter and the input), the sown expert loads and the bias update of the
 single-device dropless and dense (loop-over-experts reference) layers, for balanced and for
 maximally skewed routing (every assignment bound for one device). The exchange's CPU emulation
-must match `jax.lax.ragged_all_to_all`'s documented semantics, and the grouped matmul must see
+must match `jax.lax.ragged_all_to_all`'s documented semantics; the GPU/TPU path (the real
+primitive, lowered here through that emulation by a test-only rule, and grouped matmuls) must be
+exact too; the local expert compute (grouped matmul on GPU/TPU, block loop on the CPU) must see
 only real rows.
 """
 
