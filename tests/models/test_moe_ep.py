@@ -360,3 +360,10 @@ def test_cpu_block_loop_reads_only_real_rows():
     np.testing.assert_array_equal(np.asarray(grads[0])[~real], 0.0)
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_exchange_is_chosen_by_backend():
+    assert expert_parallel.resolve_exchange("auto") == "emulated"  # XLA:CPU lacks the primitive
+    assert expert_parallel.resolve_exchange("ragged") == "ragged"
+    with pytest.raises(ValueError, match="exchange='nccl'"):
+        expert_parallel.resolve_exchange("nccl")
