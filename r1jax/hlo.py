@@ -22,6 +22,7 @@ _CALLEE = re.compile(r"\b(?:calls|to_apply|body|condition|true_computation|false
                      r"=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _BODY = re.compile(r"\bbody=%?([\w.\-]+)")
+_COMMENT = re.compile(r"/\*.*?\*/")
 
 
 def computations(text: str) -> dict[str, list[str]]:
@@ -40,7 +41,9 @@ def computations(text: str) -> dict[str, list[str]]:
 
 def opcode(line: str) -> str | None:
     """The opcode of an instruction line, without an async `-start` / `-done` suffix."""
-    match = _OPCODE.search(line)
+    # Tuple types of 5+ elements carry `/*index=5*/` comments, whose '=' hid the opcode (every
+    # while loop with a big carry went uncounted, and so did the collectives inside it).
+    match = _OPCODE.search(_COMMENT.sub("", line))
     if not match:
         return None
     return match.group(1).removesuffix("-start").removesuffix("-done")
