@@ -8,7 +8,8 @@
 
 A run directory is evaluated at its newest checkpoint (or --step) with the run's template,
 rewards and evaluation settings; with no --task/--data and no --seed the numbers equal those the
-run logged at that step. Unset sampling flags take the run's values (an HF checkpoint: k = 4,
+run logged at that step. An R1 all-scenario run is scored with its learned reward model too
+(--reward_model, default: the one the pipeline saved beside the run). Unset sampling flags take the run's values (an HF checkpoint: k = 4,
 temperature 0.6, top-p 0.95). The JSON result goes to --output (default: <run>/eval/<prompts>-
 step<step>.json, or eval/<name>-<prompts>.json for an HF directory).
 """
@@ -21,6 +22,7 @@ from absl import app, flags, logging
 
 from r1jax import ownership
 from r1jax.evals import evaluate
+from r1jax.r1 import common
 from r1jax.rl import runs
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "R1-Zero run directory or HF directory.",
@@ -42,6 +44,9 @@ _GREEDY = flags.DEFINE_bool("greedy", None, "Also decode greedily.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Completion budget.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Prompts per generate call.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON result.")
+_REWARD_MODEL = flags.DEFINE_string(
+    "reward_model", None, "Saved reward model of an R1 all-scenario run (default: the one the "
+    "pipeline saved beside the run, <stage>/reward_model/model).")
 
 
 def _output_path(model: evaluate.Model, prompts: str) -> str:
@@ -57,7 +62,9 @@ def _output_path(model: evaluate.Model, prompts: str) -> str:
 def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)  # orbax warns that read-only means no saves
-    model = runs.load(_CHECKPOINT.value, step_=_STEP.value, template=_TEMPLATE.value)
+    extra = common.run_reward_models(_CHECKPOINT.value, _REWARD_MODEL.value)
+    model = runs.load(_CHECKPOINT.value, step_=_STEP.value, template=_TEMPLATE.value,
+                      extra_rewards=extra)
     examples, prompts = runs.select_examples(
         model, task=_TASK.value, knobs=json.loads(_KNOBS.value) if _KNOBS.value else None,
         split=_SPLIT.value, seed=_TASK_SEED.value, jsonl=_DATA.value, jsonl_format=_FORMAT.value,

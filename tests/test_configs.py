@@ -446,7 +446,7 @@ def test_every_stage_freezes_its_mesh_the_same_way():
                    "pretrain.sft.mesh.data=2", "reasoning_rl.mesh.data=2",
                    "reasoning_rl.mesh.fsdp=-1")
     frozen = r1_config.from_config_dict(config)
-    grpo = rl_config.from_config_dict(dict(frozen.reasoning_rl, base_dir="b", total_steps=1))
+    grpo = frozen.reasoning_rl.experiment("b", 0)
     meshes = {frozen.sft.sft.mesh, frozen.reward_model.train.mesh, frozen.pretrain.sft.mesh,
               grpo.mesh}
     assert meshes == {(("data", 2), ("fsdp", -1))}

@@ -8,13 +8,12 @@ trainer (as `base_dir`) all read it the same way.
 
 from __future__ import annotations
 
-import copy
+import json
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
-import ml_collections
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
@@ -25,9 +24,9 @@ from r1jax.models import hf_shards
 from r1jax.r1 import config as r1_config
 from r1jax.r1 import data
 from r1jax.rewards import registry
-from r1jax.rl import config as rl_config
 from r1jax.rl import runs, trainer
 from r1jax.train import base, sft
+from r1jax.train import reward_model as rm
 
 TEMPLATE = "r1_zero"
 EVAL_REWARDS = registry.Spec.from_dict({"numeric": 1.0, "format_strict": 1.0})
@@ -79,18 +78,18 @@ def sft_stage(stage_dir: pathlib.Path, start_dir, records, section: r1_config.SF
     return save_model(model_dir, model_config, params, start_dir)
 
 
-def grpo_stage(stage_dir: pathlib.Path, start_dir, section: Mapping[str, Any],
-               seed: int, extra_rewards: Sequence = ()) -> tuple[pathlib.Path, dict[str, Any]]:
+def grpo_stage(stage_dir: pathlib.Path, start_dir, section: r1_config.GRPOSection,
+               seed: int, extra_rewards: Sequence = (), **changes
+               ) -> tuple[pathlib.Path, dict[str, Any]]:
     """GRPO (`rl.trainer.train`) from the model in `start_dir`, run in `<stage_dir>/run`
     (resumable); returns (the saved final model directory, the trainer's summary).
     `extra_rewards` (e.g. the learned reward model) are passed to the run's reward spec
-    (`registry.Spec.extra`), never registered. `section`: the stage's GRPO section (a dict of
-    configs/r1_zero.py's fields), frozen here once its base model is known."""
+    (`registry.Spec.extra`), never registered; `changes` replace top-level fields of the
+    section (`GRPOSection.experiment`)."""
     model_dir, run_dir = stage_dir / "model", stage_dir / "run"
-    section = ml_collections.ConfigDict(copy.deepcopy(dict(section)))
-    section.base_dir = str(pathlib.Path(start_dir).absolute())
-    section.seed = seed
-    summary = trainer.train(rl_config.from_config_dict(section, extra_rewards), str(run_dir))
+    run_config = section.experiment(pathlib.Path(start_dir).absolute(), seed, extra_rewards,
+                                    **changes)
+    summary = trainer.train(run_config, str(run_dir))
     if summary["preempted"]:
         raise preemption.Preempted(summary["step"], f"GRPO in {run_dir}")
     final = runs.load_run(run_dir, extra_rewards=extra_rewards)
@@ -98,6 +97,29 @@ def grpo_stage(stage_dir: pathlib.Path, start_dir, section: Mapping[str, Any],
     summary = {"step": summary["step"], "eval": summary["eval"],
                "nonfinite_total": summary.get("nonfinite_total", 0)}
     return model_dir, summary
+
+
+def run_reward_models(run_dir, reward_model_dir=None) -> tuple:
+    """The learned reward model a GRPO run was scored with, to pass back as `extra_rewards`
+    (`rl.runs.load`): an all-scenario run names `reward_model.KIND` among its rewards, and
+    the pipeline saved the model beside the run (`<stage>/reward_model/model`) unless
+    `reward_model_dir` says where it is. Empty for a run without one or an HF directory.
+
+    Raises:
+      FileNotFoundError: the run needs a reward model that is not where it was looked for.
+    """
+    if not runs.is_run_dir(run_dir):
+        return ()
+    config = json.loads((pathlib.Path(run_dir) / "config.json").read_text())
+    weights = dict(config["rewards"]["weights"])
+    if rm.KIND not in weights:
+        return ()
+    directory = pathlib.Path(reward_model_dir or
+                             pathlib.Path(run_dir).absolute().parent / "reward_model" / "model")
+    if not (directory / "info.json").is_file():
+        raise FileNotFoundError(f"{run_dir} was scored with the learned reward {rm.KIND!r}, "
+                                f"whose model is not in {directory}; pass its directory")
+    return (rm.load(directory),)
 
 
 def eval_examples(eval_cfg: r1_config.EvalConfig, jsonl: str | None = None,

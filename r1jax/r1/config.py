@@ -5,24 +5,27 @@ Every section is a dataclass validated by `config_utils.freeze`; defaults are wr
 (or in the lower layer a field comes from: the evaluation's temperature and top-p are
 `evaluate.Settings`', the rejection sampler's are `rejection.RejectionConfig`'s), so the
 preset lists only what it changes. The GRPO sections (`reasoning_rl`, `all_scenario`,
-`r1_zero`, `distill.rl`) stay plain nested dicts of configs/r1_zero.py's fields: each is
-frozen into an `rl.config.ExperimentConfig` by the trainer when its stage runs, because their
-`base_dir` is the previous stage's model and `all_scenario`'s reward model is registered only
-after it is trained.
+`r1_zero`, `distill.rl`) are `GRPOSection`s: each is frozen into its `rl.config.
+ExperimentConfig` here, so a bad value fails at the pipeline's start naming the stage and the
+field; what only the running stage knows (its start model, the learned reward model) is
+filled in by `GRPOSection.experiment` when it starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Sequence
 from typing import Any
+
+import ml_collections
 
 from r1jax import config_utils
 from r1jax.evals import evaluate
 from r1jax.models import config as model_config_lib
 from r1jax.r1 import rejection
 from r1jax.rl import config as rl_config
-from r1jax.sampling import sampler
-from r1jax.train import pretrain, reward, sft
+from r1jax.train import pretrain, reward, reward_model, sft
 from r1jax.train import state as state_lib
 
 _Settings = evaluate.Settings
@@ -138,26 +141,89 @@ def _pretrain(section) -> pretrain.PretrainConfig:
     return pretrain.PretrainConfig.from_config_dict(section)
 
 
-#: The sections of a GRPO section that do not depend on the pipeline (its base_dir, its
-#: step count, the learned reward model), checked when the R1 config is frozen.
-_GRPO_PARTS = {"grpo": rl_config.GRPOConfig, "sampling": sampler.SamplingOptions,
-               "data": rl_config.DataConfig, "eval": rl_config.EvalConfig}
+@dataclasses.dataclass(frozen=True)
+class GRPOSection:
+    """A GRPO stage: every field of configs/r1_zero.py, frozen and checked with the R1 config.
 
+    Three of a stage's values are its inputs, set by `experiment` when it starts: `base_dir`
+    (the previous stage's model), `seed` (the pipeline's) and, where the section leaves
+    `total_steps` 0, the step count (r1_zero: 0 leaves the stage out; distill.rl: as many
+    steps as the SFT's FLOPs buy). The rewards the stage passes in (`provided`: all-scenario's
+    learned reward model) exist only then.
 
-def check_grpo_section(name: str, section: dict[str, Any]) -> None:
-    """Validates the parts of GRPO section `name` that are known before its stage runs, so
-    that a bad value fails at the start of the pipeline, not hours later when the stage's
-    trainer freezes the whole section.
-
-    Raises:
-      ValueError: "<name>: <what the dataclass says>".
+    Attributes:
+      name: the section's path in errors (`all_scenario`, `distill.rl`).
+      values: the section as the preset and the command line left it.
+      run: the `rl.config.ExperimentConfig` of `values`, as the stage would start now: every
+        section and field checked (`rl.config.from_config_dict`: the one recursive freeze),
+        with the section's own `base_dir` and `seed`, a `total_steps` of 0 checked as 1 (a
+        schedule whose length follows it as warmup + 1 updates, the shortest valid one), and
+        the `provided` rewards left out of the spec (their weights, options and routes are
+        checked when the stage passes them in). Read its data, GRPO and sampling sections;
+        the stage's own inputs come from `experiment`.
+      provided: names of the rewards the stage passes in.
     """
-    for part, cls in _GRPO_PARTS.items():
-        if part in section:
-            try:
-                config_utils.freeze(cls, section[part], part)
-            except ValueError as e:
-                raise ValueError(f"{name}: {e}") from None
+
+    name: str
+    values: ml_collections.FrozenConfigDict
+    run: rl_config.ExperimentConfig = dataclasses.field(compare=False, repr=False)
+    provided: tuple[str, ...] = ()
+
+    @property
+    def total_steps(self) -> int:
+        """The section's step count (0: set by the stage, see the class docstring)."""
+        return self.values.total_steps
+
+    @classmethod
+    def build(cls, name: str, values, provided: tuple[str, ...] = ()) -> GRPOSection:
+        """Freezes and checks a section (a ConfigDict or nested dict) or returns one as is.
+
+        Raises:
+          ValueError: "<name>: <the field and what is wrong>".
+        """
+        if isinstance(values, GRPOSection):
+            return values
+        values = ml_collections.FrozenConfigDict(
+            values.to_dict() if hasattr(values, "to_dict") else dict(values))
+        probe = _editable(values)
+        if not probe.total_steps:  # set by the stage: checked as the shortest valid run
+            probe.total_steps = 1
+            if probe.optim.total_steps is None:  # the schedule's length follows total_steps
+                probe.optim.total_steps = probe.optim.warmup_steps + 1
+        # None drops a weight, and a route may only name weighted rewards (registry.Spec).
+        config_utils.assign(probe.rewards, {k: w for k, w in probe.rewards.items()
+                                            if k not in provided})
+        probe.reward_routes = {task: [r for r in routed if r not in provided]
+                               for task, routed in probe.reward_routes.items()}
+        try:
+            run = rl_config.from_config_dict(probe)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        return cls(name, values, run, tuple(provided))
+
+    def experiment(self, base_dir: str, seed: int, extra_rewards: Sequence = (),
+                   **changes) -> rl_config.ExperimentConfig:
+        """The stage's `rl.config.ExperimentConfig`: the section from `base_dir` with `seed`,
+        top-level fields replaced by `changes` (e.g. total_steps), the `provided` rewards
+        passed as `extra_rewards` (`registry.Spec.extra`)."""
+        values = _editable(self.values)
+        values.update(dict(changes, base_dir=str(base_dir), seed=seed))
+        try:
+            return rl_config.from_config_dict(values, extra_rewards)
+        except ValueError as e:
+            raise ValueError(f"{self.name}: {e}") from None
+
+
+def _editable(values: ml_collections.FrozenConfigDict) -> ml_collections.ConfigDict:
+    """A fresh mutable copy (`as_configdict` hands out the same object every time, so an
+    edit to it would change what later calls see)."""
+    return ml_collections.ConfigDict(values.to_dict())
+
+
+def _grpo_section(name: str, provided: tuple[str, ...] = ()):
+    """The `freeze` converter of GRPO section `name` (None stays None)."""
+    return config_utils.converted(None, functools.partial(GRPOSection.build, name,
+                                                          provided=provided))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,9 +234,13 @@ class DistillConfig:
 
     base_dir: str
     pretrain: pretrain.PretrainConfig | None = config_utils.converted(None, _pretrain)
-    rl: dict[str, Any] = dataclasses.field(default_factory=dict)
+    rl: GRPOSection | None = _grpo_section("distill.rl")
     toy_base_dir: str | None = None
     sft: SFTStage = SFTStage()
+
+    def __post_init__(self):
+        if self.rl is None:
+            raise ValueError("distill.rl: the GRPO section is missing")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,9 +251,10 @@ class R1Config:
 
     base_dir: str
     pretrain: pretrain.PretrainConfig | None = config_utils.converted(None, _pretrain)
-    reasoning_rl: dict[str, Any] = dataclasses.field(default_factory=dict)
-    all_scenario: dict[str, Any] = dataclasses.field(default_factory=dict)
-    r1_zero: dict[str, Any] = dataclasses.field(default_factory=dict)
+    reasoning_rl: GRPOSection | None = _grpo_section("reasoning_rl")
+    # The learned reward model is trained by the stage, before its GRPO run.
+    all_scenario: GRPOSection | None = _grpo_section("all_scenario", (reward_model.KIND,))
+    r1_zero: GRPOSection | None = _grpo_section("r1_zero")
     distill: DistillConfig | None = None
     toy_base_dir: str | None = None
     seed: int = 0
@@ -195,10 +266,13 @@ class R1Config:
     data: UserData = UserData()
 
     def __post_init__(self):
-        for name in ("reasoning_rl", "all_scenario", "r1_zero"):
-            check_grpo_section(name, getattr(self, name))
-        if self.distill is not None:
-            check_grpo_section("distill.rl", self.distill.rl)
+        for name in ("reasoning_rl", "all_scenario"):
+            if getattr(self, name) is None:
+                raise ValueError(f"config.{name}: the GRPO section is missing")
+
+    def runs_r1_zero(self) -> bool:
+        """Whether the R1-Zero baseline stage runs (a section with total_steps > 0)."""
+        return self.r1_zero is not None and self.r1_zero.total_steps > 0
 
 
 def from_config_dict(config) -> R1Config:

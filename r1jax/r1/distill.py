@@ -23,13 +23,11 @@ import pathlib
 
 import numpy as np
 
-from r1jax import config_utils
 from r1jax.models import summary as model_summary
 from r1jax.r1 import common, data, pipeline
 from r1jax.r1 import config as r1_config
 from r1jax.r1 import manifest as manifest_lib
 from r1jax.rl import config as rl_config
-from r1jax.sampling import sampler
 from r1jax.train import base
 
 STAGES = ("student_base", "distill_sft", "distill_rl")
@@ -50,19 +48,18 @@ def rl_step_flops(model_config, g: rl_config.GRPOConfig, max_new_tokens: int,
     return fwd * (1 + 3 * g.num_iterations + (1 if g.beta > 0 else 0))
 
 
-def _section_step_flops(model_config, rl_section, prompt_len: int) -> float:
-    """`rl_step_flops` of a GRPO section (a ConfigDict or dict). Only its `grpo` and
-    `sampling` are frozen: a step's FLOPs depend on nothing else (not on the base directory
-    or the lr schedule, which the stage sets later)."""
-    g = config_utils.freeze(rl_config.GRPOConfig, rl_section["grpo"], "distill.rl.grpo")
-    sampling = config_utils.freeze(sampler.SamplingOptions, rl_section["sampling"],
-                                   "distill.rl.sampling")
-    return rl_step_flops(model_config, g, sampling.max_new_tokens, prompt_len)
+def _section_step_flops(model_config, section: r1_config.GRPOSection, prompt_len: int
+                        ) -> float:
+    """`rl_step_flops` of a GRPO section: of its `grpo` and `sampling` sections (checked when
+    the R1 config was frozen), on which alone a step's FLOPs depend."""
+    run = section.run
+    return rl_step_flops(model_config, run.grpo, run.sampling.max_new_tokens, prompt_len)
 
 
-def rl_steps_for_budget(budget: float, model_config, rl_section, prompt_len: int) -> int:
+def rl_steps_for_budget(budget: float, model_config, section: r1_config.GRPOSection,
+                        prompt_len: int) -> int:
     """GRPO steps whose estimated FLOPs are closest to `budget` (at least 1)."""
-    per_step = _section_step_flops(model_config, rl_section, prompt_len)
+    per_step = _section_step_flops(model_config, section, prompt_len)
     return max(1, int(round(budget / per_step)))
 
 
@@ -95,11 +92,11 @@ def _distill_rl(config, data_path, m, stage_dir):
     section = config.distill.rl
     budget = m.entry("distill_sft")["metrics"]["flops"]
     prompt_len = _mean_prompt_len(tok, data.read_records(data_path))
-    steps = section["total_steps"] or rl_steps_for_budget(budget, model_config, section,
-                                                          prompt_len)
-    section = dict(section, total_steps=steps,
-                   checkpoint_every=max(1, min(section["checkpoint_every"], steps)))
-    model_dir, summary = common.grpo_stage(stage_dir, start, section, config.seed)
+    steps = section.total_steps or rl_steps_for_budget(budget, model_config, section,
+                                                       prompt_len)
+    model_dir, summary = common.grpo_stage(
+        stage_dir, start, section, config.seed, total_steps=steps,
+        checkpoint_every=max(1, min(section.run.checkpoint_every, steps)))
     flops = steps * _section_step_flops(model_config, section, prompt_len)
     return {"model": model_dir}, {"eval": common.evaluate_model(model_dir, config.eval,
                                                                 config.seed),

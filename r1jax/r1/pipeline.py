@@ -105,8 +105,7 @@ def _grpo(section_name: str, start_stage: str, config, m, stage_dir, extra_rewar
     start = m.output(start_stage, "model") if start_stage != "base" else \
         m.entry("base")["metrics"]["base_dir"]
     model_dir, summary = common.grpo_stage(stage_dir, start, getattr(config, section_name),
-                                           config.seed,
-                                           extra_rewards)
+                                           config.seed, extra_rewards)
     return {"model": model_dir}, {"eval": _evaluate(config, model_dir),
                                   "grpo": summary}
 
@@ -140,11 +139,11 @@ _ACCURACY = {"gsm8k": "numeric", "math": "math", "code": "code"}
 def _rejection_prompts(config) -> tuple[list[dict], str]:
     """The first `rejection.num_prompts` training prompts of the reasoning-RL stage (its JSONL
     when set, else the generated task) and the accuracy reward that checks them."""
-    d, num = config.reasoning_rl.get("data", {}), config.rejection.num_prompts
-    if d.get("train_jsonl"):
-        examples = tasks.jsonl.load(d["train_jsonl"], d["jsonl_format"],
-                                    on_error=d["jsonl_on_error"]).examples
-        return examples[:num], _ACCURACY[d["jsonl_format"]]
+    d, num = config.reasoning_rl.run.data, config.rejection.num_prompts
+    if d.train_jsonl:
+        examples = tasks.jsonl.load(d.train_jsonl, d.jsonl_format,
+                                    on_error=d.jsonl_on_error).examples
+        return examples[:num], _ACCURACY[d.jsonl_format]
     source = data_pipeline.generated_source(
         tasks.get(config.eval.task, **dict(config.eval.task_knobs)), "train", config.seed)
     return [source[i] for i in range(num)], "numeric"
@@ -231,7 +230,7 @@ def stages(config: r1_config.R1Config, m: manifest_lib.Manifest):
            "reasoning_rl": functools.partial(_grpo, "reasoning_rl", "cold_start"),
            "rejection": _rejection, "sft": _sft, "all_scenario": _all_scenario,
            "r1_zero": functools.partial(_grpo, "r1_zero", "base")}
-    names = [n for n in STAGES if n != "r1_zero" or config.r1_zero["total_steps"] > 0]
+    names = [n for n in STAGES if n != "r1_zero" or config.runs_r1_zero()]
     return [(n, functools.partial(fns[n], config, m)) for n in names]
 
 

@@ -130,11 +130,12 @@ def load_hf_dir(path: str | os.PathLike, template: str = "r1_zero") -> evaluate.
 
 
 def load(path: str | os.PathLike, *, step_: int | None = None,
-         template: str = "r1_zero") -> evaluate.Model:
-    """A run directory (`load_run`) or an HF directory (`load_hf_dir`), told apart by their
-    files; `template` applies to HF checkpoints only (a run keeps its own)."""
+         template: str = "r1_zero", extra_rewards: Sequence = ()) -> evaluate.Model:
+    """A run directory (`load_run`, with the `extra_rewards` it was given) or an HF directory
+    (`load_hf_dir`), told apart by their files; `template` applies to HF checkpoints only (a
+    run keeps its own)."""
     if is_run_dir(path):
-        return load_run(path, step_)
+        return load_run(path, step_, extra_rewards=extra_rewards)
     if (pathlib.Path(path) / hf.CONFIG_FILE).is_file():
         return load_hf_dir(path, template)
     raise ValueError(f"{path}: neither an r1jax run directory (config.json + checkpoints/) nor "

@@ -42,13 +42,13 @@ def test_rl_steps_for_budget_with_a_cosine_schedule():
 
     from r1jax.models import config as config_lib
     from r1jax.models import presets
+    from r1jax.r1 import config as r1_config
     from r1jax.r1 import distill
-    from r1jax.rl import config as rl_config
 
-    section = config_preset("r1", "tiny").distill.rl
-    assert section.optim.schedule == "cosine" and section.optim.warmup_steps > 1
+    section = r1_config.from_config_dict(config_preset("r1", "tiny")).distill.rl
+    assert section.values.optim.schedule == "cosine" and section.values.optim.warmup_steps > 1
     model_config = config_lib.ModelConfig.from_dict(presets.get("tiny").to_dict())
-    rl = rl_config.from_config_dict(dict(section.to_dict(), base_dir="unused", total_steps=40))
+    rl = section.experiment("unused", 0, total_steps=40)
     per_step = distill.rl_step_flops(model_config, rl.grpo, rl.sampling.max_new_tokens, 100)
     assert distill.rl_steps_for_budget(7.4 * per_step, model_config, section, 100) == 7
     assert distill.rl_steps_for_budget(0.1 * per_step, model_config, section, 100) == 1

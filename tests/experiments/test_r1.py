@@ -78,6 +78,26 @@ def test_r1_pipeline_smoke_kill_and_resume(tmp_path):
     steps = [json.loads(line)["step"] for line in
              (tmp_path / "run" / "sft" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == SFT_STEPS
+    _check_eval_finds_the_reward_model(tmp_path / "run")
+
+
+def _check_eval_finds_the_reward_model(workdir):
+    """experiments/eval.py's loading of a finished pipeline's GRPO runs: the all-scenario run
+    gets the reward model saved beside it (it was scored with it), other runs need none."""
+    import pytest
+
+    from r1jax.r1 import common
+    from r1jax.rl import runs
+    from r1jax.train import reward_model as rm
+
+    run = workdir / "all_scenario" / "run"
+    (scorer,) = common.run_reward_models(run)
+    assert scorer.name == rm.KIND
+    model = runs.load(run, extra_rewards=(scorer,))
+    assert rm.KIND in dict(model.rewards.weights)
+    assert common.run_reward_models(workdir / "reasoning_rl" / "run") == ()
+    with pytest.raises(FileNotFoundError, match=r"reward 'reward_model'.*pass its directory"):
+        common.run_reward_models(run, workdir / "nowhere")
 
 
 def test_reward_model_init_policy_and_scratch(base_dir):
