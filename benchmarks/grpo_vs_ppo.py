@@ -124,6 +124,7 @@ def main(argv):
         # GRPO: group advantages [N], the policy update.
         adv_n = grpo.group_advantages(rewards, g.group_size)
         grpo_batch = dict(batch, advantages=adv_n)
+        grpo_batch = jax.device_put(grpo_batch, step.batch_shardings(mesh, tuple(grpo_batch)))
         grpo_state = step.jit_init_state(config, mesh, 0)(params)
         grpo_update = step.jit_train_step(config, mesh)
         grpo_mem = memory(grpo_update, grpo_state, grpo_batch)
@@ -140,10 +141,14 @@ def main(argv):
         gae_s, (adv_nt, returns) = median_s(gae_fn, rewards, batch["completion_mask"],
                                             values_bt, batch["old_logps"], ref_logps)
         ppo_batch = dict(batch, advantages=adv_nt)
+        ppo_batch = jax.device_put(ppo_batch, step.batch_shardings(mesh, tuple(ppo_batch)))
         ppo_update = step.jit_train_step(ppo_config, mesh)
         policy_mem = memory(ppo_update, ppo_state, ppo_batch)
         policy_s = update_s(ppo_update, ppo_state, ppo_batch)
-        critic_batch = dict(seq, old_values=values_bt, returns=returns)
+        critic_batch = jax.device_put(
+            dict(seq, old_values=values_bt, returns=returns),
+            {k: sharding.batch_sharding(mesh, 1 if k == "prompt_lengths" else 2)
+             for k in critic.BATCH_KEYS})
         critic_update = critic.jit_step(critic_config, mesh)
         critic_mem = memory(critic_update, critic_state, critic_batch)
         values_mem = memory(values_fn, critic_state["params"], seq)
