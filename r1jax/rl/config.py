@@ -111,6 +111,10 @@ class GRPOConfig:
     rollout_is: the sampler-vs-trainer correction (`objectives.rollout_is_weights`, needs
       old_logps_from="trainer"): "none" | "token_truncate" (TIS) | "sequence_truncate" |
       "token_mask" | "sequence_mask" (MIS), with cap C = rollout_is_cap > 1.
+    routing_replay: MoE routing replay, "none" | "r3": the sampler records every token's
+      experts (`SamplingConfig.record_routing`) and the training forwards select the same ones,
+      gate values from the current router (`r1jax.rl.replay`); the flip rate of each router
+      (its own choice vs the record) is logged. Not with packing.
     """
 
     group_size: int = 16
@@ -149,6 +153,7 @@ class GRPOConfig:
     old_logps_from: str = "sampler"
     rollout_is: str = "none"
     rollout_is_cap: float = 2.0
+    routing_replay: str = "none"
 
     def __post_init__(self):
         s = "grpo"
@@ -200,6 +205,12 @@ class GRPOConfig:
         _finite(s, self, "dual_clip_c", "entropy_coef", "discount", "gae_lambda",
                 "clip_eps_value", "critic_learning_rate")
         self._check_rollout_correction()
+        if self.routing_replay not in ("none", "r3"):
+            _fail(s, "routing_replay", self.routing_replay, "must be one of ('none', 'r3')")
+        if self.routing_replay == "r3" and self.packing:
+            _fail(s, "routing_replay", self.routing_replay,
+                  "needs packing=False (the record is in the unpacked [prompt ; completion] "
+                  "layout)")
         if not 0 <= self.gae_lambda <= 1:
             _fail(s, "gae_lambda", self.gae_lambda, "must be in [0, 1]")
         for field in ("clip_eps_value", "critic_learning_rate"):
