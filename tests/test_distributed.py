@@ -14,6 +14,7 @@ import cpu_env
 import jax
 import numpy as np
 import portpicker
+import processes as processes_lib
 import pytest
 from conftest import config_preset
 
@@ -111,22 +112,6 @@ def _start(base_dir, workdir, cache, devices, process=None):
                             text=True, cwd=REPO)
 
 
-def _finish_all(processes, timeout=300):
-    """Waits for every process; kills all of them if one fails or time runs out."""
-    outputs = []
-    try:
-        for p in processes:
-            out, _ = p.communicate(timeout=timeout)
-            assert p.returncode == 0, out[-4000:]
-            outputs.append(out)
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return [json.loads(out.split("SUMMARY ", 1)[1]) for out in outputs]
-
-
 @pytest.fixture(scope="module")
 def runs(base_dir, tmp_path_factory):
     """(one-process workdir, two-process workdir, their summaries), run concurrently."""
@@ -137,7 +122,7 @@ def runs(base_dir, tmp_path_factory):
     processes += [_start(base_dir, multi, cache, 4, {
         distributed.ENV_COORDINATOR: f"127.0.0.1:{port}", distributed.ENV_NUM_PROCESSES: "2",
         distributed.ENV_PROCESS_ID: str(i)}) for i in range(2)]
-    summaries = _finish_all(processes)
+    summaries = processes_lib.finish_all(processes, "SUMMARY ")
     return single, multi, summaries
 
 

@@ -7,12 +7,11 @@ written by process 0) and reloaded by both.
 
 import hashlib
 import json
-import os
 import pathlib
-import re
 import subprocess
 import sys
 
+import cpu_env
 import jax
 import numpy as np
 import portpicker
@@ -65,14 +64,11 @@ def _run_two_processes(base_dir, stage_dir, timeout=600) -> list[dict]:
     """Starts both processes, waits for both (killing both if one fails), returns their
     RESULT lines."""
     port = portpicker.pick_unused_port()
-    # The suite's XLA flags (cheap codegen), with 4 devices per process.
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
-                   os.environ.get("XLA_FLAGS", "")) + " --xla_force_host_platform_device_count=4"
     processes = [subprocess.Popen(
         [sys.executable, "-c", _RUNNER, str(base_dir), str(stage_dir), json.dumps(SECTION)],
-        env=dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu",
-                 **{distributed.ENV_COORDINATOR: f"127.0.0.1:{port}",
-                    distributed.ENV_NUM_PROCESSES: "2", distributed.ENV_PROCESS_ID: str(i)}),
+        env=cpu_env.env(4, **{distributed.ENV_COORDINATOR: f"127.0.0.1:{port}",
+                              distributed.ENV_NUM_PROCESSES: "2",
+                              distributed.ENV_PROCESS_ID: str(i)}),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
         for i in range(2)]
     return processes_lib.finish_all(processes, "RESULT ", timeout)
