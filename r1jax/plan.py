@@ -205,7 +205,8 @@ def weight_copy_bytes(config: config_lib.ModelConfig, mesh: AbstractMesh, batch:
         dense = config.first_k_dense_replace if config.is_moe else config.num_hidden_layers
         stacks = ((dense, False), (config.num_hidden_layers - dense, True))
         layer_copies = sum(min(n, SCAN_LIVE_LAYERS) * w[k] for n, k in stacks if n)
-        layer_copies += config.num_nextn_predict_layers * w[config.is_moe]
+        if config.num_nextn_predict_layers:  # MTP modules are not scanned
+            layer_copies += config.num_nextn_predict_layers * w[config.is_moe]
     else:
         layer_copies = sum(w[k] for k in _layer_kinds(config))
     head = config.vocab_size * config.hidden_size / mesh.shape["tensor"]
