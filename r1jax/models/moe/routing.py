@@ -27,6 +27,7 @@ ROUTER = "gate"  # the router's module name inside an MoE layer
 # under SELECTED in the REPLAY collection when one is given (rows < 0: its own selection).
 SELECTED = "selected_experts"
 REPLAY = "replay"
+OWN_CHOICE = "own_choice"  # sown too while replaying: what the router itself selects
 
 
 _SCORING: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -108,4 +109,6 @@ class Router(nn.Module):
                      else None)
         scores_te, idx_tk, weight_tk = route(logits_te, bias_e, self.config, replay_tk)
         self.sow("intermediates", SELECTED, idx_tk)
+        if replay_tk is not None:  # the router's own choice, for the routing-flip-rate metric
+            self.sow("intermediates", OWN_CHOICE, route(logits_te, bias_e, self.config)[1])
         return scores_te, idx_tk, weight_tk
