@@ -453,8 +453,8 @@ def generate(config: config_lib.ModelConfig, params, prompt_tokens, prompt_lengt
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
              min_p: float | None = None, stop_token_sequences=(), num_samples: int = 1,
              pad_id: int = 0, pad_side: str = "right", overlong: str = "error",
-             max_prompt_length: int | None = None, mesh: jax.sharding.Mesh | None = None
-             ) -> SampleResult:
+             max_prompt_length: int | None = None, mesh: jax.sharding.Mesh | None = None,
+             record_routing: bool = False) -> SampleResult:
     """Samples completions of a prompt batch (the stable entry point).
 
     Args:
@@ -464,6 +464,7 @@ def generate(config: config_lib.ModelConfig, params, prompt_tokens, prompt_lengt
       rng: a PRNG key; row r's key at step t is fold_in(fold_in(rng, r), t).
       max_new_tokens .. max_prompt_length: see `SamplingConfig` (temperature 0 = greedy).
       mesh: optional device mesh; see `make_sampler`.
+      record_routing: also return the MoE routing record (`SampleResult.routing`).
     Returns:
       SampleResult with [B * num_samples, max_new_tokens] tokens / logps / mask, lengths,
       finish_reason (`FINISH_REASONS`), prompt_truncated, num_steps. Compiled samplers are
@@ -473,6 +474,6 @@ def generate(config: config_lib.ModelConfig, params, prompt_tokens, prompt_lengt
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         min_p=min_p, eos_id=eos_id, stop_token_sequences=tuple(map(tuple, stop_token_sequences)),
         num_samples=num_samples, pad_id=pad_id, pad_side=pad_side, overlong=overlong,
-        max_prompt_length=max_prompt_length)
+        max_prompt_length=max_prompt_length, record_routing=record_routing)
     prompt_bp, lengths_b = check_prompts(config, sampling, prompt_tokens, prompt_lengths)
     return cached_sampler(config, sampling, mesh)(params, prompt_bp, lengths_b, rng)
