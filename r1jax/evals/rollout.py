@@ -88,18 +88,34 @@ def _accuracy_reward(spec: registry.Spec) -> registry.RewardFn:
 
 
 def sample(ctx: Context, params, batch, rng, *, num_samples: int, max_new_tokens: int,
-           temperature: float, top_k: int | None = None, top_p: float | None = None) -> Rollout:
-    """G = num_samples completions of each prompt of a pipeline batch, as host arrays."""
+           temperature: float, top_k: int | None = None, top_p: float | None = None,
+           record_routing: bool = False) -> Rollout:
+    """G = num_samples completions of each prompt of a pipeline batch, as host arrays. With
+    record_routing, the MoE routing record's prompt and completion columns too
+    ("routing_prompt" {path: [R, P, ...]}, "routing_completion" {path: [R, N, ...]})."""
     result = sampling.generate(
         ctx.model, params, batch["prompt_tokens"], batch["prompt_lengths"], rng,
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         eos_id=ctx.tokenizer.eos_id, stop_token_sequences=ctx.stop_sequences,
-        num_samples=num_samples, pad_id=ctx.tokenizer.pad_id, mesh=ctx.mesh)
+        num_samples=num_samples, pad_id=ctx.tokenizer.pad_id, mesh=ctx.mesh,
+        record_routing=record_routing)
     result = distributed.fetch(result)  # every host holds every row (global arrays)
     lengths = np.asarray(result.lengths)
     tokens = np.asarray(result.tokens)
     repeat = lambda x: np.repeat(np.asarray(x), num_samples, axis=0)
-    return {
+    routing = {}
+    if result.routing is not None:  # split: concat pads the prompt columns, the update trims
+        record = {k: np.asarray(v) for k, v in result.routing.items()}
+        used = next(iter(record.values())).shape[1] - max_new_tokens  # padding may be dropped
+        width = np.shape(batch["prompt_tokens"])[1]
+
+        def prompt_part(v):  # back to the batch's prompt width; the dropped columns are padding
+            return np.pad(v[:, :used], [(0, 0), (0, width - used)] + [(0, 0)] * (v.ndim - 2),
+                          constant_values=-1)
+
+        routing = {"routing_prompt": {k: prompt_part(v) for k, v in record.items()},
+                   "routing_completion": {k: v[:, used:] for k, v in record.items()}}
+    return routing | {
         "prompt_tokens": repeat(batch["prompt_tokens"]).astype(np.int32),
         "prompt_lengths": repeat(batch["prompt_lengths"]).astype(np.int32),
         "completion_tokens": tokens.astype(np.int32),
@@ -185,6 +201,10 @@ def concat(rollouts: Sequence[Rollout], pad_id: int) -> Rollout:
         return np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=pad_id)
 
     def join(values, key):
+        if key == "routing_prompt":  # the routing record's prompt columns; -1 = not recorded
+            return {k: np.concatenate([np.pad(v[k], [(0, 0), (0, width - v[k].shape[1])] +
+                                              [(0, 0)] * (v[k].ndim - 2), constant_values=-1)
+                                       for v in values]) for k in values[0]}
         if isinstance(values[0], dict):
             return {k: join([v[k] for v in values], k) for k in values[0]}
         if isinstance(values[0], list):
