@@ -42,16 +42,19 @@ def to_replay(record: dict) -> dict:
     return {routing.REPLAY: traverse_util.unflatten_dict(flat)}
 
 
-def flip_rates(record: dict, intermediates) -> dict[str, jax.Array]:
+def flip_rates(record: dict, intermediates, name: str = routing.SELECTED
+               ) -> dict[str, jax.Array]:
     """Share of recorded tokens whose top-k expert set in this forward differs from the record.
 
     Args:
       record: as `to_replay` ([N, L, (layers,) K]; -1 = not recorded, not counted).
       intermediates: the 'intermediates' of the training forward over the same [N, L] tokens.
+      name: routing.SELECTED (the experts the forward used: 0 under replay) or
+        routing.OWN_CHOICE (what each router selects by itself, sown under replay).
     Returns:
       {"<router path>" or "<router path>/<i>" for layer i of a scanned stack: float32 scalar}.
     """
-    used = routing_record.selections(intermediates)
+    used = routing_record.selections(intermediates, name)
     rates = {}
     for path, rec in record.items():
         n, length = rec.shape[:2]

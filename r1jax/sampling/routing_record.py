@@ -23,12 +23,12 @@ from r1jax.models.moe import routing
 DTYPE = jnp.int16  # E < 32768 experts; -1 = not recorded
 
 
-def selections(intermediates) -> dict[str, jax.Array]:
+def selections(intermediates, name: str = routing.SELECTED) -> dict[str, jax.Array]:
     """{router path "a/b/gate": selection int [(layers,) T, K]} from one forward's
-    'intermediates' (the first call of each router)."""
+    'intermediates' (the first call of each router). name: SELECTED (the experts used) or
+    OWN_CHOICE (the router's own top-k, sown while replaying)."""
     flat = traverse_util.flatten_dict(dict(intermediates))
-    return {"/".join(path[:-1]): value[0] for path, value in flat.items()
-            if path[-1] == routing.SELECTED}
+    return {"/".join(path[:-1]): value[0] for path, value in flat.items() if path[-1] == name}
 
 
 def tokens_first(sel, b: int, t: int) -> jax.Array:
