@@ -201,6 +201,9 @@ def make_loss_fn(config: StepConfig):
             aggregation=g.aggregation, max_length=config.max_new_tokens, entropy=entropy_bt)
         aux_loss = moe.total_aux_loss(intermediates)
         metrics = dict(metrics, pg_loss=loss, aux_loss=aux_loss)
+        if "routing" in batch:  # routing replay: how often each router's own choice differs
+            flips = replay.flip_rates(batch["routing"], intermediates, moe.routing.OWN_CHOICE)
+            metrics.update({f"routing_flip/{k}": v for k, v in flips.items()})
         return loss + aux_loss, {"metrics": metrics, "loads": _expert_loads(intermediates)}
 
     return loss_fn
@@ -276,13 +279,17 @@ def jit_init_state(config: StepConfig, mesh, seed: int):
 
 _BATCH_NDIM = {"prompt_tokens": 2, "prompt_lengths": 1, "completion_tokens": 2,
                "completion_mask": 2, "old_logps": 2, "ref_logps": 2, "advantages": 1,
-               **{k: 2 for k in packing.PACKED_KEYS}, **{k: 1 for k in packing.INDEX_KEYS}}
+               **{k: 2 for k in packing.PACKED_KEYS}, **{k: 1 for k in packing.INDEX_KEYS},
+               "routing": 1}  # a {path: array} dict: one sharding of its leading axis for all
 _UPDATE_KEYS = ("prompt_tokens", "prompt_lengths", "completion_tokens", "completion_mask",
                 "old_logps", "ref_logps", "advantages")
 
 
 def update_keys(config: StepConfig) -> tuple[str, ...]:
-    """The arrays of an update's minibatch: packed rows replace the prompts when packing."""
+    """The arrays of an update's minibatch: packed rows replace the prompts when packing; the
+    routing record ({path: [B, P + T, ...]}) joins with routing replay."""
+    if config.grpo.routing_replay == "r3":
+        return _UPDATE_KEYS + ("routing",)
     if not config.grpo.packing:
         return _UPDATE_KEYS
     return _UPDATE_KEYS[2:] + packing.PACKED_KEYS + packing.INDEX_KEYS

@@ -175,7 +175,8 @@ class _Run:
             out = rollout.sample(self.ctx, params, batch, rng, num_samples=g.group_size,
                                  max_new_tokens=cfg.sampling.max_new_tokens,
                                  temperature=cfg.sampling.temperature,
-                                 top_k=cfg.sampling.top_k, top_p=cfg.sampling.top_p)
+                                 top_k=cfg.sampling.top_k, top_p=cfg.sampling.top_p,
+                                 record_routing=g.routing_replay == "r3")
             timings["sample"] += time.perf_counter() - start
             start = time.perf_counter()
             out = rollout.score_across_hosts(self.ctx, out)
@@ -200,6 +201,9 @@ class _Run:
                                      self.config.sampling.max_new_tokens,
                                      g.update_width_multiple)
         host = packing.trim(host, width)
+        if "routing_prompt" in ro:  # routing replay: the record of [prompt ; completion[:width]]
+            host["routing"] = {k: np.concatenate([p, ro["routing_completion"][k][:, :width]], 1)
+                               for k, p in ro["routing_prompt"].items()}
         if g.kl_in == "loss" and self.critic is None:  # else `device_batch` estimates them
             host["advantages"] = np.asarray(advantages.estimate(
                 g.advantage, jnp.asarray(ro["rewards"]), jnp.asarray(host["completion_mask"]),
@@ -210,7 +214,10 @@ class _Run:
                      rewards: np.ndarray) -> dict[str, jax.Array]:
         """The arrays of the update with the reference log-probs, batch-sharded."""
         g = self.config.grpo
-        batch = distributed.global_batch(host, step.batch_shardings(self.mesh, tuple(host)))
+        shardings = step.batch_shardings(self.mesh, tuple(host))
+        if "routing" in host:  # one sharding per router's record
+            shardings["routing"] = {k: shardings["routing"] for k in host["routing"]}
+        batch = distributed.global_batch(host, shardings)
         seq = {k: batch[k] for k in ("prompt_tokens", "prompt_lengths", "completion_tokens",
                                      "completion_mask")}
         if g.beta > 0:
@@ -239,7 +246,7 @@ class _Run:
         rows = slice(m * (g.batch_size // g.num_minibatches),
                      (m + 1) * (g.batch_size // g.num_minibatches))
         keys = step.update_keys(self.step_config)
-        minibatch = {k: batch[k][rows] for k in keys if k in batch}
+        minibatch = {k: jax.tree.map(lambda x: x[rows], batch[k]) for k in keys if k in batch}
         # An eager slice of a sharded array comes back replicated; the step's in_shardings
         # refuse a committed array sharded otherwise.
         minibatch = jax.device_put(minibatch, step.batch_shardings(self.mesh, tuple(minibatch)))
