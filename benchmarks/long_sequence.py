@@ -16,7 +16,6 @@ against cache fill.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 
@@ -25,12 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from r1jax import sharding
 from r1jax.models import config as config_lib
 from r1jax.models import transformer
-from r1jax.rl import config as rl_config
-from r1jax.rl import step
-from r1jax.train import state as state_lib
+from r1jax.rl import plan_check
 
 _SMALL = flags.DEFINE_bool("small", False, "4k tokens, 4k vocab, 4k cache (CPU, quick).")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed decode steps per setting.")
@@ -46,23 +42,12 @@ def _model(vocab: int, max_len: int, **changes) -> config_lib.ModelConfig:
 
 def step_temp_bytes(model: config_lib.ModelConfig, length: int, logps_chunk: int | None,
                     prompt: int = 64) -> int:
-    """Temporary bytes of the compiled GRPO update of one `length`-token sequence."""
-    mesh = sharding.make_mesh({"fsdp": 1}, jax.devices()[:1])
+    """Temporary bytes of the compiled GRPO update of one `length`-token sequence on one device
+    (`rl.plan_check`; nothing runs). logps_chunk: GRPOConfig.logps_chunk_size (None: default)."""
     n = length - prompt
-    grpo = rl_config.GRPOConfig(group_size=2, prompts_per_step=1)
-    if logps_chunk is not None:
-        grpo = dataclasses.replace(grpo, logps_chunk_size=logps_chunk)
-    config = step.StepConfig(model, grpo, state_lib.OptimConfig(), 1.0, n)
-    state = jax.eval_shape(lambda p: step.init_state(p, config, 0),
-                           transformer.abstract_params(model))
-    shapes = {"prompt_tokens": ((1, prompt), jnp.int32), "prompt_lengths": ((1,), jnp.int32),
-              "completion_tokens": ((1, n), jnp.int32), "completion_mask": ((1, n), jnp.bool_),
-              "old_logps": ((1, n), jnp.float32), "ref_logps": ((1, n), jnp.float32),
-              "advantages": ((1,), jnp.float32)}
-    batch = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
-    with jax.set_mesh(mesh):
-        compiled = step.jit_train_step(config, mesh).lower(state, batch).compile()
-    return compiled.memory_analysis().temp_size_in_bytes
+    chunk = {} if logps_chunk is None else {"logps_chunk_size": logps_chunk}
+    config = plan_check.step_config(model, 1, n, group_size=2, prompts_per_step=1, **chunk)
+    return plan_check.compiled_memory(config, {"fsdp": 1}, 1, prompt, n).temporaries
 
 
 def grpo_step_memory(length: int, vocab: int) -> None:

@@ -14,10 +14,8 @@ import pytest
 from r1jax import sharding
 from r1jax.models import attention, flash, splash, transformer
 from r1jax.models import config as config_lib
-from r1jax.rl import config as rl_config
-from r1jax.rl import step
+from r1jax.rl import plan_check
 from r1jax.sampling import sampler
-from r1jax.train import state as state_lib
 
 # Block 4 with T = 11: three query blocks and three key blocks, the last ones padded.
 MLA = config_lib.ModelConfig(
@@ -213,22 +211,12 @@ def test_sampler_on_a_long_prompt_matches_teacher_forcing():
 
 
 def grpo_step_temp_bytes(model: config_lib.ModelConfig, length: int, prompt: int = 16) -> int:
-    """Temporary bytes of the compiled GRPO update (rl.step.jit_train_step) of one sequence of
-    `length` tokens on one device (memory_analysis; nothing runs)."""
-    mesh = sharding.make_mesh({"fsdp": 1}, jax.devices()[:1])
+    """Per-device temporary bytes of the compiled GRPO update (rl.step.jit_train_step via
+    rl.plan_check) of 8 sequences of `length` tokens on the 8 simulated devices (fsdp=8: one
+    sequence per device; nothing runs)."""
     n = length - prompt
-    config = step.StepConfig(model, rl_config.GRPOConfig(group_size=2, prompts_per_step=1),
-                             state_lib.OptimConfig(), 1.0, n)
-    state = jax.eval_shape(lambda p: step.init_state(p, config, 0),
-                           transformer.abstract_params(model))
-    shapes = {"prompt_tokens": ((1, prompt), jnp.int32), "prompt_lengths": ((1,), jnp.int32),
-              "completion_tokens": ((1, n), jnp.int32), "completion_mask": ((1, n), jnp.bool_),
-              "old_logps": ((1, n), jnp.float32), "ref_logps": ((1, n), jnp.float32),
-              "advantages": ((1,), jnp.float32)}
-    batch = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in shapes.items()}
-    with jax.set_mesh(mesh):
-        compiled = step.jit_train_step(config, mesh).lower(state, batch).compile()
-    return compiled.memory_analysis().temp_size_in_bytes
+    config = plan_check.step_config(model, 8, n, group_size=2)
+    return plan_check.compiled_memory(config, {"fsdp": 8}, 8, prompt, n).temporaries
 
 
 LONG_MLA = MLA.replace(max_position_embeddings=1 << 14, attention_block_size=512,
