@@ -10,7 +10,14 @@ non-reasoning samples). Here a completion is kept when it passes, in this order,
   language   its chain of thought is in one language: `language.consistency` >= `min_language`
              (R1 filters out "chain-of-thought with mixed languages"); the target is the
              example's `language` field when it has one (bilingual tasks), else `language`;
-  incorrect  the rule accuracy reward of its task is 1 (R1: "retain only the correct ones");
+  long_paragraph  no paragraph of the CoT (blank-line separated) is longer than
+             `max_paragraph_chars` characters (R1 also drops CoTs with "long paragraphs");
+  code_block no ``` fence in the CoT (and R1's "code blocks"), when `drop_code_blocks`;
+  incorrect  the sample's answer is correct (R1: "retain only the correct ones"), by route:
+             "rule" (the task's rule accuracy reward is 1) for every task not in
+             `judge_tasks`, "judge" (a generative judge accepts it against the reference,
+             `r1jax.r1.judge`) for those, whose answers no rule can check; with
+             `judge_after_rule` a rule-accepted sample must also pass the judge;
   duplicate  no earlier kept completion of the same prompt is equal after whitespace
              normalisation;
 
@@ -23,8 +30,10 @@ Output: a JSONL dataset of {"type": "reasoning" | "non_reasoning", "prompt", "co
 written atomically and never over a different existing dataset unless `overwrite`, and next to
 it `<name>.stats.json`: candidates, drops per filter, kept per prompt, mean lengths.
 
-Not done here: R1 also judges some outputs with a generative reward model (DeepSeek-V3 given
-the reference and the prediction) and drops long paragraphs and code blocks from CoTs.
+The statistics record, per route, how many samples reached the correctness check and how
+many it accepted and rejected, the judge's unparseable replies by reason, and the first
+`judge_examples` judged items with their verdicts. The judge only sees samples that passed
+the cheaper filters.
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ import dataclasses
 import json
 import os
 import pathlib
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -45,6 +55,7 @@ from r1jax.data import pipeline, templates
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.evals import rollout
 from r1jax.models import config as config_lib
+from r1jax.r1 import judge as judge_lib
 from r1jax.rewards import format as format_lib
 from r1jax.rewards import language as language_lib
 from r1jax.rewards import pool as pool_lib
@@ -52,7 +63,12 @@ from r1jax.rewards import registry
 from r1jax.sampling import sampler
 from r1jax.train import metrics
 
-FILTERS = ("overlong", "format", "language", "incorrect", "duplicate")
+FILTERS = ("overlong", "format", "language", "long_paragraph", "code_block", "incorrect",
+           "duplicate")
+ROUTES = ("rule", "judge")
+CODE_FENCE = "```"
+# judge_fn(candidates) -> (one Verdict per candidate, the judge's replies)
+JudgeFn = Callable[[Sequence[dict]], tuple[Sequence[judge_lib.Verdict], Sequence[str]]]
 _FORMAT_TAGS = (templates.THINK_OPEN, templates.THINK_CLOSE, templates.ANSWER_OPEN,
                 templates.ANSWER_CLOSE)
 
@@ -65,7 +81,10 @@ class RejectionConfig:
     target CoT language and the least consistency kept; accuracy_reward: the registry reward that
     decides correctness; max_per_prompt: cap on kept completions per prompt (None = no cap);
     non_reasoning_fraction: share of non-reasoning examples in the dataset; seed: sampling and
-    mixing."""
+    mixing; max_paragraph_chars: longest CoT paragraph kept (None = no limit);
+    drop_code_blocks: drop CoTs with a ``` fence; judge_tasks: tasks whose answers the judge
+    checks (no rule can); judge_after_rule: the judge re-checks rule-accepted samples too;
+    judge_examples: judged items recorded in the statistics."""
 
     num_samples: int = 4
     batch_size: int = 8
@@ -80,6 +99,11 @@ class RejectionConfig:
     max_per_prompt: int | None = None
     non_reasoning_fraction: float = 0.25
     seed: int = 0
+    max_paragraph_chars: int | None = 2000
+    drop_code_blocks: bool = True
+    judge_tasks: tuple[str, ...] = ()
+    judge_after_rule: bool = False
+    judge_examples: int = 8
 
     def __post_init__(self):
         positive = ("num_samples", "batch_size", "max_new_tokens", "max_prompt_len")
@@ -90,7 +114,11 @@ class RejectionConfig:
             language=self.language in language_lib.LANGUAGES,
             min_language=0.0 <= self.min_language <= 1.0,
             max_per_prompt=self.max_per_prompt is None or self.max_per_prompt >= 1,
-            non_reasoning_fraction=0.0 <= self.non_reasoning_fraction < 1.0)
+            non_reasoning_fraction=0.0 <= self.non_reasoning_fraction < 1.0,
+            max_paragraph_chars=self.max_paragraph_chars is None or self.max_paragraph_chars >= 1,
+            judge_tasks=isinstance(self.judge_tasks, tuple) and all(
+                isinstance(t, str) and t for t in self.judge_tasks),
+            judge_examples=self.judge_examples >= 0)
         for field, ok in checks.items():
             if not ok:
                 raise ValueError(f"RejectionConfig.{field}: invalid value {getattr(self, field)!r}")
@@ -118,6 +146,22 @@ def is_single_language(response: str, language: str, min_fraction: float = 1.0) 
     return language_lib.consistency(response, language) >= min_fraction
 
 
+def chain_of_thought(response: str) -> str:
+    """The CoT of an assistant turn (`templates.extract_reasoning`; "" when there is none)."""
+    return templates.extract_reasoning(response) or ""
+
+
+def has_long_paragraph(response: str, max_chars: int) -> bool:
+    """A paragraph of the CoT (text between blank lines, stripped) is over `max_chars` long."""
+    return any(len(p.strip()) > max_chars
+               for p in re.split(r"\n[ \t]*\n", chain_of_thought(response)))
+
+
+def has_code_block(response: str) -> bool:
+    """The CoT holds a Markdown code fence (```)."""
+    return CODE_FENCE in chain_of_thought(response)
+
+
 def normalise_whitespace(text: str) -> str:
     """Runs of whitespace become one space; leading and trailing whitespace goes."""
     return " ".join(text.split())
@@ -143,6 +187,7 @@ def strip_stop(text: str, stop_strings: Sequence[str]) -> str:
 
 
 def _failed_filter(c: dict, config: RejectionConfig, max_length: int) -> str | None:
+    """The first filter before the correctness check that `c` fails, or None."""
     if not is_complete(c["length"], c["stopped"], max_length):
         return "overlong"
     if not is_well_formatted(c["response"]):
@@ -150,20 +195,68 @@ def _failed_filter(c: dict, config: RejectionConfig, max_length: int) -> str | N
     if not is_single_language(c["response"], c.get("language") or config.language,
                               config.min_language):
         return "language"
-    if c["accuracy"] < 1.0:
-        return "incorrect"
+    if config.max_paragraph_chars is not None and has_long_paragraph(
+            c["response"], config.max_paragraph_chars):
+        return "long_paragraph"
+    if config.drop_code_blocks and has_code_block(c["response"]):
+        return "code_block"
     return None
 
 
-def select(candidates: Sequence[dict], config: RejectionConfig) -> tuple[list[dict], dict]:
+def route_of(c: dict, config: RejectionConfig) -> str:
+    """"judge" for a candidate of a task in `config.judge_tasks`, else "rule"."""
+    task = c.get("task") or (c.get("example") or {}).get("task")
+    return "judge" if task in config.judge_tasks else "rule"
+
+
+def _verdict_label(v: judge_lib.Verdict) -> str:
+    return (judge_lib.CORRECT if v.correct else judge_lib.INCORRECT) if v.parsed \
+        else f"rejected ({v.reason})"
+
+
+def check_correct(passed: Sequence[dict], config: RejectionConfig,
+                  judge_fn: JudgeFn | None) -> tuple[list[dict], dict]:
+    """The correctness check by route (module docstring) of the candidates that passed the
+    other filters. Returns (the correct ones in input order, {"routes": {route: {"checked",
+    "accepted", "rejected"}}, "judge": {reason counts, "examples": [...]}})."""
+    routes = [route_of(c, config) for c in passed]
+    rule_ok = [r == "rule" and c["accuracy"] >= 1.0 for c, r in zip(passed, routes)]
+    to_judge = [i for i, r in enumerate(routes)
+                if r == "judge" or (config.judge_after_rule and rule_ok[i])]
+    if to_judge and judge_fn is None:
+        raise ValueError(f"rejection: {len(to_judge)} samples need the judge (judge_tasks="
+                         f"{config.judge_tasks}, judge_after_rule={config.judge_after_rule}) "
+                         "but no judge was given")
+    verdicts, replies = judge_fn([passed[i] for i in to_judge]) if to_judge else ([], [])
+    ok = [r == "rule" and rule_ok[i] for i, r in enumerate(routes)]
+    for i, v in zip(to_judge, verdicts):
+        ok[i] = v.correct and (routes[i] == "judge" or rule_ok[i])
+    stats = {"routes": {r: {"checked": routes.count(r),
+                            "accepted": sum(o for o, q in zip(ok, routes) if q == r)}
+                        for r in ROUTES},
+             "judge": dict(judge_lib.count_reasons(verdicts), judged=len(verdicts),
+                           examples=[dict(_judge_item(passed[i]), verdict=_verdict_label(v),
+                                          reply=str(reply)[-400:])
+                                     for i, v, reply in list(zip(to_judge, verdicts, replies))
+                                     [: config.judge_examples]])}
+    for counts in stats["routes"].values():
+        counts["rejected"] = counts["checked"] - counts["accepted"]
+    return [c for c, o in zip(passed, ok) if o], stats
+
+
+def select(candidates: Sequence[dict], config: RejectionConfig,
+           judge_fn: JudgeFn | None = None) -> tuple[list[dict], dict]:
     """Applies the filters in order, then the per-prompt cap.
 
     Args:
       candidates: dicts with `prompt_index`, `prompt`, `completion`, `response` (the assistant
-        turn as the rewards see it), `length` (tokens), `stopped`, `accuracy`.
+        turn as the rewards see it), `length` (tokens), `stopped`, `accuracy` (the rule's),
+        optional `task` (routing) and `example` (the judge's question and reference).
+      judge_fn: the judge of the "judge" route (`model_judge`); needed only when some sample
+        takes that route.
     Returns:
       (kept candidates in input order, {"candidates", "dropped": {filter: n}, "kept",
-      "kept_per_prompt": {"mean", "histogram"}, "mean_length_tokens"}).
+      "kept_per_prompt": {"mean", "histogram"}, "mean_length_tokens", "routes", "judge"}).
     """
     max_length = config.max_length or config.max_new_tokens
     dropped = dict.fromkeys(FILTERS + ("per_prompt_cap",), 0)
@@ -174,7 +267,9 @@ def select(candidates: Sequence[dict], config: RejectionConfig) -> tuple[list[di
             dropped[failed] += 1
         else:
             passed.append(c)
-    passed, dropped["duplicate"] = deduplicate(passed)
+    correct, checks = check_correct(passed, config, judge_fn)
+    dropped["incorrect"] = len(passed) - len(correct)
+    passed, dropped["duplicate"] = deduplicate(correct)
     kept, per_prompt = [], collections.Counter()
     for c in passed:
         if config.max_per_prompt is not None and per_prompt[c["prompt_index"]] >= \
@@ -193,6 +288,7 @@ def select(candidates: Sequence[dict], config: RejectionConfig) -> tuple[list[di
                             "histogram": {str(k): v for k, v in
                                           sorted(collections.Counter(counts).items())}},
         "mean_length_tokens": float(np.mean([c["length"] for c in kept])) if kept else 0.0,
+        **checks,
     }
     return kept, stats
 
@@ -202,15 +298,18 @@ def select(candidates: Sequence[dict], config: RejectionConfig) -> tuple[list[di
 # ---------------------------------------------------------------------------------------------
 
 
-def empty_think_completion(template: templates.Template, response: str) -> str:
-    """A non-reasoning answer in the template's layout: an empty think block, then the response
-    (in an <answer> block when the template stops at `</answer>`, else followed by its first
-    stop string), without the part of the turn that the prompt pre-fills."""
+def empty_think_completion(template: templates.Template, response: str,
+                           thought: str = "") -> str:
+    """A non-reasoning answer in the template's layout: a think block (empty, or the brief
+    `thought` of a CoT-prompted answer), then the response (in an <answer> block when the
+    template stops at `</answer>`, else followed by its first stop string), without the part
+    of the turn that the prompt pre-fills."""
     if templates.ANSWER_CLOSE in template.stop_strings:
         body = f"{templates.ANSWER_OPEN} {response} {templates.ANSWER_CLOSE}"
     else:
         body = response + (template.stop_strings[0] if template.stop_strings else "")
-    turn = f"{templates.THINK_OPEN}\n\n{templates.THINK_CLOSE}\n\n{body}"
+    thought = f"\n{thought.strip()}\n" if thought.strip() else "\n"
+    turn = f"{templates.THINK_OPEN}{thought}\n{templates.THINK_CLOSE}\n\n{body}"
     return turn[len(template.response_prefix):] if turn.startswith(template.response_prefix) \
         else turn
 
@@ -222,11 +321,12 @@ def reasoning_record(c: dict) -> dict[str, Any]:
             "key": ex.get("key")}
 
 
-def non_reasoning_record(template: templates.Template, question: str,
-                         response: str) -> dict[str, Any]:
+def non_reasoning_record(template: templates.Template, question: str, response: str,
+                         thought: str = "") -> dict[str, Any]:
+    """The SFT record of a non-reasoning answer (with the brief `thought`, if any)."""
     return {"type": "non_reasoning", "prompt": template.format_prompt(question),
-            "completion": empty_think_completion(template, response), "question": question,
-            "answer": response, "task": "non_reasoning", "key": None}
+            "completion": empty_think_completion(template, response, thought),
+            "question": question, "answer": response, "task": "non_reasoning", "key": None}
 
 
 def mix(reasoning: Sequence[dict], non_reasoning: Sequence[dict], fraction: float,
@@ -242,6 +342,23 @@ def mix(reasoning: Sequence[dict], non_reasoning: Sequence[dict], fraction: floa
 # ---------------------------------------------------------------------------------------------
 # Sampling
 # ---------------------------------------------------------------------------------------------
+
+
+def _judge_item(c: dict) -> dict[str, str]:
+    """The judge's question, reference and candidate (the sample's final answer) of `c`."""
+    ex = c.get("example") or {}
+    return {"question": str(ex.get("question", "")), "reference": str(ex.get("answer", "")),
+            "candidate": templates.extract_answer(c["response"]) or ""}
+
+
+def model_judge(ctx: rollout.Context, params,
+                settings: judge_lib.JudgeSettings | None = None) -> JudgeFn:
+    """The `JudgeFn` of a judge model (`ctx`'s model and template, `params`; default
+    `JudgeSettings` when `settings` is None)."""
+    settings = settings or judge_lib.JudgeSettings()
+    def judge_fn(candidates: Sequence[dict]):
+        return judge_lib.judge(ctx, params, [_judge_item(c) for c in candidates], settings)
+    return judge_fn
 
 
 def collect(ctx: rollout.Context, params, examples: Sequence[dict], config: RejectionConfig,
@@ -275,7 +392,8 @@ def collect(ctx: rollout.Context, params, examples: Sequence[dict], config: Reje
                 "prompt_index": index, "prompt": rolled["prompts"][row], "completion": text,
                 "response": responses[row], "length": int(rolled["lengths"][row]),
                 "stopped": bool(rolled["stopped"][row]), "accuracy": float(correct[row]),
-                "language": examples[index].get("language"), "example": examples[index]})
+                "language": examples[index].get("language"), "task": examples[index].get("task"),
+                "example": examples[index]})
     return candidates
 
 
@@ -315,7 +433,9 @@ def rejection_sample(model_config: config_lib.ModelConfig, params,
                      output: str | os.PathLike, *,
                      non_reasoning: Sequence[tuple[str, str]] = (),
                      pool: pool_lib.WorkerPool | None = None,
-                     mesh: jax.sharding.Mesh | None = None, overwrite: bool = False) -> dict:
+                     mesh: jax.sharding.Mesh | None = None, overwrite: bool = False,
+                     judge_fn: JudgeFn | None = None,
+                     self_judge: judge_lib.JudgeSettings | None = None) -> dict:
     """Samples, filters, mixes and writes an SFT dataset (see the module docstring).
 
     Args:
@@ -327,6 +447,9 @@ def rejection_sample(model_config: config_lib.ModelConfig, params,
       mesh: optional device mesh for sampling (config.batch_size must be a multiple of its
         batch shards).
       output: the JSONL path; statistics go to `stats_path(output)`.
+      judge_fn: the judge of the "judge" route (`model_judge`), or
+      self_judge: when judge_fn is None, the policy judges with these settings (at toy scale
+        the stage-2 model; R1 asks DeepSeek-V3).
     Returns:
       The statistics dict (also written).
     """
@@ -337,11 +460,14 @@ def rejection_sample(model_config: config_lib.ModelConfig, params,
         with pool_lib.WorkerPool() as workers:
             return rejection_sample(model_config, params, tokenizer, template, examples, config,
                                     output, non_reasoning=non_reasoning, pool=workers, mesh=mesh,
-                                    overwrite=overwrite)
+                                    overwrite=overwrite, judge_fn=judge_fn,
+                                    self_judge=self_judge)
     ctx = rollout.Context(model_config, tokenizer, template,
                           registry.Spec.from_dict({config.accuracy_reward: 1.0}), pool, mesh)
     candidates = collect(ctx, params, examples, config, accuracy)
-    kept, stats = select(candidates, config)
+    if judge_fn is None and self_judge is not None:
+        judge_fn = model_judge(ctx, params, self_judge)
+    kept, stats = select(candidates, config, judge_fn)
     extra = [non_reasoning_record(template, q, r) for q, r in non_reasoning]
     records = mix([reasoning_record(c) for c in kept], extra, config.non_reasoning_fraction,
                   config.seed)
@@ -351,7 +477,7 @@ def rejection_sample(model_config: config_lib.ModelConfig, params,
                  mean_length_chars={t: float(np.mean([len(r["completion"]) for r in records
                                                       if r["type"] == t] or [0.0]))
                                     for t in ("reasoning", "non_reasoning")},
-                 config=dataclasses.asdict(config))
+                 config=json.loads(json.dumps(dataclasses.asdict(config))))  # tuples as lists
     if jax.process_index() == 0:
         write_dataset(records, output, stats, overwrite=overwrite)
     return stats

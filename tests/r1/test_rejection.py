@@ -1,6 +1,7 @@
 """Rejection sampling: each filter on hand-made completions, selection statistics, non-reasoning
 records, mixing, the refusing atomic writer, and a smoke run on a small random model."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 from r1jax.data import templates
 from r1jax.data.tasks import arithmetic, preference
-from r1jax.r1 import rejection
+from r1jax.r1 import judge, rejection
 from r1jax.rewards import format as format_lib
 from r1jax.train import base
 
@@ -89,22 +90,76 @@ def hand_made():
         candidate(1, "<think>seven it is</think> <answer>7</answer>", length=20),
         candidate(2, "<think>four plus three</think> <answer>7</answer>", length=6),
         candidate(2, "<think>again four plus three</think> <answer>7</answer>", length=8),
+        candidate(2, "<think>" + "x" * 60 + "</think> <answer>7</answer>"),  # long paragraph
+        candidate(2, "<think>so\n```\n3+4\n```</think> <answer>7</answer>"),  # code block
     ]
 
 
 def test_select_counts_each_drop_once():
-    config = rejection.RejectionConfig(max_new_tokens=64, max_length=32)
+    config = rejection.RejectionConfig(max_new_tokens=64, max_length=32, max_paragraph_chars=50)
     kept, stats = rejection.select(hand_made(), config)
     assert [c["length"] for c in kept] == [12, 20, 6, 8]
-    assert stats["dropped"] == {"overlong": 2, "format": 1, "language": 1, "incorrect": 1,
-                                "duplicate": 1, "per_prompt_cap": 0}
-    assert stats["candidates"] == 10 and stats["kept"] == 4
+    assert stats["dropped"] == {"overlong": 2, "format": 1, "language": 1, "long_paragraph": 1,
+                                "code_block": 1, "incorrect": 1, "duplicate": 1,
+                                "per_prompt_cap": 0}
+    assert stats["candidates"] == 12 and stats["kept"] == 4
+    assert stats["routes"]["rule"] == {"checked": 6, "accepted": 5, "rejected": 1}
+    assert stats["routes"]["judge"]["checked"] == 0 and stats["judge"]["judged"] == 0
     assert stats["kept_per_prompt"] == {"mean": 4 / 3, "histogram": {"1": 2, "2": 1}}
     assert stats["mean_length_tokens"] == np.mean([12, 20, 6, 8])
     capped, stats = rejection.select(hand_made(), rejection.RejectionConfig(
-        max_new_tokens=64, max_length=32, max_per_prompt=1))
+        max_new_tokens=64, max_length=32, max_per_prompt=1, max_paragraph_chars=50))
     assert [c["length"] for c in capped] == [12, 20, 6]
     assert stats["dropped"]["per_prompt_cap"] == 1
+
+
+def test_cot_filters_read_the_chain_of_thought_only():
+    para = "<think>short\n\n" + "y" * 30 + "\n \nend</think> <answer>" + "z" * 99 + "</answer>"
+    assert rejection.has_long_paragraph(para, 29) and not rejection.has_long_paragraph(para, 30)
+    # A single newline does not split a paragraph: this one has 19 characters.
+    assert rejection.has_long_paragraph("<think>" + "w" * 9 + "\n" + "w" * 9 + "</think>", 18)
+    assert rejection.has_code_block("<think>```py\nx\n```</think><answer>7</answer>")
+    assert not rejection.has_code_block("<think>x</think><answer>```7```</answer>")
+    assert not rejection.has_code_block("no think block ```")
+    assert rejection.RejectionConfig(drop_code_blocks=False, max_paragraph_chars=None)
+
+
+def fake_judge(replies):
+    """A judge that answers with canned replies, recording what it was asked."""
+    asked = []
+
+    def judge_fn(cands):
+        asked.extend(cands)
+        out = [replies[c["prompt_index"]] for c in cands]
+        return [judge.parse_verdict(r) for r in out], out
+    return judge_fn, asked
+
+
+def test_routing_rule_judge_and_judge_after_rule():
+    rows = [candidate(0, GOOD, accuracy=0.0), candidate(1, GOOD), candidate(2, GOOD),
+            candidate(3, "<think>x</think> <answer>8</answer>")]
+    for c in rows[:2]:
+        c["task"] = "words"  # no rule: the judge decides (the rule's 0.0 is ignored)
+    replies = {0: "<think>same</think> Verdict: correct", 1: "no verdict at all",
+               2: "Verdict: incorrect", 3: "Verdict: correct"}
+    judge_fn, asked = fake_judge(replies)
+    config = rejection.RejectionConfig(judge_tasks=("words",), judge_examples=1)
+    kept, stats = rejection.select(rows, config, judge_fn)
+    assert [c["prompt_index"] for c in kept] == [0, 2, 3]  # 1: unparseable reply, rejected
+    assert [c["prompt_index"] for c in asked] == [0, 1]
+    assert stats["routes"] == {"rule": {"checked": 2, "accepted": 2, "rejected": 0},
+                               "judge": {"checked": 2, "accepted": 1, "rejected": 1}}
+    assert stats["judge"]["unparseable"] == 1 and stats["judge"]["none"] == 1
+    assert stats["judge"]["examples"] == [{"question": "q0", "reference": "7", "candidate": "7",
+                                           "verdict": "correct", "reply": replies[0]}]
+    after = dataclasses.replace(config, judge_after_rule=True)
+    judge_fn, asked = fake_judge(replies)
+    kept, stats = rejection.select(rows, after, judge_fn)
+    assert [c["prompt_index"] for c in kept] == [0, 3]  # 2: the judge overrules the rule
+    assert [c["prompt_index"] for c in asked] == [0, 1, 2, 3]
+    assert stats["routes"]["rule"] == {"checked": 2, "accepted": 1, "rejected": 1}
+    with pytest.raises(ValueError, match="no judge"):
+        rejection.select(rows, config)
 
 
 @pytest.mark.parametrize("name", templates.names())
