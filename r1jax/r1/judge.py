@@ -155,8 +155,8 @@ class JudgeSettings:
 def sample_replies(ctx: rollout.Context, params, questions: Sequence[str],
                    settings: JudgeSettings) -> list[str]:
     """One reply (the full assistant turn, stop strings kept) per question, through the
-    batched sampler with `ctx`'s model and template. The last batch is padded with copies of
-    the last question, whose replies are dropped."""
+    batched sampler with `ctx`'s model and template, every batch padded to the same shape.
+    The last batch is filled with copies of the last question, whose replies are dropped."""
     if not questions:
         return []
     b = settings.batch_size
@@ -164,8 +164,9 @@ def sample_replies(ctx: rollout.Context, params, questions: Sequence[str],
     rows += [rows[-1]] * (-len(rows) % b)
     batches = pipeline.prompt_dataset(
         rows, ctx.tokenizer, ctx.template.format_prompt,
+        # Every batch padded to max_prompt_len: one compiled sampler for all calls.
         pipeline.PromptConfig(batch_size=b, max_prompt_len=settings.max_prompt_len,
-                              shuffle=False, num_epochs=1),
+                              bucket=settings.max_prompt_len, shuffle=False, num_epochs=1),
         process_index=0, process_count=1)
     rng, replies = jax.random.key(settings.seed), []
     for step in range(len(batches)):
