@@ -154,8 +154,9 @@ class JudgeSettings:
 
 def sample_replies(ctx: rollout.Context, params, questions: Sequence[str],
                    settings: JudgeSettings) -> list[str]:
-    """One reply (the full assistant turn, stop strings kept) per question, through the
-    batched sampler with `ctx`'s model and template, every batch padded to the same shape.
+    """One reply per question (the full assistant turn, a final EOS or non-tag stop string
+    cut), through the batched sampler with `ctx`'s model and template, every batch padded to
+    the same shape.
     The last batch is filled with copies of the last question, whose replies are dropped."""
     if not questions:
         return []
@@ -173,8 +174,20 @@ def sample_replies(ctx: rollout.Context, params, questions: Sequence[str],
         rolled = rollout.sample(ctx, params, batches[step], jax.random.fold_in(rng, step),
                                 num_samples=1, max_new_tokens=settings.max_new_tokens,
                                 temperature=settings.temperature)
-        replies += [ctx.template.full_response(t) for t in rolled["texts"]]
+        replies += [_strip_end(ctx, ctx.template.full_response(t)) for t in rolled["texts"]]
     return replies[: len(questions)]
+
+
+def _strip_end(ctx: rollout.Context, reply: str) -> str:
+    """`reply` without a trailing EOS or stop string that is not a format tag (so a verdict
+    line ends the reply, not "Verdict: correct<|end_of_sentence|>")."""
+    tags = (templates.THINK_OPEN, templates.THINK_CLOSE, templates.ANSWER_OPEN,
+            templates.ANSWER_CLOSE)
+    ends = (*ctx.template.stop_strings, ctx.tokenizer.decode([ctx.tokenizer.eos_id]))
+    for end in ends:
+        if end and end not in tags and reply.endswith(end):
+            return reply[: -len(end)]
+    return reply
 
 
 def judge(ctx: rollout.Context, params, items: Sequence[dict],
