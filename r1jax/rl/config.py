@@ -337,7 +337,10 @@ class ExperimentConfig:
     base into it (None: base_dir must already hold a model); seed: every random stream derives
     from it; total_steps: GRPO steps; mesh: ((axis, size), ...) over data/fsdp/expert/tensor
     (-1 takes the remaining devices); num_slices: TPU slices (or GPU hosts) the `data` axis
-    spans (`trainer.make_mesh`: a hybrid mesh when > 1); compilation_cache_dir: JAX's
+    spans (`trainer.make_mesh`: a hybrid mesh when > 1); rollout_mesh: the sampler's own mesh
+    over the same devices (e.g. tensor=8 while training with fsdp=8: `r1jax.sampling.layout`;
+    the params are resharded to it once per step, `perf/reshard_s`); every size 1 (the
+    default): sample on the training mesh; compilation_cache_dir: JAX's
     persistent compilation cache directory (None: off), so restarts skip recompiling;
     model_overrides: ModelConfig fields replaced after
     loading (e.g. remat_policy, dtype); rewards: the weighted reward sum (R1-Zero: accuracy +
@@ -361,6 +364,7 @@ class ExperimentConfig:
     reward_workers: int = 2
     mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field(sharding.MESH_AXES)
     num_slices: int = 1
+    rollout_mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field(sharding.MESH_AXES, ())
     compilation_cache_dir: str | None = None
     model_overrides: tuple[tuple[str, Any], ...] = config_utils.overrides_field(
         model_config_lib.ModelConfig)
@@ -378,9 +382,11 @@ class ExperimentConfig:
             _fail(s, "base_dir", self.base_dir, "must name a base-model directory")
         _at_least(s, self, 1, "total_steps", "checkpoint_every", "keep_checkpoints",
                   "reward_workers", "num_slices")
-        unknown = sorted({axis for axis, _ in self.mesh} - set(sharding.MESH_AXES))
-        if unknown:
-            _fail(s, "mesh", dict(self.mesh), f"unknown axes {unknown}; use {sharding.MESH_AXES}")
+        for field in ("mesh", "rollout_mesh"):
+            unknown = sorted({axis for axis, _ in getattr(self, field)} - set(sharding.MESH_AXES))
+            if unknown:
+                _fail(s, field, dict(getattr(self, field)),
+                      f"unknown axes {unknown}; use {sharding.MESH_AXES}")
         if not self.sampling.temperature > 0:  # greedy sampling has no policy log-probs
             _fail("sampling", "temperature", self.sampling.temperature,
                   "must be > 0 (the policy's log-probs are taken at this temperature)")
