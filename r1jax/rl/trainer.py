@@ -30,6 +30,7 @@ Workdir: config.json, checkpoints/, metrics.jsonl, tensorboard/, samples.jsonl, 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -50,6 +51,7 @@ from r1jax.evals import rollout
 from r1jax.models import scan_layout, summary
 from r1jax.rl import advantages, grpo, objectives, packing, ppo, step
 from r1jax.rl import config as rl_config
+from r1jax.sampling import layout
 from r1jax.train import base, checkpoint, guard, metrics
 
 SAMPLES_NAME = "samples.jsonl"
@@ -91,6 +93,16 @@ def make_mesh(config: rl_config.ExperimentConfig) -> jax.sharding.Mesh:
     sizes = sharding.make_mesh(shape, devices).devices.shape  # validates; resolves -1
     return sharding.make_mesh(dict(zip(sharding.MESH_AXES, sizes)),
                               _topology_order(sizes, devices, config.num_slices))
+
+
+def make_rollout_mesh(config: rl_config.ExperimentConfig,
+                      mesh: jax.sharding.Mesh) -> jax.sharding.Mesh | None:
+    """config.rollout_mesh over the training mesh's devices (`layout.decode_mesh`), or None
+    when every size is 1 (sample on the training mesh)."""
+    sizes = dict(config.rollout_mesh)
+    if all(size == 1 for size in sizes.values()):
+        return None
+    return layout.decode_mesh(sizes, list(mesh.devices.flat))
 
 
 def _topology_order(sizes: tuple[int, ...], devices: list, num_slices: int) -> list:
@@ -154,6 +166,10 @@ class _Run:
         self.score = step.jit_score(step_config, mesh)
         # PPO's value model (grpo.algorithm="ppo"); its state is state["critic"].
         self.critic = ppo.Critic(step_config, mesh) if config.grpo.algorithm == "ppo" else None
+        # The sampler's own layout (config.rollout_mesh; None: the training mesh).
+        self.rollout_mesh = make_rollout_mesh(config, mesh)
+        self.rollout_ctx = ctx if self.rollout_mesh is None else dataclasses.replace(
+            ctx, mesh=self.rollout_mesh)
         self.consistency = {}  # the sampler-vs-trainer gap of the last batch (old_logps_from)
         self.key = None  # set from the state's seed key
         self.peak_flops = config.peak_flops
@@ -166,13 +182,17 @@ class _Run:
         """Samples, scores and (optionally) filters the step's batch; returns it and timings."""
         cfg, g = self.config, self.config.grpo
         timings = {"sample": 0.0, "reward": 0.0}
+        if self.rollout_mesh is not None:  # once per step: the weights to the decode layout
+            params, timings["reshard"] = layout.reshard(self.ctx.model, params,
+                                                        self.rollout_mesh)
 
         def draw(j):
             self.check_preempted()
             batch = distributed.gather_prompts(next(self.loader), self.ctx.tokenizer.pad_id)
             start = time.perf_counter()
             rng = _stream_key(self.key, _TRAIN_SALT, s, j)
-            out = rollout.sample(self.ctx, params, batch, rng, num_samples=g.group_size,
+            out = rollout.sample(self.rollout_ctx, params, batch, rng,
+                                 num_samples=g.group_size,
                                  max_new_tokens=cfg.sampling.max_new_tokens,
                                  temperature=cfg.sampling.temperature,
                                  top_k=cfg.sampling.top_k, top_p=cfg.sampling.top_p,
@@ -316,7 +336,8 @@ class _Run:
         length = p + host["completion_tokens"].shape[1]
         fwd = summary.forward_flops(self.ctx.model, rows, length)
         flops = 3 * fwd * self.config.grpo.num_iterations + (fwd if self.config.grpo.beta else 0)
-        return {"perf/sample_s": timings["sample"], "perf/reward_s": timings["reward"],
+        reshard = {"perf/reshard_s": timings["reshard"]} if "reshard" in timings else {}
+        return reshard | {"perf/sample_s": timings["sample"], "perf/reward_s": timings["reward"],
                 "perf/train_s": train_s, "perf/step_s": step_s,
                 "perf/sample_tokens_per_s": sampled / max(timings["sample"], 1e-9),
                 "perf/train_tokens_per_s": rows * length * self.config.grpo.num_iterations
