@@ -9,21 +9,21 @@ estimators of `advantages`), eps_low / eps_high the clip band, sg the stop-gradi
 
   "grpo"       DeepSeekMath (arXiv:2402.03300) eq. 3, R1 (arXiv:2501.12948) eq. 1:
                l = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A).
-  "gspo"       GSPO (Zheng et al., arXiv:2507.18071), Sec. 4.1, eqs. 5 and 7: one ratio per
+  "gspo"       GSPO (Zheng et al., arXiv:2507.18071), the GSPO objective: one ratio per
                completion, s_i = (pi_theta(o_i | q) / pi_old(o_i | q))^(1 / |o_i|)
                    = exp(1/|o_i| sum_t log rho_{i,t}),
                l = -min(s_i A, clip(s_i, 1 - eps_low, 1 + eps_high) A); clipping drops whole
                completions. With "seq_mean" this is the paper's 1/G sum_i exactly.
-  "gspo_token" GSPO Sec. 4.3 (GSPO-token): s_{i,t} = sg[s_i] * pi_theta(o_{i,t}) /
+  "gspo_token" GSPO-token (same paper): s_{i,t} = sg[s_i] * pi_theta(o_{i,t}) /
                sg[pi_theta(o_{i,t})], equal to s_i in value, with a per-token gradient so that
                token-level advantages are possible; same clipped form as "gspo".
-  "cispo"      CISPO (MiniMax-M1, arXiv:2506.13585), Sec. 3.1, eqs. 4-5: REINFORCE with a
+  "cispo"      CISPO (MiniMax-M1, arXiv:2506.13585), its J_CISPO: REINFORCE with a
                clipped, stop-gradient importance weight; no token is dropped:
                l = -sg(clip(rho, 1 - eps_low, 1 + eps_high)) A log pi_theta(o_{i,t}).
                (Its value depends on log pi itself, not only on rho; its gradient is
                -clip(rho) A grad log pi.)
   "dual_clip"  Dual-clip PPO (Ye et al., "Mastering Complex Control in MOBA Games with Deep
-               Reinforcement Learning", arXiv:1912.09729, Sec. 3.3): for A < 0 the PPO
+               Reinforcement Learning", arXiv:1912.09729): for A < 0 the PPO
                surrogate is bounded below by c A (c > 1), so a huge rho cannot make one token's
                loss unbounded: l = -max(min(rho A, clip(rho) A), c A) for A < 0, the PPO term
                for A >= 0.
@@ -58,7 +58,7 @@ _is_zero = grpo._is_zero
 
 
 def sequence_log_ratio(logps: jax.Array, old_logps: jax.Array, mask: jax.Array) -> jax.Array:
-    """1/|o_i| sum_t log rho_{i,t}, the log of GSPO's s_i (eq. 7): [N, T] x3 -> [N].
+    """1/|o_i| sum_t log rho_{i,t}, the log of GSPO's s_i: [N, T] x3 -> [N].
 
     Rows without tokens get 0 (s_i = 1), so they stay finite; the loss leaves them out anyway.
     Masked positions must already be finite (the callers zero them).

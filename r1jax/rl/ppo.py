@@ -1,6 +1,6 @@
 """PPO with a critic, the pieces between the sampled batch and the two updates (pure functions).
 
-One PPO step (Ouyang et al., arXiv:2203.02155, Sec. 3.5 / App. C.4, with the R1 reward):
+One PPO step (Ouyang et al., arXiv:2203.02155, Sec. 3.5, with the R1 rewards):
   1. per-token rewards r_t: the outcome reward on the completion's last token and
      -beta KL_t(pi_old || pi_ref) on every token (`advantages.token_rewards`: the KL is in the
      reward, so the policy loss carries none);

@@ -27,7 +27,7 @@ def clip(x, lo, hi):
 
 
 def ref_seq_ratio(frozen, old, mask, i):
-    """GSPO eq. 7: (pi(o_i) / pi_old(o_i))^(1/|o_i|), from the frozen log-probs."""
+    """GSPO's s_i = (pi(o_i) / pi_old(o_i))^(1/|o_i|), from the frozen log-probs."""
     idx = [j for j in range(mask.shape[1]) if mask[i, j]]
     return np.exp(sum(frozen[i, j] - old[i, j] for j in idx) / len(idx)) if idx else 1.0
 
@@ -158,7 +158,7 @@ def test_gradient_matches_finite_differences(loss, agg):
 
 def test_gspo_token_gradient_differs_from_gspo_per_token():
     """Same value, but GSPO spreads d s_i over the row (1/|o_i|) while GSPO-token puts s_i on
-    the token itself (GSPO Sec. 4.3): with token-level advantages the gradients differ."""
+    the token itself (GSPO-token): with token-level advantages the gradients differ."""
     lp, old, _, adv, mask = f32(*random_batch(3, token_adv=True))
     kw = dict(clip_eps_low=10.0, clip_eps_high=10.0, beta=0.0, aggregation="token_mean")
 
