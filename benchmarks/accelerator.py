@@ -22,6 +22,7 @@ import time
 import accelerator_attention  # benchmarks/ is the script's directory, on sys.path
 import accelerator_moe
 import accelerator_rl
+import accelerator_sampling
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -165,7 +166,8 @@ def precision_section() -> None:
 SECTIONS = {"precision": precision_section,
             "attention": accelerator_attention.attention_section,
             "moe": accelerator_moe.moe_section,
-            "rl": accelerator_rl.rl_section}
+            "rl": accelerator_rl.rl_section,
+            "sampling": accelerator_sampling.sampling_section}
 
 
 def main(argv):
