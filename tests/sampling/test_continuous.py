@@ -2,14 +2,15 @@
 (tokens, log-probs, masks, finish reasons) from a pool of fewer decode slots, on any mesh, and
 at most half the static sampler's rows x decode steps on a long-tailed workload.
 
-Tiny GQA / MLA models of test_sampler (vocab 64, 2 layers); each sampler compiles once.
+test_sampler's tiny GQA model (vocab 64, 2 layers), unrolled and scanned; each sampler
+compiles once.
 """
 
 import functools
 
 import numpy as np
 import pytest
-from test_sampler import GQA, LENGTHS, MLA, PROMPTS, RNG, N, params_of, run
+from test_sampler import GQA, LENGTHS, PROMPTS, RNG, N, params_of, run
 
 from r1jax import sharding
 from r1jax.models import scan_layout
@@ -19,6 +20,7 @@ from r1jax.sampling import sampler as sampler_lib
 # Long tail: 10 prompts x G = 2 rows; rows 3 and 12 (10%) run to 24 tokens, the rest stop at 3.
 TAIL_N, TAIL_G, TAIL_SLOTS, LONG_ROWS = 24, 2, 4, (3, 12)
 TAIL_PROMPTS = np.random.default_rng(0).integers(1, 64, (10, 4)).astype(np.int32)
+SCANNED = GQA.replace(scan_layers=True)
 TAIL_LENGTHS = np.asarray([4, 2, 3, 4, 1, 4, 3, 2, 4, 4], np.int32)
 
 
@@ -31,31 +33,30 @@ def assert_same_rows(got, want):
 
 def test_greedy_on_a_mesh_equals_the_static_sampler_for_any_number_of_prompts():
     """3 prompts (not a multiple of the mesh's 4 batch shards) and 3 slots (rounded up to 4) on
-    data 2 x fsdp 2 x tensor 2, MLA + MoE with scanned layers: the static sampler's rows (one
-    device, unrolled layers, same weights), which test_sampler checks against the full forward."""
+    data 2 x fsdp 2 x tensor 2: the static sampler's rows on one device (which test_sampler
+    checks against the full forward)."""
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    config = MLA.replace(scan_layers=True)
-    params = scan_layout.to_scanned(config, params_of(MLA))
     settings = sampler_lib.SamplingConfig(max_new_tokens=N, temperature=0.0)
-    sampler = continuous.make_continuous_sampler(config, settings, 3, mesh)
-    got = sampler(params, PROMPTS, LENGTHS, RNG)
+    sampler = continuous.make_continuous_sampler(GQA, settings, 3, mesh)
+    got = sampler(params_of(GQA), PROMPTS, LENGTHS, RNG)
     assert sampler.num_slots == 4 and len(got.tokens.sharding.device_set) == 8
-    assert_same_rows(got, run(MLA))
+    assert_same_rows(got, run(GQA))
     assert int(got.num_steps) == N  # all 3 rows at once
 
 
 @functools.cache
 def long_tail():
-    """(static result, continuous result) at temperature 1 on the long-tailed workload."""
-    params = params_of(GQA)
-    free = sampler_lib.make_sampler(GQA, sampler_lib.SamplingConfig(
+    """(static result, continuous result) at temperature 1 on the long-tailed workload, GQA
+    with scanned layers (the caches' layer axis leads)."""
+    params = scan_layout.to_scanned(SCANNED, params_of(GQA))
+    free = sampler_lib.make_sampler(SCANNED, sampler_lib.SamplingConfig(
         max_new_tokens=TAIL_N, num_samples=TAIL_G))(params, TAIL_PROMPTS, TAIL_LENGTHS, RNG)
     targets = [TAIL_N if r in LONG_ROWS else 3 for r in range(len(TAIL_PROMPTS) * TAIL_G)]
     settings = sampler_lib.SamplingConfig(
         max_new_tokens=TAIL_N, num_samples=TAIL_G,
         stop_token_sequences=continuous.stops_for_lengths(np.asarray(free.tokens), targets))
-    static = sampler_lib.make_sampler(GQA, settings)(params, TAIL_PROMPTS, TAIL_LENGTHS, RNG)
-    pool = continuous.make_continuous_sampler(GQA, settings, TAIL_SLOTS)
+    static = sampler_lib.make_sampler(SCANNED, settings)(params, TAIL_PROMPTS, TAIL_LENGTHS, RNG)
+    pool = continuous.make_continuous_sampler(SCANNED, settings, TAIL_SLOTS)
     return static, pool(params, TAIL_PROMPTS, TAIL_LENGTHS, RNG)
 
 
