@@ -1,9 +1,10 @@
 """Token-local MoE dispatch under a mesh, checked on the compiled program (8 simulated devices).
 
 Each sorting dispatch ("dropless", the CPU default; "grouped", the GPU/TPU default) on meshes
-fsdp=8 and data=2 x expert=4 must give the single-device loop-over-experts reference (the dense
-dispatch, itself checked against a NumPy loop in test_moe.py): forward, gradients w.r.t. every
-parameter and the input, the sown expert loads (the bias update's input) and the balance loss.
+fsdp=8, expert=8 and data=2 x expert=4 must give the single-device loop-over-experts reference
+(the dense dispatch, itself checked against a NumPy loop in test_moe.py): forward, gradients
+w.r.t. every parameter and the input, the sown expert loads (the bias update's input) and the
+balance loss.
 The compiled programs (XLA's optimized HLO, after the SPMD partitioner) must run no collective
 inside any loop, and the MoE layer's temporary bytes per device must follow the per-device batch,
 not the global one. Before `dispatch.token_local` every device sorted and looped over the global
@@ -32,7 +33,8 @@ from r1jax.train import state as state_lib
 
 D, F, E = 16, 8, 8
 SEQS_PER_DEVICE, SEQ_LEN = 2, 16
-MESHES = ({"fsdp": 8}, {"data": 2, "expert": 4})
+MESHES = ({"fsdp": 8}, {"expert": 8}, {"data": 2, "expert": 4})
+MESH_IDS = ["fsdp8", "expert8", "data2_expert4"]
 BASELINE = {"fsdp": 2}  # 2 devices, weights sharded as on the 8-device meshes
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
@@ -106,7 +108,7 @@ def items(mesh_shape) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(mesh_shape.items()))
 
 
-@pytest.mark.parametrize("mesh_shape", MESHES, ids=["fsdp8", "data2_expert4"])
+@pytest.mark.parametrize("mesh_shape", MESHES, ids=MESH_IDS)
 @pytest.mark.parametrize("dispatch", ["dropless", "grouped"])
 def test_layer_on_mesh_matches_reference_without_collectives_in_loops(inputs, reference,
                                                                       dispatch, mesh_shape):
@@ -135,7 +137,7 @@ def test_layer_on_mesh_matches_reference_without_collectives_in_loops(inputs, re
         assert report.loops > 0    # the block loop exists: the check above is not vacuous
 
 
-@pytest.mark.parametrize("mesh_shape", MESHES, ids=["fsdp8", "data2_expert4"])
+@pytest.mark.parametrize("mesh_shape", MESHES, ids=MESH_IDS)
 @pytest.mark.parametrize("dispatch", ["dropless", "grouped"])
 def test_moe_temp_bytes_follow_the_per_device_batch(dispatch, mesh_shape):
     """Per-device temporaries of the MoE layer's forward + backward at 8 devices within 1.2x of
@@ -158,7 +160,7 @@ def v3_shaped_model() -> config_lib.ModelConfig:
                                    moe_dispatch="auto")
 
 
-@pytest.mark.parametrize("mesh_shape", MESHES, ids=["fsdp8", "data2_expert4"])
+@pytest.mark.parametrize("mesh_shape", MESHES, ids=MESH_IDS)
 def test_train_step_compiles_without_collectives_in_loops(mesh_shape):
     """The GRPO train step (forward, backward, AdamW, MoE bias update) compiled on the mesh:
     the optimized HLO has loops (the MoE block loops) and collectives, none inside a loop."""
