@@ -320,7 +320,10 @@ def jit_score(config: StepConfig, mesh):
     sampled batch in micro-batches of the update's size (num_minibatches * num_micro_batches
     of them)."""
     num_micro = config.grpo.num_minibatches * config.grpo.num_micro_batches
+    # With routing replay every forward of the update replays the record (pi_old recomputed
+    # by the trainer must route like the update's forward, or the ratio is off at mu = 1).
+    keys = _SCORE_KEYS + (("routing",) if config.grpo.routing_replay == "r3" else ())
     return jax.jit(make_score_fn(config, num_micro),
                    in_shardings=(param_shardings(config.model, mesh),
-                                 batch_shardings(mesh, _SCORE_KEYS)),
+                                 batch_shardings(mesh, keys)),
                    out_shardings=sharding.batch_sharding(mesh, 2))

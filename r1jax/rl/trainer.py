@@ -239,7 +239,7 @@ class _Run:
             shardings["routing"] = {k: shardings["routing"] for k in host["routing"]}
         batch = distributed.global_batch(host, shardings)
         seq = {k: batch[k] for k in ("prompt_tokens", "prompt_lengths", "completion_tokens",
-                                     "completion_mask")}
+                                     "completion_mask", "routing") if k in batch}
         if g.beta > 0:
             batch["ref_logps"] = self.score(state["ref_params"], seq)
         else:
