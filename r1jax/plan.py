@@ -154,7 +154,13 @@ def _layer_kinds(config: config_lib.ModelConfig) -> list[bool]:
 
 
 def _residuals(config, mesh, seq) -> dict[bool, residuals.LayerResiduals]:
-    sliced = residuals.per_device_widths(config, mesh.shape["tensor"])
+    # The traces ignore layout, remat and the EP exchange: configs that differ only there share
+    # them (`layer_residuals` is cached on the config).
+    dispatch = "dropless" if config.moe_dispatch == "expert_parallel" else config.moe_dispatch
+    traced = config.replace(scan_layers=False, remat_policy="none", moe_dispatch=dispatch,
+                            num_hidden_layers=2, first_k_dense_replace=1,
+                            num_nextn_predict_layers=0)
+    sliced = residuals.per_device_widths(traced, mesh.shape["tensor"])
     return {k: residuals.layer_residuals(sliced, k, seq) for k in set(_layer_kinds(config))}
 
 

@@ -85,9 +85,10 @@ def per_device_widths(config: config_lib.ModelConfig, tensor: int) -> config_lib
 def layer_residuals(config: config_lib.ModelConfig, moe_layer: bool, seq: int) -> LayerResiduals:
     """`LayerResiduals` of a dense or MoE layer of `config` for one sequence of `seq` tokens.
 
-    Traces 1- and 2-layer models of that kind, without remat, on 1 and 2 sequences: with
-    R(L, b) = base_w + b base + L (W + b A), the second layer's share at b = 1 and 2 separates
-    its weights W (whatever dtype the backward keeps them in: on a CPU host, bf16 matmul
+    Traces 1- and 2-layer models of that kind, without remat: with R(L, b) = b base + L (W + b A)
+    on b sequences (the weights outside the layers that the backward keeps, the final norm's
+    d-vector scale, are left in W), the three traces R(1, 1), R(1, 2) and R(2, 1) separate the
+    layer's weights W (whatever dtype the backward keeps them in: on a CPU host, bf16 matmul
     operands are widened to float32, `layers.accumulating_einsum`) from its activations A.
     Activations then scale with the sequences a device holds; a dropless MoE's block padding
     (a constant per layer) lands in W.
@@ -98,7 +99,9 @@ def layer_residuals(config: config_lib.ModelConfig, moe_layer: bool, seq: int) -
                               moe_dispatch="dropless" if config.moe_dispatch ==
                               "expert_parallel" else config.moe_dispatch)
 
-    r = {(n, b): residual_bytes(model(n), b, seq)[0] for n in (1, 2) for b in (1, 2)}
-    activations = (r[2, 2] - r[1, 2]) - (r[2, 1] - r[1, 1])
-    weights = (r[2, 1] - r[1, 1]) - activations
-    return LayerResiduals(weights, activations, (r[1, 2] - r[1, 1]) - activations)
+    r11, r12 = residual_bytes(model(1), 1, seq)[0], residual_bytes(model(1), 2, seq)[0]
+    r21 = residual_bytes(model(2), 1, seq)[0]
+    layer = r21 - r11  # W + A
+    base = r11 - layer
+    activations = (r12 - r11) - base
+    return LayerResiduals(layer - activations, activations, base)
