@@ -23,7 +23,7 @@ import ml_collections
 from r1jax import config_utils
 from r1jax.evals import evaluate
 from r1jax.models import config as model_config_lib
-from r1jax.r1 import rejection
+from r1jax.r1 import judge, non_reasoning, rejection
 from r1jax.rl import config as rl_config
 from r1jax.train import pretrain, reward, reward_model, sft
 from r1jax.train import state as state_lib
@@ -81,8 +81,14 @@ class ColdStartConfig(SFTStage):
 @dataclasses.dataclass(frozen=True)
 class RejectionStage:
     """Stage 3: `num_samples` completions of each of the first `num_prompts` reasoning-RL
-    training prompts (`rejection.RejectionConfig`, whose defaults these are), plus
-    `num_non_reasoning` non-reasoning examples; `seed` shuffles the mixture too."""
+    training prompts (`rejection.RejectionConfig`, whose defaults these are: the CoT filters
+    and the judge route too), plus `num_non_reasoning` non-reasoning examples, given a brief
+    CoT written by the stage-2 model when `cot_non_reasoning` (`non_reasoning.CoTConfig`
+    `cot`); `judge`: how the judge samples its verdicts where samples take the judge route
+    (`judge_tasks`, `judge_after_rule`); the judge is the stage-2 model fine-tuned
+    (`judge_sft`) on `judge_train` synthetic grading examples (`r1.judge_data`; 0: the
+    stage-2 model as it is), its agreement with the truth measured on `judge_eval` held-out
+    items (0: not measured); `seed` shuffles the mixture too."""
 
     num_prompts: int = 512
     num_non_reasoning: int = 300
@@ -95,6 +101,17 @@ class RejectionStage:
     min_language: float = _Rejection.min_language
     max_per_prompt: int | None = _Rejection.max_per_prompt
     seed: int = _Rejection.seed
+    max_paragraph_chars: int | None = _Rejection.max_paragraph_chars
+    drop_code_blocks: bool = _Rejection.drop_code_blocks
+    judge_tasks: tuple[str, ...] = _Rejection.judge_tasks
+    judge_after_rule: bool = _Rejection.judge_after_rule
+    judge_examples: int = _Rejection.judge_examples
+    judge: judge.JudgeSettings = judge.JudgeSettings(max_prompt_len=512)
+    judge_train: int = 0
+    judge_eval: int = 200
+    judge_sft: SFTStage = SFTStage()
+    cot_non_reasoning: bool = True
+    cot: non_reasoning.CoTConfig = non_reasoning.CoTConfig()
 
     def sampler(self, accuracy_reward: str) -> rejection.RejectionConfig:
         """The stage's `RejectionConfig` (reasoning samples only: the non-reasoning data is

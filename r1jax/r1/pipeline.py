@@ -4,8 +4,10 @@
   cold_start    SFT of the base on long, single-language CoTs in the R1 format (Sec. 2.3.1)
   reasoning_rl  GRPO from the cold-start model: accuracy + format + language consistency
                 (Sec. 2.3.2) on bilingual word problems
-  rejection     N samples per prompt from the stage-2 model, filtered (correct, formatted,
-                single-language, not overlong, deduplicated) + non-reasoning data (Sec. 2.3.3)
+  rejection     N samples per prompt from the stage-2 model, filtered (correct by rule or by a
+                generative judge, formatted, single-language, no long paragraph or code
+                block, not overlong, deduplicated) + non-reasoning data with brief CoTs
+                (Sec. 2.3.3; `r1.stage3`)
   sft           SFT of the *base* model on the stage-3 data (Sec. 2.3.3)
   all_scenario  a Bradley-Terry reward model on preference pairs, then GRPO from the stage-4
                 model on word problems (rule rewards) mixed with instructions (the reward
@@ -33,7 +35,7 @@ from r1jax import config_utils
 from r1jax.data import pipeline as data_pipeline
 from r1jax.data import tasks, templates
 from r1jax.models import config as config_lib
-from r1jax.r1 import common, data, rejection
+from r1jax.r1 import common, data, rejection, stage3
 from r1jax.r1 import config as r1_config
 from r1jax.r1 import manifest as manifest_lib
 from r1jax.train import base, pretrain, reward
@@ -112,21 +114,30 @@ def _grpo(section_name: str, start_stage: str, config, m, stage_dir, extra_rewar
 
 def _rejection(config, m, stage_dir):
     c = config.rejection
-    model_config, params, tok = base.load_base(m.output("reasoning_rl", "model"))
+    policy_dir = m.output("reasoning_rl", "model")
+    model_config, params, tok = base.load_base(policy_dir)
     template = templates.get(common.TEMPLATE)
+    judge_ctx, judge_params, judge_dir = stage3.judge_model(
+        c, stage_dir, policy_dir, (model_config, params, tok), template, config.seed)
     prompts, accuracy = _rejection_prompts(config)
     rcfg = c.sampler(accuracy)
     reasoning_path = stage_dir / "reasoning.jsonl"
-    stats = rejection.rejection_sample(model_config, params, tok, template, prompts, rcfg,
-                                       reasoning_path, overwrite=True)
+    stats = rejection.rejection_sample(
+        model_config, params, tok, template, prompts, rcfg, reasoning_path, overwrite=True,
+        judge_fn=rejection.model_judge(judge_ctx, judge_params, c.judge))
     kept = data.read_records(reasoning_path) if stats["total"] else []
     path = config.data.non_reasoning_jsonl
     pairs = data.user_non_reasoning_pairs(path, c.num_non_reasoning) if path else \
         data.non_reasoning_pairs(c.num_non_reasoning, config.seed)
-    extra = [rejection.non_reasoning_record(template, q, r) for q, r in pairs]
+    extra, cot_counts = stage3.non_reasoning_records(
+        c, stage3.context(model_config, tok, template), params, pairs)
     records = data.shuffled(kept + extra, c.seed)
     summary = {"reasoning": len(kept), "non_reasoning": len(extra),
-               "candidates": stats["candidates"], "dropped": stats["dropped"]}
+               "candidates": stats["candidates"], "dropped": stats["dropped"],
+               "routes": stats["routes"], "judge": stats["judge"], "judge_dir": judge_dir,
+               "judge_trained": bool(c.judge_train), "non_reasoning_cot": cot_counts,
+               "judge_agreement": stage3.judge_agreement(judge_ctx, judge_params, c,
+                                                         config.seed)}
     path = rejection.write_dataset(records, stage_dir / "sft_data.jsonl",
                                    dict(summary, total=len(records)), overwrite=True)
     return {"data": path, "reasoning": reasoning_path}, summary
@@ -255,9 +266,8 @@ def report(m: manifest_lib.Manifest) -> str:
             if n in TITLES and m.is_complete(n)]
     lines = [common.table(rows)]
     if m.is_complete("rejection"):
-        r = m.entry("rejection")["metrics"]
-        lines.append(f"\nrejection sampling: kept {r['reasoning']} of {r['candidates']} "
-                     f"samples (dropped {r['dropped']}), + {r['non_reasoning']} non-reasoning")
+        lines.append("")
+        lines += stage3.summary_lines(m.entry("rejection")["metrics"])
     if m.is_complete("all_scenario"):
         acc = m.entry("all_scenario")["metrics"]["reward_model"].get("eval/accuracy")
         if acc is not None:

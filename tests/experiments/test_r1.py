@@ -71,6 +71,7 @@ def test_r1_pipeline_smoke_kill_and_resume(tmp_path):
                                                     "language_consistency", "response_length"}
     rejection = after["rejection"]["metrics"]
     assert rejection["non_reasoning"] == 8 and rejection["candidates"] == 4
+    _check_stage3(rejection, out.stdout)
     records = [json.loads(line) for line in data.read_text().splitlines()]
     assert all(r["prompt"] and r["completion"] for r in records)
     assert "| all-scenario RL (R1) |" in out.stdout and "| base model |" in out.stdout
@@ -79,6 +80,24 @@ def test_r1_pipeline_smoke_kill_and_resume(tmp_path):
              (tmp_path / "run" / "sft" / "train" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == SFT_STEPS
     _check_eval_finds_the_reward_model(tmp_path / "run")
+
+
+def _check_stage3(r, stdout):
+    """Stage 3's judge route, CoT filters and CoT-prompted non-reasoning data ran and were
+    counted (the smoke judge is the untrained stage-2 model: only the plumbing is checked)."""
+    assert {"long_paragraph", "code_block"} <= set(r["dropped"])
+    passed = r["candidates"] - sum(v for k, v in r["dropped"].items()
+                                   if k not in ("incorrect", "duplicate", "per_prompt_cap"))
+    assert r["routes"]["rule"]["checked"] == passed  # the word problems have a rule
+    # judge_after_rule: the judge saw the rule-accepted samples; only those it accepted stay.
+    assert r["routes"]["rule"]["accepted"] <= r["judge"]["judged"] <= passed
+    a = r["judge_agreement"]
+    assert a["n"] == 4 and 0.0 <= a["agreement"] <= 1.0 and len(a["examples"]) == 4
+    assert sum(a["reasons"][k] for k in ("ok", "none", "in_cot", "multiple", "malformed",
+                                         "not_last", "unclosed_think", "too_long")) == 4
+    assert sum(r["non_reasoning_cot"].values()) == 8
+    assert "stage-3 correctness by route: rule" in stdout  # every route and its counts
+    assert "held-out items" in stdout and "non-reasoning CoTs:" in stdout
 
 
 def _check_eval_finds_the_reward_model(workdir):
