@@ -100,9 +100,14 @@ def test_judge_batches_through_the_sampler(judge_ctx):
     again, _ = judge.judge(ctx, params, items, settings)  # greedy: the same verdicts
     assert again == verdicts
 
+    # The judge reward beside a rule reward, routed by task as in all-scenario RL.
     reward = judge.JudgeReward(ctx, params, settings)
-    spec = registry.Spec.from_dict({"judge": 1.0}, routes={"words": ["judge"]}, extra=[reward])
-    out = spec.reward("judge")(["<answer> 3 </answer>", "no answer block"], answer=["3", "4"],
-                               question=["q", "q"])
-    assert out.dtype == np.float32 and out.shape == (2,) and out[1] == 0.0
-    assert out[0] in (0.0, 1.0) and sum(reward.last_counts[r] for r in judge.REASONS) == 1
+    spec = registry.Spec.from_dict({"judge": 1.0, "format_strict": 1.0},
+                                   routes={"words": ["judge"], "math": ["format_strict"]},
+                                   extra=[reward])
+    out = registry.combine(
+        spec, ["<answer> 3 </answer>", "no answer block", "<answer> 4 </answer>"],
+        answer=["3", "4", "4"], question=["q", "q", "q"], task=["words", "words", "math"])
+    got = out.components["judge"]
+    assert got.dtype == np.float32 and got.shape == (3,) and got[1] == got[2] == 0.0
+    assert got[0] in (0.0, 1.0) and sum(reward.last_counts[r] for r in judge.REASONS) == 1
