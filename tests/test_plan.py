@@ -18,7 +18,7 @@ import pytest
 
 from r1jax import config_utils, plan, sharding
 from r1jax.models import config as config_lib
-from r1jax.models import hf, presets, residuals, transformer
+from r1jax.models import hf, presets, residuals, summary, transformer
 from r1jax.rl import config as rl_config
 from r1jax.rl import plan_check, step
 from r1jax.sampling import sampler
@@ -76,7 +76,7 @@ def test_layer_residuals_are_weights_plus_linear_activations():
 
 
 def test_plan_totals_follow_their_terms():
-    cfg = tiny()
+    cfg = tiny().replace(scan_layers=True)
     p = plan.make_plan(cfg, {"fsdp": 2, "tensor": 2}, batch=8, seq=16, completion=8,
                        logps_chunk=4)
     n = 8 // 2  # sequences per device: act_batch shards over fsdp only here
@@ -87,6 +87,9 @@ def test_plan_totals_follow_their_terms():
     kinds = [cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers)]
     assert p.activations_no_remat == n * (sum(res[k].activations for k in kinds) + res[True].base)
     assert p.activations_remat < p.activations_no_remat
+    unrolled = plan.make_plan(tiny(), {"fsdp": 2, "tensor": 2}, batch=8, seq=16, completion=8,
+                              logps_chunk=4)  # remat saves nothing on unrolled layers
+    assert unrolled.activations_remat == unrolled.activations_no_remat == p.activations_no_remat
     assert p.weight_copies_no_remat == sum(res[k].weights for k in kinds) + \
         cfg.vocab_size * cfg.hidden_size / 2 * 4
     backward = p.weight_copies_no_remat + p.activations_no_remat + p.logits
@@ -312,7 +315,11 @@ def test_cli_plans_an_experiment_on_an_hf_directory(tmp_path):
     assert "dtype bfloat16, remat_policy full" in out
     assert "with rematerialisation (the run's remat_policy)" in out
     # The preset's accelerator precision: bf16 compute, float32 master weights and moments.
-    expected = plan.make_plan(model.replace(dtype="bfloat16", param_dtype="float32",
-                                            remat_policy="full"), {"fsdp": 1}, 16, 1280,
-                              completion=1024, logps_chunk=512)
+    experiment = _experiment("qwen2_5_3b_countdown", f"base_dir={tmp_path / 'qwen'}",
+                             "model_overrides.remat_policy=full")
+    resolved = summary.resolve_model(experiment)
+    assert (resolved.dtype, resolved.param_dtype) == ("bfloat16", "float32")
+    settings = plan.experiment_settings(experiment, resolved)
+    expected = plan.make_plan(resolved, {"fsdp": 1}, settings.batch, settings.seq,
+                              **settings.plan_options)
     assert f"{expected.total(True) / plan.GIB:10.2f} GiB" in out
