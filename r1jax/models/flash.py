@@ -337,7 +337,11 @@ IMPLS = {"blockwise": blockwise, "cudnn": fused, "splash": splash.attention}
 
 def bounded(q_bthd, kv_chunk, groups: int, value_dim: int, num_slots: int, mask: Mask,
             scale: float, config: config_lib.ModelConfig) -> jax.Array:
-    """Cached attention over the filled slots only: ceil(mask.kv_length / C) chunks of C slots.
+    """Cached attention over the filled slots only, in chunks of C = `attention_block_size`.
+
+    Queries go in blocks of C too (a prefill of P tokens holds one [B, H, C, C] score block at
+    a time); query block j reads the ceil(last slot of j + 1 / C) chunks up to its own slots,
+    at most ceil(mask.kv_length / C), so one decoding step costs what the cache holds so far.
 
     Args:
       q_bthd: [B, T, H, D] queries (T new tokens at slots mask.q_offset..).
@@ -350,23 +354,32 @@ def bounded(q_bthd, kv_chunk, groups: int, value_dim: int, num_slots: int, mask:
     """
     b, t, h, d = q_bthd.shape
     c = min(config.attention_block_size, num_slots)
-    q_btgqd = q_bthd.reshape(b, t, groups, h // groups, d)
-    q_slot_t = mask.q_offset + jnp.arange(t)
+    bq = min(c, t)
+    filled = jnp.minimum(mask.kv_length, num_slots)
 
-    def chunk(i, state):
-        # The last chunk may start before i * C (it must fit in the cache); slots it shares
-        # with the previous chunk are masked, so none is counted twice.
-        start = jnp.minimum(i * c, num_slots - c)
-        k_bcgd, v_bcgv = kv_chunk(start, c)
-        slot_c = start + jnp.arange(c)
-        visible_btc = block_mask(
-            q_slot_t, mask.q_segment_bt, slot_c,
-            jax.lax.dynamic_slice_in_dim(mask.kv_segment_bs, start, c, 1),
-            jax.lax.dynamic_slice_in_dim(mask.kv_valid_bs, start, c, 1))
-        visible_btc &= (slot_c >= i * c)[None, None, :]
-        return _update(state, q_btgqd, k_bcgd, v_bcgv, visible_btc, scale, config)
+    def query_block(xs):
+        q_btgqd, q_slot_t, q_segment_bt = xs
 
-    num_chunks = (jnp.minimum(mask.kv_length, num_slots) + c - 1) // c
-    state = jax.lax.fori_loop(0, num_chunks, chunk,
-                              _init_state(b, groups, h // groups, t, value_dim))
-    return _finish(state, q_bthd.dtype).reshape(b, t, h, value_dim)
+        def chunk(i, state):
+            # The last chunk may start before i * C (it must fit in the cache); slots it
+            # shares with the previous chunk are masked, so none is counted twice.
+            start = jnp.minimum(i * c, num_slots - c)
+            k_bcgd, v_bcgv = kv_chunk(start, c)
+            slot_c = start + jnp.arange(c)
+            visible_btc = block_mask(
+                q_slot_t, q_segment_bt, slot_c,
+                jax.lax.dynamic_slice_in_dim(mask.kv_segment_bs, start, c, 1),
+                jax.lax.dynamic_slice_in_dim(mask.kv_valid_bs, start, c, 1))
+            visible_btc &= (slot_c >= i * c)[None, None, :]
+            return _update(state, q_btgqd, k_bcgd, v_bcgv, visible_btc, scale, config)
+
+        # Causal: no query of this block sees a slot past its own.
+        seen = jnp.minimum(filled, q_slot_t.max() + 1)  # padded rows have slot 0
+        state = jax.lax.fori_loop(0, (seen + c - 1) // c, chunk,
+                                  _init_state(b, groups, h // groups, bq, value_dim))
+        return _finish(state, q_bthd.dtype)
+
+    q_xs = (_blocks(q_bthd.reshape(b, t, groups, h // groups, d), 1, bq),
+            _blocks(mask.q_offset + jnp.arange(t), 0, bq), _blocks(mask.q_segment_bt, 1, bq))
+    out_nbtgqv = jax.lax.map(query_block, q_xs)
+    return _unblock(out_nbtgqv, t).reshape(b, t, h, value_dim)
