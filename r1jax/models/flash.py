@@ -22,9 +22,10 @@ and prefill, cached attention bounded by the filled slots, and the fused cuDNN k
     run), else blockwise.
 
 Cached attention (prefill and decoding, `bounded`) with any impl but "naive" reads only the
-filled slots: a `fori_loop` over cache chunks of `attention_block_size` whose trip count is
-ceil(filled / chunk), so a prefill of P tokens attends over the P prompt slots only (not the
-P + N of the cache) and a decoding step costs what the cache holds so far.
+filled slots: queries in blocks of `attention_block_size`, each a `fori_loop` over cache chunks
+of that size whose trip count stops at the block's own last slot (and at the filled length), so
+a prefill of P tokens attends over the P prompt slots only (not the P + N of the cache) and a
+decoding step costs what the cache holds so far.
 
 Masks are never materialised at [T, S] outside the naive path: `Mask` holds per-token vectors
 (segment ids, key validity, the slot of the first query) and each block's mask is formed from
