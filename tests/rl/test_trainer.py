@@ -371,6 +371,38 @@ def test_sigkill_and_resume_reproduces_the_uninterrupted_run(launch, uninterrupt
         metrics.read_jsonl(reference / "samples.jsonl")
 
 
+# PPO on the smoke preset (issue 25): 2 steps, a checkpoint after each, no eval but at steps 0
+# and 2, so that a resume from the step-1 checkpoint has one step whose critic update is compared.
+_PPO = {"grpo.algorithm": "ppo", "grpo.advantage": "gae", "grpo.kl_in": "reward",
+        "total_steps": 2, "checkpoint_every": 1, "eval.every": 0}
+
+
+def critic_checksums(workdir, s):
+    """{leaf path: checksum} of the critic's arrays (params and AdamW state) saved at step s."""
+    saved = json.loads((workdir / "checkpoints" / str(s) / "checksums" / "metadata").read_text())
+    return {k: v["checksum"] for k, v in saved["leaves"].items() if "'critic'" in k}
+
+
+def test_a_killed_ppo_run_resumes_with_its_critic_restored_exactly(launch, tmp_path):
+    # Two launches instead of three: the killed run is the finished one with its step-2
+    # checkpoint removed, what a SIGKILL after the step-1 checkpoint leaves (its step-2 log
+    # lines included). test_sigkill_and_resume_... covers a real SIGKILL for any algorithm.
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    assert finish(launch(reference, _PPO))["step"] == 2
+    shutil.copytree(reference, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "2")
+    code, out = run_to_end(launch(resumed, _PPO))
+    assert code == 0, out[-3000:]
+    # It resumed at step 2 (a fresh start would evaluate step 0 and reproduce the same run).
+    assert "step 2: sampling" in out and "step 0: evaluating" not in out, out[-3000:]
+    want, got = non_timing(reference / "metrics.jsonl"), non_timing(resumed / "metrics.jsonl")
+    assert [r["step"] for r in got if "loss" in r] == [1, 2]
+    # The resumed step's critic update starts from the restored critic: bit-equal figures.
+    assert {"value_loss", "value_grad_norm"} <= set(got[-2]) and got == want
+    critic = critic_checksums(reference, 2)
+    assert len(critic) > 3 and critic_checksums(resumed, 2) == critic
+
+
 def test_sigterm_checkpoints_the_current_step_and_exits_cleanly(launch, uninterrupted, tmp_path):
     process = launch(tmp_path, {"total_steps": 40, "checkpoint_every": 100, "eval.every": 0})
     wait_for(lambda: (tmp_path / "metrics.jsonl").exists()
