@@ -3,6 +3,7 @@ absl flag parser; unknown keys are one-line errors; config differences are named
 
 import ast
 import dataclasses
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -23,10 +24,21 @@ from r1jax.train import pretrain, reward, sft
 from r1jax.train import state as state_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _declared_presets(name: str) -> tuple[str, ...]:
+    """The keys of configs/<name>.py's PRESETS dict, so a new preset is tested without a
+    second list to keep in step."""
+    spec = importlib.util.spec_from_file_location(f"_configs_{name}", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return tuple(module.PRESETS)
+
+
 PRESETS = {
-    "r1_zero": ("tiny", "smoke", "qwen2_5_3b_countdown", "deepseek_v3_671b"),
-    "r1": ("tiny", "smoke"),
-    "pretrain_base": ("tiny", "smoke"),
+    "r1_zero": _declared_presets("r1_zero"),
+    "r1": _declared_presets("r1"),
+    "pretrain_base": ("tiny", "smoke"),  # no PRESETS dict: get_config branches on the name
     "model": tuple(sorted(presets.PRESETS)),
 }
 _PRETRAIN_OWN = ("model", "sft", "optim")  # PretrainConfig fields given as sections
