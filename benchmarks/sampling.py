@@ -13,7 +13,10 @@ Timings are medians over `--repeats` runs after one warm-up (compilation reporte
 Then the long-tail workload (issue 24): B prompts x G samples at temperature 1 where 10% of the
 rows run to `--tail_new_tokens` and the others stop at 1/8 of that (stop sequences taken from a
 free run, `continuous.stops_for_lengths`), sampled by the static sampler and by continuous
-batching with `--tail_slots` slots: real tokens/s of each, their ratio, and rows x decode steps.
+batching with `--tail_slots` slots: real tokens/s of each, rows x decode steps, and the ratio
+as the median of `--tail_rounds` rounds in which the two engines run alternately (so a change in
+machine load hits both; one median per engine taken at different times was x0.7-x1.8 at load ~9
+on 2 cores).
 Finally: cache bytes per token of MLA vs GQA / MHA models of the same width, heads and depth.
 
   python benchmarks/sampling.py                      # tiny and small_50m, batch 8 and 64
@@ -157,20 +160,31 @@ def long_tail(name: str, args) -> None:
                "continuous": continuous.make_continuous_sampler(config, settings,
                                                                 args.tail_slots)}
     print(f"\n== long tail, {name}: {len(prompt_bp)} prompts x G={g}, N={n}, "
-          f"{args.tail_slots} slots")
-    seconds, results = {}, {}
+          f"{args.tail_slots} slots, {args.tail_rounds} interleaved rounds")
+    results, compile_s = {}, {}
     for label, engine in engines.items():
-        compile_s, seconds[label] = timed(
-            lambda e=engine: e(params, prompt_bp, lengths_b, key).tokens, args.repeats)
-        results[label] = engine(params, prompt_bp, lengths_b, key)
+        start = time.perf_counter()
+        results[label] = jax.block_until_ready(engine(params, prompt_bp, lengths_b, key))
+        compile_s[label] = time.perf_counter() - start
+    # Static and continuous alternate within each round, so a change of machine load hits both;
+    # the ratio is the median of the rounds' ratios.
+    times = {label: [] for label in engines}
+    for _ in range(args.tail_rounds):
+        for label, engine in engines.items():
+            start = time.perf_counter()
+            jax.block_until_ready(engine(params, prompt_bp, lengths_b, key).tokens)
+            times[label].append(time.perf_counter() - start)
+    for label in engines:
         lengths = np.asarray(results[label].lengths)
         width = rows if label == "static" else engines[label].num_slots
-        print(f"   {label:10s} {lengths.sum() / seconds[label]:9.0f} real tok/s (first call "
-              f"{compile_s:5.1f} s), rows x steps {width * int(results[label].num_steps):6d}, "
-              f"lengths median {np.median(lengths):.0f} max {lengths.max()}")
+        print(f"   {label:10s} {lengths.sum() / statistics.median(times[label]):9.0f} real tok/s "
+              f"(first call {compile_s[label]:5.1f} s), rows x steps "
+              f"{width * int(results[label].num_steps):6d}, lengths median "
+              f"{np.median(lengths):.0f} max {lengths.max()}")
+    ratios = [s / c for s, c in zip(times["static"], times["continuous"])]
     same = np.array_equal(results["static"].tokens, results["continuous"].tokens)
-    print(f"   continuous / static tokens/s: x{seconds['static'] / seconds['continuous']:.2f} "
-          f"(same tokens: {same})")
+    print(f"   continuous / static tokens/s: x{statistics.median(ratios):.2f} median of rounds "
+          f"(min x{min(ratios):.2f}, max x{max(ratios):.2f}; same tokens: {same})")
 
 
 def cache_report(name: str) -> None:
@@ -202,6 +216,7 @@ def main():
     parser.add_argument("--tail_samples", type=int, default=4)
     parser.add_argument("--tail_new_tokens", type=int, default=256)
     parser.add_argument("--tail_slots", type=int, default=64)
+    parser.add_argument("--tail_rounds", type=int, default=5)
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{len(jax.devices())}")
     batches = [int(b) for b in args.batches.split(",") if b]
