@@ -468,7 +468,7 @@ def test_every_stage_freezes_its_mesh_the_same_way():
 #: dataclass defaults or the freeze that alters it fails here.
 TINY_R1_ZERO = {
     "async_checkpoints": True, "base_dir": "runs/base_tiny/base", "checkpoint_every": 20,
-    "compilation_cache_dir": None, "data.bucket": 32, "data.jsonl_format": "math",
+    "compilation_cache_dir": "auto", "data.bucket": 32, "data.jsonl_format": "math",
     "data.jsonl_on_error": "raise", "data.max_prompt_len": 256, "data.overlong": "error",
     "data.seed": 0, "data.task": "arithmetic",
     "data.task_knobs": [["max_digits", 2], ["min_digits", 2], ["ops", "+-"]],

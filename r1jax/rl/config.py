@@ -341,7 +341,9 @@ class ExperimentConfig:
     over the same devices (e.g. tensor=8 while training with fsdp=8: `r1jax.sampling.layout`;
     the params are resharded to it once per step, `perf/reshard_s`); every size 1 (the
     default): sample on the training mesh; compilation_cache_dir: JAX's
-    persistent compilation cache directory (None: off), so restarts skip recompiling;
+    persistent compilation cache directory, so a resumed run skips recompiling ("auto", the
+    default: JAX_COMPILATION_CACHE_DIR if set, else <workdir>/compilation_cache,
+    `trainer.compilation_cache_dir`; None: off);
     model_overrides: ModelConfig fields replaced after
     loading (e.g. remat_policy, dtype); rewards: the weighted reward sum (R1-Zero: accuracy +
     format, Sec. 2.2.2); reward_workers: processes for pooled rewards; checkpoint_every,
@@ -365,7 +367,7 @@ class ExperimentConfig:
     mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field(sharding.MESH_AXES)
     num_slices: int = 1
     rollout_mesh: tuple[tuple[str, int], ...] = config_utils.mesh_field(sharding.MESH_AXES, ())
-    compilation_cache_dir: str | None = None
+    compilation_cache_dir: str | None = "auto"
     model_overrides: tuple[tuple[str, Any], ...] = config_utils.overrides_field(
         model_config_lib.ModelConfig)
     checkpoint_every: int = 50

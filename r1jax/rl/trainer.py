@@ -30,6 +30,7 @@ Workdir: config.json, checkpoints/, metrics.jsonl, tensorboard/, samples.jsonl, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -43,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 from jax.experimental import mesh_utils
+from jax.experimental.compilation_cache import compilation_cache
 
 from r1jax import config_utils, distributed, ownership, preemption, sharding
 from r1jax.data import pipeline, tasks, templates
@@ -55,6 +57,7 @@ from r1jax.sampling import layout
 from r1jax.train import base, checkpoint, guard, metrics
 
 SAMPLES_NAME = "samples.jsonl"
+COMPILATION_CACHE_NAME = "compilation_cache"  # under the workdir (compilation_cache_dir)
 PLOTS = {"reward": ("reward/total", "eval/reward"),
          "accuracy": ("accuracy", "eval/pass@1", "eval/greedy_accuracy"),
          "response_length": ("response_length/mean", "eval/response_length")}
@@ -78,10 +81,12 @@ def make_mesh(config: rl_config.ExperimentConfig) -> jax.sharding.Mesh:
     communicating axes; elsewhere the plain device order), or with `config.num_slices` > 1 by
     `create_hybrid_device_mesh`: the `data` axis spans the slices (or hosts, on GPU: one
     granule per process) over the slow network, every other axis stays inside one. Also turns
-    on the persistent compilation cache when `config.compilation_cache_dir` is set.
+    on the persistent compilation cache when `config.compilation_cache_dir` is a directory
+    ("auto" needs the run's workdir: `train` resolves it, `compilation_cache_dir`).
     """
-    if config.compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+    path = compilation_cache_dir(config, None)
+    if path:
+        use_compilation_cache(path)
     shape = dict(config.mesh)
     devices = jax.devices()
     if -1 not in shape.values():
@@ -93,6 +98,38 @@ def make_mesh(config: rl_config.ExperimentConfig) -> jax.sharding.Mesh:
     sizes = sharding.make_mesh(shape, devices).devices.shape  # validates; resolves -1
     return sharding.make_mesh(dict(zip(sharding.MESH_AXES, sizes)),
                               _topology_order(sizes, devices, config.num_slices))
+
+
+def compilation_cache_dir(config: rl_config.ExperimentConfig, workdir: str | None) -> str | None:
+    """The run's persistent compilation cache directory: `config.compilation_cache_dir`, where
+    "auto" is the process's own JAX cache when one is set (JAX_COMPILATION_CACHE_DIR: shared by
+    runs), else <workdir>/compilation_cache (None without a workdir); None: no cache."""
+    if config.compilation_cache_dir != "auto":
+        return config.compilation_cache_dir
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    return os.path.join(workdir, COMPILATION_CACHE_NAME) if workdir else None
+
+
+def use_compilation_cache(path: str | None) -> None:
+    """Points JAX's persistent compilation cache at `path` (None: off). JAX opens its cache once
+    per process, so a change of directory (a second run in the same process) resets it; else
+    that run would read and write the first run's directory."""
+    if path == jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", path)
+    compilation_cache.reset_cache()
+
+
+@contextlib.contextmanager
+def _compilation_cache(path: str | None):
+    """The cache at `path` for the duration of one run, then the process's previous one."""
+    before = jax.config.jax_compilation_cache_dir
+    use_compilation_cache(path)
+    try:
+        yield
+    finally:
+        use_compilation_cache(before)
 
 
 def make_rollout_mesh(config: rl_config.ExperimentConfig,
@@ -546,7 +583,12 @@ def train(config, workdir: str) -> dict[str, Any]:
         config = rl_config.from_config_dict(config)
     workdir = str(ownership.claim(workdir, "rl.trainer run"))
     _write_config(config, workdir)
+    with _compilation_cache(compilation_cache_dir(config, workdir)):
+        return _train(config, workdir)
 
+
+def _train(config: rl_config.ExperimentConfig, workdir: str) -> dict[str, Any]:
+    """`train` once the config is frozen and the workdir claimed."""
     # ------------------------------------------------------------------ mesh, model, data
     mesh = make_mesh(config)
     _say(f"loading the base model from {config.base_dir}")
