@@ -53,3 +53,15 @@ def base_dir(tmp_path_factory):
     base.save_base(root / "base", model, transformer.random_params(model, 0),
                    root / "tok" / "tokenizer.model")
     return root / "base"
+
+
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: absent with -p no:xdist
+def pytest_xdist_make_scheduler(config, log):
+    """With `-n`, idle workers take pending tests from busy ones (xdist's work stealing): the
+    suite's durations range from milliseconds to two minutes, and the default split in
+    collection order left one worker idle while the other ran the long entry-point tests."""
+    if config.getvalue("dist") != "load":
+        return None  # an explicit --dist keeps its own scheduler
+    from xdist.scheduler import WorkStealingScheduling
+
+    return WorkStealingScheduling(config, log)
