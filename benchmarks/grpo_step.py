@@ -7,8 +7,9 @@
 
 Part 1 times the jitted, sharded GRPO update (`r1jax.rl.step`) on random inputs for each model
 preset and reports tokens/s and MFU: model FLOPs (`summary.forward_flops`: 2 x activated params
-per token plus attention, x3 for forward + backward) against the peak FLOP/s of a float32
-matmul measured in this process (`trainer.measure_peak_flops`).
+per token plus attention, x3 for forward + backward) against the peak matmul FLOP/s of the
+model's compute dtype measured in this process (`r1jax.peak_flops.measure`: best of several
+sizes, repeats and rounds; float32 and bfloat16 both printed).
 
 Then, on the first preset (`--logps_vocab`): the update's compiled temporaries and step time
 with chunked log-probs vs the whole completion's [B, T, V] logits in one chunk, and a long-tail
@@ -20,6 +21,7 @@ and training (the `perf/*_s` metrics), skipping the first step (compilation).
 """
 
 import importlib.util
+import os
 import pathlib
 import tempfile
 import time
@@ -28,7 +30,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from r1jax import sharding
+from r1jax import peak_flops, sharding
 from r1jax.data import tasks, templates
 from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.models import config as model_config_lib
@@ -96,7 +98,7 @@ def timed_step(config: step.StepConfig, batch) -> tuple[float, float]:
     return float(np.median(times)), temp / 2**20
 
 
-def time_train_step(preset: str, peak: float) -> dict[str, float]:
+def time_train_step(preset: str, peaks: dict[str, float]) -> dict[str, float]:
     """Median seconds, tokens/s and MFU of one GRPO update for a model preset."""
     model = _model(preset)
     config = _step_config(model, _NEW.value)
@@ -104,7 +106,7 @@ def time_train_step(preset: str, peak: float) -> dict[str, float]:
     seconds, _ = timed_step(config, batch)
     tokens = _ROWS.value * (_PROMPT.value + _NEW.value)
     flops = 3 * summary.forward_flops(model, _ROWS.value, _PROMPT.value + _NEW.value)
-    return {"step_s": seconds, "tokens_per_s": tokens / seconds, "mfu": flops / seconds / peak}
+    return {"step_s": seconds, "tokens_per_s": tokens / seconds, "mfu": flops / seconds / peaks[model.dtype]}
 
 
 def compare_logps(preset: str, vocab: int) -> None:
@@ -189,11 +191,12 @@ def iteration_shares(steps: int) -> dict[str, float]:
 
 def main(argv):
     del argv
-    peak = trainer.measure_peak_flops()
-    print(f"devices: {jax.devices()}; measured float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    peaks = peak_flops.measure()
+    print(f"devices: {jax.devices()}; measured matmul peak {peak_flops.describe(peaks)} "
+          f"(load average {os.getloadavg()[0]:.1f})")
     print(f"train step: {_ROWS.value} rows x ({_PROMPT.value} prompt + {_NEW.value} new) tokens")
     for preset in _PRESETS.value:
-        r = time_train_step(preset, peak)
+        r = time_train_step(preset, peaks)
         print(f"  {preset:>10}: {r['step_s'] * 1e3:8.1f} ms/step  "
               f"{r['tokens_per_s']:10.0f} tokens/s  MFU {100 * r['mfu']:5.1f}%")
     if _LOGPS_VOCAB.value:

@@ -12,7 +12,8 @@ Rows:
     (target <= 1.3x), with the load average.
 Model FLOPs per step = 6 * activated params * tokens (without the input-embedding lookup) +
 3 * 2 * B * T^2 * H * (d_qk + d_v) per layer for attention (full T x T: no causal skipping).
-The peak is a float32 [N, N] @ [N, N] matmul timed in the same process.
+The peak is `r1jax.peak_flops.measure` in the same process (best of several matmul sizes,
+repeats and rounds, float32 and bfloat16 both printed); a row divides by its compute dtype's.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
 
+from r1jax import peak_flops
 from r1jax.models import config as config_lib
 from r1jax.models import moe, presets, summary, transformer
 
@@ -38,7 +39,6 @@ _BLOCK_SIZES = flags.DEFINE_list(
     "config.moe_block_size caps for the 8 vs 64 experts comparison (64 = the tiny preset's); "
     "moe.dropless.choose_block_size picks the block under the cap (1024 tokens, top-2: 64 rows "
     "with 8 experts, 32 with 64).")
-_MATMUL = flags.DEFINE_integer("matmul_n", 2048, "Size of the peak-measuring matmul.")
 
 
 def _best_seconds(fn, *args, steps: int) -> float:
@@ -51,12 +51,6 @@ def _best_seconds(fn, *args, steps: int) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return float(np.min(times))
-
-
-def matmul_peak_flops(n: int, steps: int = 5) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    return 2 * n ** 3 / _best_seconds(jax.jit(jnp.matmul), a, b, steps=steps)
 
 
 def step_fn(config: config_lib.ModelConfig):
@@ -87,18 +81,18 @@ def step_timer(config: config_lib.ModelConfig, batch: int, seq: int):
     return lambda steps: _best_seconds(fn, params, tokens, steps=steps)
 
 
-def _print_row(name, config, seconds, batch, seq, peak):
+def _print_row(name, config, seconds, batch, seq, peaks):
     flops = model_flops(config, batch, seq) / seconds
     print(f"{name:<24} {seconds * 1e3:9.1f} {batch * seq / seconds:10.0f} {flops / 1e9:9.2f} "
-          f"{flops / peak:8.1%}")
+          f"{flops / peaks[config.dtype]:8.1%}")
 
 
 def main(argv):
     del argv
     b, t, steps = _BATCH.value, _SEQ.value, _STEPS.value
-    peak = matmul_peak_flops(_MATMUL.value)
-    print(f"device: {jax.devices()[0].device_kind}; float32 matmul peak {peak / 1e9:.1f} GFLOP/s "
-          f"(N={_MATMUL.value}); batch {b} x {t} tokens")
+    peak = peak_flops.measure()
+    print(f"device: {jax.devices()[0].device_kind}; matmul peak {peak_flops.describe(peak)} "
+          f"(load average {os.getloadavg()[0]:.1f}); batch {b} x {t} tokens")
     print(f"{'model':<24} {'step ms':>9} {'tokens/s':>10} {'GFLOP/s':>9} {'of peak':>8}")
     for name in _PRESETS.value:
         config = config_lib.ModelConfig.from_dict(presets.get(name))

@@ -46,7 +46,7 @@ import tqdm
 from jax.experimental import mesh_utils
 from jax.experimental.compilation_cache import compilation_cache
 
-from r1jax import config_utils, distributed, ownership, preemption, sharding
+from r1jax import config_utils, distributed, ownership, peak_flops, preemption, sharding
 from r1jax.data import pipeline, tasks, templates
 from r1jax.data.tasks import jsonl
 from r1jax.evals import rollout
@@ -158,17 +158,12 @@ def _topology_order(sizes: tuple[int, ...], devices: list, num_slices: int) -> l
     return list(grid.flat)
 
 
-def measure_peak_flops(n: int = 1024, repeats: int = 5) -> float:
-    """FLOP/s of a jitted n x n float32 matmul, best of `repeats` (the MFU denominator)."""
-    x = jnp.ones((n, n), jnp.float32)
-    matmul = jax.jit(lambda a: a @ a)
-    matmul(x).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(x).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n**3 / best
+def measure_peak_flops(dtype: str = "float32") -> float:
+    """The MFU denominator: peak matmul FLOP/s of `dtype` (the model's compute dtype) on this
+    device, best of two sizes, three repeats and two rounds (`peak_flops.measure`: one timed
+    matmul reads the machine's load as much as its peak). Sizes up to 1024 keep it ~0.2 s on
+    a CPU, where every training run pays it once; the benchmarks measure larger sizes too."""
+    return peak_flops.measure((dtype,), sizes=(512, 1024))[dtype]
 
 
 def _truncate_jsonl(path: str, step: int) -> None:
@@ -368,7 +363,7 @@ class _Run:
         """Timings, tokens/s and the training MFU estimate, all under `perf/`; the update's
         work is counted at its width (`host_batch`), `sampled` is the real tokens sampled."""
         if self.peak_flops is None:
-            self.peak_flops = measure_peak_flops()
+            self.peak_flops = measure_peak_flops(self.ctx.model.dtype)
         rows, p = host["prompt_tokens"].shape
         length = p + host["completion_tokens"].shape[1]
         fwd = summary.forward_flops(self.ctx.model, rows, length)
