@@ -21,6 +21,7 @@ from typing import Any
 import ml_collections
 
 from r1jax import config_utils
+from r1jax.data.tasks import worded
 from r1jax.evals import evaluate
 from r1jax.models import config as model_config_lib
 from r1jax.r1 import judge, non_reasoning, rejection
@@ -88,7 +89,10 @@ class RejectionStage:
     (`judge_tasks`, `judge_after_rule`); the judge is the stage-2 model fine-tuned
     (`judge_sft`) on `judge_train` synthetic grading examples (`r1.judge_data`; 0: the
     stage-2 model as it is), its agreement with the truth measured on `judge_eval` held-out
-    items (0: not measured); `seed` shuffles the mixture too."""
+    items (0: not measured); `worded_share`: the share of the prompts whose reference answer
+    is rewritten in number words with a unit (`data.tasks.worded`: task `WORDED_TASK`, which
+    no rule reads, so it takes the judge route and its integer answer stays the ground truth
+    the report counts against); `seed` shuffles the mixture too."""
 
     num_prompts: int = 512
     num_non_reasoning: int = 300
@@ -112,12 +116,20 @@ class RejectionStage:
     judge_sft: SFTStage = SFTStage()
     cot_non_reasoning: bool = True
     cot: non_reasoning.CoTConfig = non_reasoning.CoTConfig()
+    worded_share: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.worded_share <= 1.0:
+            raise ValueError(f"rejection.worded_share={self.worded_share!r}: must be in [0, 1]")
 
     def sampler(self, accuracy_reward: str) -> rejection.RejectionConfig:
         """The stage's `RejectionConfig` (reasoning samples only: the non-reasoning data is
-        mixed in by the pipeline), checking answers with `accuracy_reward`."""
+        mixed in by the pipeline), checking answers with `accuracy_reward`; the worded task
+        joins `judge_tasks` when `worded_share` > 0."""
         fields = {f.name for f in dataclasses.fields(rejection.RejectionConfig)}
         values = {k: v for k, v in dataclasses.asdict(self).items() if k in fields}
+        if self.worded_share and worded.WORDED_TASK not in self.judge_tasks:
+            values["judge_tasks"] = (*self.judge_tasks, worded.WORDED_TASK)
         return rejection.RejectionConfig(**values, accuracy_reward=accuracy_reward,
                                          non_reasoning_fraction=0.0)
 
@@ -269,8 +281,10 @@ class R1Config:
     base_dir: str
     pretrain: pretrain.PretrainConfig | None = config_utils.converted(None, _pretrain)
     reasoning_rl: GRPOSection | None = _grpo_section("reasoning_rl")
-    # The learned reward model is trained by the stage, before its GRPO run.
-    all_scenario: GRPOSection | None = _grpo_section("all_scenario", (reward_model.KIND,))
+    # The learned reward model is trained by the stage, before its GRPO run; the judge is
+    # stage 3's.
+    all_scenario: GRPOSection | None = _grpo_section("all_scenario",
+                                                     (reward_model.KIND, judge.KIND))
     r1_zero: GRPOSection | None = _grpo_section("r1_zero")
     distill: DistillConfig | None = None
     toy_base_dir: str | None = None

@@ -20,12 +20,17 @@ sample is dropped, the reward is 0), never as correct.
 
 `JudgeReward` wraps a judge in the reward registry's interface, so all-scenario RL can route
 rows of a task to it (`registry.Spec.extra` and `reward_routes`), beside the reward model.
+A run scored with it records which judge in `judge.json` beside its run directory
+(`save_reward` / `load_reward`), so the run can be loaded again for evaluation.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import json
+import os
+import pathlib
 import re
 from collections.abc import Sequence
 
@@ -34,8 +39,12 @@ import numpy as np
 
 from r1jax.data import pipeline, templates
 from r1jax.evals import rollout
+from r1jax.rewards import registry
+from r1jax.train import base
 
 CORRECT, INCORRECT = "correct", "incorrect"
+KIND = "judge"  # the reward's name in a Spec
+POINTER = "judge.json"  # beside a run scored by a judge: which model, how it sampled
 VERDICT_PREFIX = "Verdict:"
 TAIL_CHARS = 4096  # the scan reads at most this many characters from the end of a reply
 MAX_CHARS = 1 << 20  # a longer reply is rejected unread (a runaway judge)
@@ -223,7 +232,7 @@ class JudgeReward:
     is_accuracy = False  # a model's opinion: not the run's logged (rule) accuracy
 
     def __init__(self, ctx: rollout.Context, params, settings: JudgeSettings = JudgeSettings(),
-                 name: str = "judge"):
+                 name: str = KIND):
         self.ctx, self.params, self.settings, self.name = ctx, params, settings, name
         self.last_counts: dict[str, int] = {}
 
@@ -256,3 +265,40 @@ class JudgeReward:
         for i, v in zip(todo, verdicts):
             out[i] = float(v.correct)
         return out
+
+
+def context(model_dir, template: templates.Template) -> tuple[rollout.Context, dict]:
+    """(a sampling context, params) of the judge model in `model_dir` (an r1jax base-format
+    directory); the context's rewards are never used."""
+    model_config, params, tok = base.load_base(model_dir)
+    return rollout.Context(model_config, tok, template,
+                           registry.Spec.from_dict({"format_strict": 1.0}), None, None), params
+
+
+def save_reward(directory: str | os.PathLike, model_dir, template_name: str,
+                settings: JudgeSettings) -> pathlib.Path:
+    """Writes `<directory>/judge.json`: the judge's model directory (absolute), template and
+    sampling settings, so `load_reward` rebuilds the same `JudgeReward`."""
+    path = pathlib.Path(directory) / POINTER
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"model_dir": str(pathlib.Path(model_dir).absolute()),
+                                "template": template_name,
+                                "settings": dataclasses.asdict(settings)}, indent=2) + "\n")
+    return path
+
+
+def load_reward(directory: str | os.PathLike) -> JudgeReward:
+    """The `JudgeReward` recorded in `<directory>/judge.json` (`save_reward`).
+
+    Raises:
+      FileNotFoundError: no judge.json there, or its model directory is gone.
+    """
+    path = pathlib.Path(directory) / POINTER
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no judge recorded here (the run's '{KIND}' reward "
+                                "needs it)")
+    info = json.loads(path.read_text())
+    if not base.exists(info["model_dir"]):
+        raise FileNotFoundError(f"{path}: the judge model {info['model_dir']} is missing")
+    ctx, params = context(info["model_dir"], templates.get(info["template"]))
+    return JudgeReward(ctx, params, JudgeSettings(**info["settings"]))

@@ -11,7 +11,8 @@
   sft           SFT of the *base* model on the stage-3 data (Sec. 2.3.3)
   all_scenario  a Bradley-Terry reward model on preference pairs, then GRPO from the stage-4
                 model on word problems (rule rewards) mixed with instructions (the reward
-                model), routed by the example's `task` field (Sec. 2.3.4)
+                model) and word problems with worded reference answers (the stage-3 judge),
+                routed by the example's `task` field (Sec. 2.3.4)
   r1_zero       the baseline: GRPO from the base with accuracy + format only (Sec. 2.2), for
                 the table; left out when `r1_zero.total_steps` is 0
 
@@ -30,12 +31,14 @@ import json
 import pathlib
 
 import ml_collections
+import numpy as np
 
 from r1jax import config_utils
 from r1jax.data import pipeline as data_pipeline
 from r1jax.data import tasks, templates
+from r1jax.data.tasks import worded
 from r1jax.models import config as config_lib
-from r1jax.r1 import common, data, rejection, stage3
+from r1jax.r1 import common, data, judge, rejection, stage3
 from r1jax.r1 import config as r1_config
 from r1jax.r1 import manifest as manifest_lib
 from r1jax.train import base, pretrain, reward
@@ -149,15 +152,24 @@ _ACCURACY = {"gsm8k": "numeric", "math": "math", "code": "code"}
 
 def _rejection_prompts(config) -> tuple[list[dict], str]:
     """The first `rejection.num_prompts` training prompts of the reasoning-RL stage (its JSONL
-    when set, else the generated task) and the accuracy reward that checks them."""
+    when set, else the generated task) and the accuracy reward that checks them; a
+    deterministic `rejection.worded_share` of them get a worded reference answer (the judge
+    route, `worded.worded_example`)."""
     d, num = config.reasoning_rl.run.data, config.rejection.num_prompts
     if d.train_jsonl:
         examples = tasks.jsonl.load(d.train_jsonl, d.jsonl_format,
-                                    on_error=d.jsonl_on_error).examples
-        return examples[:num], _ACCURACY[d.jsonl_format]
-    source = data_pipeline.generated_source(
-        tasks.get(config.eval.task, **dict(config.eval.task_knobs)), "train", config.seed)
-    return [source[i] for i in range(num)], "numeric"
+                                    on_error=d.jsonl_on_error).examples[:num]
+        accuracy = _ACCURACY[d.jsonl_format]
+    else:
+        source = data_pipeline.generated_source(
+            tasks.get(config.eval.task, **dict(config.eval.task_knobs)), "train", config.seed)
+        examples, accuracy = [source[i] for i in range(num)], "numeric"
+    share = config.rejection.worded_share
+    if share:
+        worded_rows = np.random.default_rng([config.seed, 2]).random(len(examples)) < share
+        examples = [worded.worded_example(ex) if w else ex
+                    for ex, w in zip(examples, worded_rows)]
+    return examples, accuracy
 
 
 def _sft(config, m, stage_dir):
@@ -229,8 +241,14 @@ def train_reward_model(config, policy_dir, work: pathlib.Path) -> tuple[rm.Score
 def _all_scenario(config, m, stage_dir):
     start = m.output("sft", "model")
     scorer, rm_metrics = train_reward_model(config, start, stage_dir / "reward_model")
-    # The scorer reaches the stage's reward spec directly; the global registry is untouched.
-    outputs, metrics = _grpo("all_scenario", "sft", config, m, stage_dir, (scorer,))
+    # The scorers reach the stage's reward spec directly; the global registry is untouched.
+    extra = (scorer,)
+    if config.all_scenario.values.rewards.get(judge.KIND) is not None:
+        # The stage-3 judge, for the tasks routed to it (answers no rule reads).
+        judge.save_reward(stage_dir, m.entry("rejection")["metrics"]["judge_dir"],
+                          common.TEMPLATE, config.rejection.judge)
+        extra += (judge.load_reward(stage_dir),)
+    outputs, metrics = _grpo("all_scenario", "sft", config, m, stage_dir, extra)
     outputs["reward_model"] = stage_dir / "reward_model" / "model"
     return outputs, dict(metrics, reward_model=rm_metrics)
 

@@ -32,7 +32,10 @@ it `<name>.stats.json`: candidates, drops per filter, kept per prompt, mean leng
 
 The statistics record, per route, how many samples reached the correctness check and how
 many it accepted and rejected, the judge's unparseable replies by reason, and the first
-`judge_examples` judged items with their verdicts. The judge only sees samples that passed
+`judge_examples` judged items with their verdicts. Where an example keeps a ground truth the
+judge does not see (`rule_answer`, a worded reference's integer: `data.tasks.worded`), its
+samples are also scored by the rule against it, and each route counts how many of the samples
+it accepted are truly correct. The judge only sees samples that passed
 the cheaper filters.
 """
 
@@ -231,17 +234,28 @@ def check_correct(passed: Sequence[dict], config: RejectionConfig,
     ok = [r == "rule" and rule_ok[i] for i, r in enumerate(routes)]
     for i, v in zip(to_judge, verdicts):
         ok[i] = v.correct and (routes[i] == "judge" or rule_ok[i])
-    stats = {"routes": {r: {"checked": routes.count(r),
-                            "accepted": sum(o for o, q in zip(ok, routes) if q == r)}
-                        for r in ROUTES},
+    stats = {"routes": {r: _route_counts([(c, o) for c, o, q in zip(passed, ok, routes)
+                                          if q == r]) for r in ROUTES},
              "judge": dict(judge_lib.count_reasons(verdicts), judged=len(verdicts),
                            examples=[dict(_judge_item(passed[i]), verdict=_verdict_label(v),
                                           reply=str(reply)[-400:])
                                      for i, v, reply in list(zip(to_judge, verdicts, replies))
                                      [: config.judge_examples]])}
-    for counts in stats["routes"].values():
-        counts["rejected"] = counts["checked"] - counts["accepted"]
     return [c for c, o in zip(passed, ok) if o], stats
+
+
+def _route_counts(checked: Sequence[tuple[dict, bool]]) -> dict[str, int]:
+    """{"checked", "accepted", "rejected"} of a route's (candidate, accepted) pairs, and where
+    candidates carry a ground truth (`truth`, from `collect`): "with_truth", "truly_correct"
+    (of those), "accepted_truly_correct" and "accepted_with_truth"."""
+    known = [(c["truth"] >= 1.0, o) for c, o in checked if "truth" in c]
+    accepted = sum(o for _, o in checked)
+    counts = {"checked": len(checked), "accepted": accepted, "rejected": len(checked) - accepted}
+    if known:
+        counts.update(with_truth=len(known), truly_correct=sum(t for t, _ in known),
+                      accepted_with_truth=sum(o for _, o in known),
+                      accepted_truly_correct=sum(t and o for t, o in known))
+    return counts
 
 
 def select(candidates: Sequence[dict], config: RejectionConfig,
@@ -384,6 +398,7 @@ def collect(ctx: rollout.Context, params, examples: Sequence[dict], config: Reje
                                 temperature=config.temperature, top_p=config.top_p)
         responses = [strip_stop(ctx.template.full_response(t), stops) for t in rolled["texts"]]
         correct = accuracy(responses, pool=ctx.pool, **rolled["fields"])
+        truth = _truth(accuracy, responses, rolled["fields"], ctx.pool)
         for row, text in enumerate(rolled["texts"]):
             index = step * b + row // config.num_samples
             if index >= len(examples):
@@ -394,7 +409,20 @@ def collect(ctx: rollout.Context, params, examples: Sequence[dict], config: Reje
                 "stopped": bool(rolled["stopped"][row]), "accuracy": float(correct[row]),
                 "language": examples[index].get("language"), "task": examples[index].get("task"),
                 "example": examples[index]})
+            if truth is not None and examples[index].get("rule_answer") is not None:
+                candidates[-1]["truth"] = float(truth[row])
     return candidates
+
+
+def _truth(accuracy: registry.RewardFn, responses: Sequence[str], fields: dict, pool):
+    """The rule's score of each response against the rows' `rule_answer` (the ground truth
+    of an example whose reference is worded, `data.tasks.worded`; hidden from the judge),
+    or None when no row has one. Rows without one score against their `answer`."""
+    rule = fields.get("rule_answer")
+    if not rule or all(r is None for r in rule):
+        return None
+    answers = [a if r is None else r for a, r in zip(fields["answer"], rule)]
+    return accuracy(responses, pool=pool, **dict(fields, answer=answers))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,6 +91,8 @@ def summary_lines(r: dict) -> list[str]:
                            sorted(r["routes"].items(), key=lambda kv: kv[0] != "rule"))
         lines.append(f"stage-3 correctness by route: {routes}; judge unparseable "
                      f"{r['judge']['unparseable']} of {r['judge']['judged']}")
+        lines += [_truth_line(name, v) for name, v in sorted(r["routes"].items())
+                  if v.get("with_truth")]
     a = r.get("judge_agreement") or {}
     if a:
         lines.append(f"judge ({'trained' if r.get('judge_trained') else 'untrained'}): "
@@ -100,3 +102,13 @@ def summary_lines(r: dict) -> list[str]:
     if "non_reasoning_cot" in r:
         lines.append(f"non-reasoning CoTs: {r['non_reasoning_cot']}")
     return lines
+
+
+def _truth_line(route: str, v: dict) -> str:
+    """How a route's verdicts compare with the ground truth of its samples."""
+    kept, true = v["accepted_with_truth"], v["truly_correct"]
+    precision = f"{100 * v['accepted_truly_correct'] / kept:.1f}%" if kept else "-"
+    return (f"{route} route vs the ground truth: {v['accepted_truly_correct']} of {kept} "
+            f"accepted samples truly correct ({precision}); it accepted "
+            f"{v['accepted_truly_correct']} of the {true} truly correct of "
+            f"{v['with_truth']}")

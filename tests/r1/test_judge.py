@@ -111,3 +111,62 @@ def test_judge_batches_through_the_sampler(judge_ctx):
     got = out.components["judge"]
     assert got.dtype == np.float32 and got.shape == (3,) and got[1] == got[2] == 0.0
     assert got[0] in (0.0, 1.0) and sum(reward.last_counts[r] for r in judge.REASONS) == 1
+
+
+class _Recorder:
+    """A stand-in for the learned reward model: scores 0.5, records the rows it was given."""
+
+    name, fields, optional = "reward_model", (), ("question",)
+    low, high, pooled, is_accuracy = 0.0, 1.0, False, False
+
+    def __init__(self):
+        self.seen = []
+
+    def with_options(self, **options):
+        return self
+
+    def __call__(self, completions, *, pool=None, question=None, **fields):
+        self.seen += list(question)
+        return np.full([len(completions)], 0.5, np.float32)
+
+
+def test_all_scenario_routes_worded_answers_to_the_judge(monkeypatch):
+    """Stage 4 as configs/r1.py builds it: the judge scores only the rows with a worded
+    reference (it is asked exactly those), the rule only plain word problems, the reward
+    model only instructions. The judge's sampling is replaced by a recorder that accepts."""
+    from r1jax.data.tasks import worded
+    from r1jax.r1 import config as r1_config
+
+    section = r1_config.from_config_dict(_load_r1_preset("smoke")).all_scenario
+    asked = []
+
+    def fake_judge(ctx, params, items, settings):
+        asked.extend(items)
+        return [judge.Verdict(True, "ok")] * len(items), ["Verdict: correct"] * len(items)
+
+    monkeypatch.setattr(judge, "judge", fake_judge)
+    scorer, judge_reward = _Recorder(), judge.JudgeReward(None, None)
+    spec = section.experiment("/start", 0, (scorer, judge_reward)).rewards
+    rows = {"task": ["word_problems", worded.WORDED_TASK, "preference", worded.WORDED_TASK],
+            "answer": ["12", "twelve dollars", "a b", "three days"],
+            "question": ["q0", "q1", "q2", "q3"]}
+    answers = ["<think>x</think> <answer>12</answer>", "<think>x</think> <answer>12</answer>",
+               "<think>x</think> <answer>a b</answer>", "<think>x</think> no answer"]
+    out = registry.combine(spec, answers, **rows)
+    np.testing.assert_array_equal(out.components[judge.KIND], [0, 1, 0, 0])
+    assert [it["question"] for it in asked] == ["q1"]  # q3 has no answer block: 0, unasked
+    assert asked[0]["reference"] == "twelve dollars" and asked[0]["candidate"] == "12"
+    np.testing.assert_array_equal(out.components["numeric"], [1, 0, 0, 0])
+    assert scorer.seen == ["q2"]
+    np.testing.assert_array_equal(out.components["reward_model"], [0, 0, 0.5, 0])
+
+
+def _load_r1_preset(name):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "r1.py"
+    spec = importlib.util.spec_from_file_location("_test_configs_r1", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(name)

@@ -4,7 +4,8 @@ and the agreement measure."""
 
 import pytest
 
-from r1jax.data import templates
+from r1jax.data import tasks, templates
+from r1jax.data.tasks import worded
 from r1jax.r1 import judge, judge_data
 from r1jax.rewards import numeric
 
@@ -28,14 +29,33 @@ def test_items_truth_by_construction_and_beyond_the_rule():
     assert items == judge_data.grading_items(40, "test", seed=0)
     assert sum(it["correct"] for it in items) == 20
     assert {it["form"] for it in items} == set(judge_data.FORMS)
+    assert {it["side"] for it in items} == set(judge_data.SIDES)
     for it in items:
-        assert (it["value"] == int(it["reference"])) == it["correct"]
+        assert (it["value"] == it["reference_value"]) == it["correct"]
+        plain = it["reference"] if it["side"] == "candidate" else it["candidate"]
+        assert plain.isdigit()  # one side free-form, the other plain digits
     train = {it["question"] for it in judge_data.grading_items(40, "train", seed=0)}
     assert not train & {it["question"] for it in items}  # disjoint splits
-    worded = [it for it in items if it["form"] == "words" and it["correct"]]
-    assert worded and all(  # the rule cannot read number words: a judge is needed
-        numeric.accuracy(f"<answer>{it['candidate']}</answer>", it["reference"]) == 0.0
-        for it in worded)
+    for side in judge_data.SIDES:
+        worded_items = [it for it in items if it["form"] == "words" and it["correct"]
+                        and it["side"] == side]
+        assert worded_items and all(  # the rule cannot read number words: a judge is needed
+            numeric.accuracy(f"<answer>{it['candidate']}</answer>", it["reference"]) == 0.0
+            for it in worded_items)
+
+
+def test_worded_example():
+    """A word problem's answer in words with its unit, the integer kept as the hidden truth;
+    anything but a word problem is refused."""
+    ex = {"task": "word_problems", "kind": "travel", "answer": "410", "question": "q"}
+    got = worded.worded_example(ex)
+    assert got == dict(ex, task=worded.WORDED_TASK,
+                       answer="four hundred and ten kilometres", rule_answer="410")
+    assert worded.worded_example(ex, "digits_unit")["answer"] == "410 kilometres"
+    with pytest.raises(ValueError, match="needs a word problem"):
+        worded.worded_example({"kind": "sort", "answer": "a b"})
+    with pytest.raises(ValueError, match="form 'roman'"):
+        worded.write_answer(4, "roman", "days")
 
 
 @pytest.mark.parametrize("name", templates.names())
@@ -60,3 +80,21 @@ def test_agreement():
     assert got == {"agreement": 0.5, "parsed": 0.75, "false_accept": 0.5, "n": 4}
     with pytest.raises(ValueError, match="3 verdicts for 4"):
         judge_data.agreement(verdicts[:3], items)
+
+
+def test_mixture_worded_share():
+    """The all-scenario mixture with worded_fraction: word problems with worded answers under
+    their own task (the judge's route), the integer kept; without it the stream is as before."""
+    plain = tasks.get("mixture", general_fraction=0.5)
+    mixed = tasks.get("mixture", general_fraction=0.5, worded_fraction=0.5)
+    got = [mixed.example("train", 0, i) for i in range(60)]
+    kinds = {ex["task"] for ex in got}
+    assert kinds == {"preference", "word_problems", worded.WORDED_TASK}
+    for ex in got:
+        if ex["task"] == worded.WORDED_TASK:
+            assert not ex["answer"].isdigit() and ex["rule_answer"].isdigit()
+    assert tasks.get("mixture", **mixed.knobs()).knobs() == mixed.knobs()
+    assert "worded_fraction" not in plain.knobs()
+    assert [plain.example("train", 0, i) for i in range(20)] == [
+        tasks.get("mixture", general_fraction=0.5, worded_fraction=0.0).example("train", 0, i)
+        for i in range(20)]

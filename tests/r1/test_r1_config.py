@@ -70,12 +70,13 @@ def test_sections_are_frozen_trees_and_build_the_trainers_config(smoke):
     # total_steps 0 is the stage's to set: r1_zero is left out, distill.rl counts its budget.
     assert frozen.r1_zero.total_steps == 0 and not frozen.runs_r1_zero()
     assert frozen.distill.rl.experiment("/s", 0, total_steps=3).total_steps == 3
-    # The learned reward model is passed in by the stage, so it is not in the checked spec,
-    # but stays in the section: the stage's run needs it (and fails without it).
+    # The learned reward model and the judge are passed in by the stage, so they are not in
+    # the checked spec, but stay in the section: the stage's run needs them (and fails
+    # without them).
     weights = dict(frozen.all_scenario.run.rewards.weights)
-    assert "reward_model" not in weights and "numeric" in weights
-    assert frozen.all_scenario.provided == ("reward_model",)
+    assert not {"reward_model", "judge"} & set(weights) and "numeric" in weights
+    assert frozen.all_scenario.provided == ("reward_model", "judge")
     for _ in range(2):  # building `run` edited nothing the next call reads
-        with pytest.raises(ValueError, match="all_scenario: unknown reward 'reward_model'"):
+        with pytest.raises(ValueError, match="all_scenario: unknown reward '(judge|reward_model)'"):
             frozen.all_scenario.experiment("/s", 0)
     assert frozen.all_scenario.values.rewards.reward_model == 1.0

@@ -11,6 +11,7 @@ from r1jax.data import templates
 from r1jax.data.tasks import arithmetic, preference
 from r1jax.r1 import judge, rejection
 from r1jax.rewards import format as format_lib
+from r1jax.rewards import registry
 from r1jax.train import base
 
 GOOD = "<think>three plus four is seven</think> <answer>7</answer>"
@@ -160,6 +161,29 @@ def test_routing_rule_judge_and_judge_after_rule():
     assert stats["routes"]["rule"] == {"checked": 2, "accepted": 1, "rejected": 1}
     with pytest.raises(ValueError, match="no judge"):
         rejection.select(rows, config)
+
+
+def test_routes_count_against_the_ground_truth():
+    """Samples with a hidden truth (a worded reference's integer): each route counts how many
+    of those it accepted are truly correct, and how many truly correct ones it accepted; a
+    route without such samples has no truth counts."""
+    rows = [candidate(i, GOOD) for i in range(4)]
+    for c, truth in zip(rows, (1.0, 0.0, 1.0, 0.0)):
+        c.update(task="words", truth=truth)
+    replies = {0: "Verdict: correct", 1: "Verdict: correct", 2: "Verdict: incorrect",
+               3: "Verdict: incorrect"}
+    judge_fn, _ = fake_judge(replies)
+    _, stats = rejection.select(rows + [candidate(4, GOOD)],
+                                rejection.RejectionConfig(judge_tasks=("words",)), judge_fn)
+    assert stats["routes"]["judge"] == {
+        "checked": 4, "accepted": 2, "rejected": 2, "with_truth": 4, "truly_correct": 2,
+        "accepted_with_truth": 2, "accepted_truly_correct": 1}
+    assert stats["routes"]["rule"] == {"checked": 1, "accepted": 1, "rejected": 0}
+    fields = {"answer": ["four days", "7", "8 days"], "rule_answer": ["4", None, "8"]}
+    got = rejection._truth(registry.get("numeric"), ["<answer>4</answer>", "<answer>7</answer>",
+                                                     "<answer>9</answer>"], fields, None)
+    np.testing.assert_array_equal(got, [1.0, 1.0, 0.0])
+    assert rejection._truth(registry.get("numeric"), ["x"], {"answer": ["1"]}, None) is None
 
 
 @pytest.mark.parametrize("name", templates.names())
