@@ -22,7 +22,7 @@ from r1jax.data import pipeline, tasks, templates
 from r1jax.evals import evaluate
 from r1jax.models import hf_shards
 from r1jax.r1 import config as r1_config
-from r1jax.r1 import data
+from r1jax.r1 import data, judge
 from r1jax.rewards import registry
 from r1jax.rl import runs, trainer
 from r1jax.train import base, sft
@@ -100,26 +100,31 @@ def grpo_stage(stage_dir: pathlib.Path, start_dir, section: r1_config.GRPOSectio
 
 
 def run_reward_models(run_dir, reward_model_dir=None) -> tuple:
-    """The learned reward model a GRPO run was scored with, to pass back as `extra_rewards`
+    """The learned rewards a GRPO run was scored with, to pass back as `extra_rewards`
     (`rl.runs.load`): an all-scenario run names `reward_model.KIND` among its rewards, and
     the pipeline saved the model beside the run (`<stage>/reward_model/model`) unless
-    `reward_model_dir` says where it is. Empty for a run without one or an HF directory.
+    `reward_model_dir` says where it is; one scored by the stage-3 judge (`judge.KIND`)
+    recorded it in `<stage>/judge.json`. Empty for a run without them or an HF directory.
 
     Raises:
-      FileNotFoundError: the run needs a reward model that is not where it was looked for.
+      FileNotFoundError: the run needs a reward model or judge that is not where it was
+        looked for.
     """
     if not runs.is_run_dir(run_dir):
         return ()
     config = json.loads((pathlib.Path(run_dir) / "config.json").read_text())
     weights = dict(config["rewards"]["weights"])
-    if rm.KIND not in weights:
-        return ()
-    directory = pathlib.Path(reward_model_dir or
-                             pathlib.Path(run_dir).absolute().parent / "reward_model" / "model")
-    if not (directory / "info.json").is_file():
-        raise FileNotFoundError(f"{run_dir} was scored with the learned reward {rm.KIND!r}, "
-                                f"whose model is not in {directory}; pass its directory")
-    return (rm.load(directory),)
+    stage_dir = pathlib.Path(run_dir).absolute().parent
+    found = ()
+    if rm.KIND in weights:
+        directory = pathlib.Path(reward_model_dir or stage_dir / "reward_model" / "model")
+        if not (directory / "info.json").is_file():
+            raise FileNotFoundError(f"{run_dir} was scored with the learned reward {rm.KIND!r}, "
+                                    f"whose model is not in {directory}; pass its directory")
+        found += (rm.load(directory),)
+    if judge.KIND in weights:
+        found += (judge.load_reward(stage_dir),)
+    return found
 
 
 def eval_examples(eval_cfg: r1_config.EvalConfig, jsonl: str | None = None,
