@@ -114,12 +114,13 @@ def tiny() -> ml_collections.ConfigDict:
     c.reasoning_rl.eval.update(every=30, num_prompts=32, max_new_tokens=160)
     # 3. Rejection sampling from the stage-2 model, mixed with non-reasoning data (Sec. 2.3.3).
     c.rejection.update(batch_size=32, max_new_tokens=160, max_prompt_len=512, max_per_prompt=2)
-    # The judge (issue 26): the stage-2 policy fine-tuned on 4,000 synthetic grading examples
-    # (one side in number words / with units, r1.judge_data), measured on 200 held-out items.
+    # The judge (issue 26): the stage-2 policy fine-tuned on 8,000 synthetic grading examples
+    # (one side in number words / with units, r1.judge_data; a grading prompt and its reply
+    # fill one 384-token row: 1,000 steps of 8 see each once), measured on 200 held-out items.
     # Half of the prompts get a worded reference answer, which no rule reads: the judge
     # decides those (its worked replies are at most 91 tokens), the rule the others.
-    c.rejection.update(judge_train=4000, judge_eval=200, worded_share=0.5,
-                       judge_sft=_sft(600, 8, 384, 1e-3, 100))
+    c.rejection.update(judge_train=8000, judge_eval=200, worded_share=0.5,
+                       judge_sft=_sft(1000, 8, 384, 1e-3, 250))
     c.rejection.judge.update(batch_size=32, max_new_tokens=96)
     c.rejection.cot.sampling.update(batch_size=32, max_new_tokens=48)
     # 4. SFT of the *base* model on the stage-3 data.
@@ -201,7 +202,9 @@ def smoke() -> ml_collections.ConfigDict:
                        max_new_tokens=12)
     # The judge route and the CoT writer on the stage-2 model itself (no judge SFT): one
     # compiled sampler shape for both (batch 2, 8 new tokens, prompts padded to 512).
-    c.rejection.update(judge_train=0, judge_eval=4, judge_after_rule=True, worded_share=0.5)
+    # worded_share 0.25: of the 2 prompts, the first gets a worded reference (judge route),
+    # the second keeps its number (rule route).
+    c.rejection.update(judge_train=0, judge_eval=4, judge_after_rule=True, worded_share=0.25)
     c.rejection.judge.update(batch_size=2, max_new_tokens=8)
     c.rejection.cot.sampling.update(batch_size=2, max_new_tokens=8)
     c.sft.update(_sft(2, 4, 256, 1e-3, 2))

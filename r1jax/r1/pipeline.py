@@ -136,6 +136,8 @@ def _rejection(config, m, stage_dir):
         c, stage3.context(model_config, tok, template), params, pairs)
     records = data.shuffled(kept + extra, c.seed)
     summary = {"reasoning": len(kept), "non_reasoning": len(extra),
+               "prompts": len(prompts),
+               "worded_prompts": sum(ex.get("task") == worded.WORDED_TASK for ex in prompts),
                "candidates": stats["candidates"], "dropped": stats["dropped"],
                "routes": stats["routes"], "judge": stats["judge"], "judge_dir": judge_dir,
                "judge_trained": bool(c.judge_train), "non_reasoning_cot": cot_counts,

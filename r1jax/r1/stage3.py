@@ -85,6 +85,9 @@ def summary_lines(r: dict) -> list[str]:
     agreement, the non-reasoning CoTs) from the stage's manifest metrics."""
     lines = [f"rejection sampling: kept {r['reasoning']} of {r['candidates']} samples "
              f"(dropped {r['dropped']}), + {r['non_reasoning']} non-reasoning"]
+    if r.get("worded_prompts"):
+        lines.append(f"judge route: {r['worded_prompts']} of {r['prompts']} prompts have a "
+                     "reference answer in words (no rule reads it)")
     if "routes" in r:
         routes = ", ".join(f"{k} {v['accepted']} kept / {v['rejected']} dropped of "
                            f"{v['checked']}" for k, v in

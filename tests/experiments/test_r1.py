@@ -86,6 +86,8 @@ def _check_stage3(r, stdout):
     """Stage 3's judge route, CoT filters and CoT-prompted non-reasoning data ran and were
     counted (the smoke judge is the untrained stage-2 model: only the plumbing is checked)."""
     assert {"long_paragraph", "code_block"} <= set(r["dropped"])
+    # One of the two prompts got a worded reference answer: the judge's route, not the rule's.
+    assert r["prompts"] == 2 and r["worded_prompts"] == 1
     passed = r["candidates"] - sum(v for k, v in r["dropped"].items()
                                    if k not in ("incorrect", "duplicate", "per_prompt_cap"))
     assert r["routes"]["rule"]["checked"] == passed  # the word problems have a rule
@@ -98,22 +100,24 @@ def _check_stage3(r, stdout):
     assert sum(r["non_reasoning_cot"].values()) == 8
     assert "stage-3 correctness by route: rule" in stdout  # every route and its counts
     assert "held-out items" in stdout and "non-reasoning CoTs:" in stdout
+    assert "judge route: 1 of 2 prompts have a reference answer in words" in stdout
 
 
 def _check_eval_finds_the_reward_model(workdir):
     """experiments/eval.py's loading of a finished pipeline's GRPO runs: the all-scenario run
-    gets the reward model saved beside it (it was scored with it), other runs need none."""
+    gets the reward model saved beside it and the stage-3 judge it recorded (it was scored
+    with both), other runs need none."""
     import pytest
 
-    from r1jax.r1 import common
+    from r1jax.r1 import common, judge
     from r1jax.rl import runs
     from r1jax.train import reward_model as rm
 
     run = workdir / "all_scenario" / "run"
-    (scorer,) = common.run_reward_models(run)
-    assert scorer.name == rm.KIND
-    model = runs.load(run, extra_rewards=(scorer,))
-    assert rm.KIND in dict(model.rewards.weights)
+    scorer, judge_reward = common.run_reward_models(run)
+    assert scorer.name == rm.KIND and judge_reward.name == judge.KIND
+    model = runs.load(run, extra_rewards=(scorer, judge_reward))
+    assert {rm.KIND, judge.KIND} <= set(dict(model.rewards.weights))
     assert common.run_reward_models(workdir / "reasoning_rl" / "run") == ()
     with pytest.raises(FileNotFoundError, match=r"reward 'reward_model'.*pass its directory"):
         common.run_reward_models(run, workdir / "nowhere")
