@@ -110,17 +110,36 @@ def _split_solution(worked: str) -> tuple[str, str]:
 
 
 _DIRECT_LEADS = ("", "I know this one. ", "Quick one. ", "This is easy. ", "From memory. ")
+#: Near misses of a numeric guess from memory: off by one or two, or in the tens digit.
+_NEAR_MISSES = (-10, -2, -1, 1, 2, 10)
 
 
-def _direct(example: dict, rng: np.random.Generator) -> str:
-    """The answer stated without any working (a guess from memory, often wrong for a small model)."""
-    return f"{_DIRECT_LEADS[rng.integers(len(_DIRECT_LEADS))]}The answer is {example['answer']}"
+def guess(answer: str, accuracy: float, rng: np.random.Generator) -> str:
+    """The answer as a bare guess from memory states it: right with probability `accuracy`,
+    else (for a whole-number answer) a near miss; other answers are always stated as they are.
+
+    Web text states many results without the working, and not all of them right; with
+    `accuracy` < 1 a base model cannot learn to answer from memory better than that, however
+    often it sees a problem, and working a problem out stays the only reliable way.
+    """
+    if accuracy >= 1.0 or not answer.isdigit() or rng.random() < accuracy:
+        return answer
+    value = int(answer) + int(rng.choice(_NEAR_MISSES))
+    return str(value if value >= 0 else int(answer) + 1)
 
 
-def plain_document(example: dict, rng: np.random.Generator, direct: bool = False) -> str:
-    """A worked solution (or, when `direct`, the bare answer) in one of several plain layouts."""
+def _direct(answer: str, rng: np.random.Generator) -> str:
+    """The answer stated without any working (a guess from memory)."""
+    return f"{_DIRECT_LEADS[rng.integers(len(_DIRECT_LEADS))]}The answer is {answer}"
+
+
+def plain_document(example: dict, rng: np.random.Generator, direct: bool = False,
+                   direct_accuracy: float = 1.0) -> str:
+    """A worked solution (or, when `direct`, the bare answer, right with probability
+    `direct_accuracy`: `guess`) in one of several plain layouts."""
     q = example["question"]
-    w = _direct(example, rng) if direct else example["worked_solution"]
+    w = (_direct(guess(example["answer"], direct_accuracy, rng), rng) if direct
+         else example["worked_solution"])
     layout = rng.integers(4)
     if layout == 0:
         return f"Problem: {q}\nSolution: {'' if direct else 'Let me think. '}{w}\n"
@@ -134,9 +153,11 @@ def plain_document(example: dict, rng: np.random.Generator, direct: bool = False
 
 
 def instruction_document(example: dict, rng: np.random.Generator, direct: bool = False,
-                         pieces: Sequence[str] | None = None) -> str:
+                         pieces: Sequence[str] | None = None,
+                         direct_accuracy: float = 1.0) -> str:
     """An instruction naming a delimiter pair, a problem, and a reply that follows it (with the
-    bare answer instead of the working in the first pair when `direct`)."""
+    bare answer instead of the working in the first pair when `direct`; the result pair then
+    repeats that guess)."""
     work = tag_name(REASONING_NAMES, rng, pieces)
     result = tag_name(RESULT_NAMES, rng, pieces)
     while result == work:
@@ -147,8 +168,9 @@ def instruction_document(example: dict, rng: np.random.Generator, direct: bool =
         w=("reasoning", "working", "steps", "thinking")[rng.integers(4)],
         r=("result", "answer", "final value")[rng.integers(3)], rq=role_q, ra=role_a, **tags)
     steps, final = _split_solution(example["worked_solution"])
-    reasoning = _direct(example, rng) if direct else f"{steps}\n{final}"
-    body = f"{tags['o1']} {reasoning} {tags['c1']} {tags['o2']} {example['answer']} {tags['c2']}"
+    stated = guess(example["answer"], direct_accuracy, rng) if direct else example["answer"]
+    reasoning = _direct(stated, rng) if direct else f"{steps}\n{final}"
+    body = f"{tags['o1']} {reasoning} {tags['c1']} {tags['o2']} {stated} {tags['c2']}"
     if rng.random() < 0.7:
         return f"{instruction}\n{role_q}: {example['question']}\n{role_a}: {body}\n"
     return f"{instruction}\nProblem: {example['question']}\nReply: {body}\n"
@@ -156,7 +178,8 @@ def instruction_document(example: dict, rng: np.random.Generator, direct: bool =
 
 def documents(task_names: Sequence[str], seed: int, instruction_fraction: float = 0.3,
               task_knobs: dict | None = None, direct_fraction: float = 0.0,
-              pieces: Sequence[str] | None = None) -> Iterator[str]:
+              pieces: Sequence[str] | None = None,
+              direct_accuracy: float = 1.0) -> Iterator[str]:
     """Endless corpus documents from the train split of `task_names`, cycling through tasks.
 
     Args:
@@ -168,9 +191,12 @@ def documents(task_names: Sequence[str], seed: int, instruction_fraction: float 
         model trained on both sometimes answers from memory; whether RL teaches it to work
         problems out instead (longer, more accurate responses) is what R1-Zero is about.
       pieces: tokenizer pieces for invented tag names (`name_pieces`); syllables when None.
+      direct_accuracy: how often a bare answer is right (`guess`; 1 = always).
     """
     if not 0.0 <= direct_fraction <= 1.0:
         raise ValueError(f"direct_fraction must be in [0, 1], got {direct_fraction}")
+    if not 0.0 <= direct_accuracy <= 1.0:
+        raise ValueError(f"direct_accuracy must be in [0, 1], got {direct_accuracy}")
     task_knobs = task_knobs or {}
     streams = [tasks_lib.get(n, **task_knobs.get(n, {})).examples("train", seed)
                for n in task_names]
@@ -181,7 +207,7 @@ def documents(task_names: Sequence[str], seed: int, instruction_fraction: float 
         instruction = rng.random() < instruction_fraction
         direct = bool(direct_fraction) and rng.random() < direct_fraction
         if instruction:
-            yield instruction_document(example, rng, direct, pieces)
+            yield instruction_document(example, rng, direct, pieces, direct_accuracy)
         else:
-            yield plain_document(example, rng, direct)
+            yield plain_document(example, rng, direct, direct_accuracy)
         i += 1

@@ -35,7 +35,8 @@ from r1jax.train import state as state_lib
 class PretrainConfig:
     """tasks / task_knobs: the corpus' task mix; num_documents: corpus size;
     instruction_fraction: share of instruction documents; direct_fraction: share of documents
-    with a bare answer instead of the working; piece_names: invented tag names made of the
+    with a bare answer instead of the working; direct_accuracy: how often such a bare answer is
+    right (`corpus.guess`); piece_names: invented tag names made of the
     tokenizer's pieces (else syllables); vocab_size: tokenizer size (the model's vocab is
     rounded up to a multiple of 64). See `r1jax.data.corpus`."""
 
@@ -48,6 +49,7 @@ class PretrainConfig:
     num_documents: int = 20000
     instruction_fraction: float = 0.3
     direct_fraction: float = 0.0
+    direct_accuracy: float = 1.0
     piece_names: bool = True
     vocab_size: int = 1024
     tokenizer_documents: int = 3000
@@ -88,7 +90,7 @@ class PretrainConfig:
 
 def _documents(cfg: PretrainConfig, count: int, pieces: tuple[str, ...] | None = None) -> list[str]:
     docs = corpus.documents(cfg.tasks, cfg.seed, cfg.instruction_fraction, cfg.knobs(),
-                            cfg.direct_fraction, pieces)
+                            cfg.direct_fraction, pieces, cfg.direct_accuracy)
     return list(itertools.islice(docs, count))
 
 

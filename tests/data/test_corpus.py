@@ -19,9 +19,9 @@ _PIECES = ("th", "ink", "an", "swer", "o", "bl", "ar", "e", "st")
 
 
 def _docs(seed: int, n: int = 2000, fraction: float = 0.7, direct: float = 0.0,
-          pieces=None) -> list[str]:
+          pieces=None, accuracy: float = 1.0) -> list[str]:
     return list(itertools.islice(
-        corpus.documents(("arithmetic",), seed, fraction, _KNOBS, direct, pieces), n))
+        corpus.documents(("arithmetic",), seed, fraction, _KNOBS, direct, pieces, accuracy), n))
 
 
 @pytest.mark.parametrize("pieces", [None, _PIECES])
@@ -64,6 +64,35 @@ def test_direct_documents_state_the_answer_without_working():
     assert _docs(5, 100) != _docs(5, 100, direct=0.5)
     with pytest.raises(ValueError, match="direct_fraction"):
         next(corpus.documents(("arithmetic",), 0, 0.5, _KNOBS, direct_fraction=1.5))
+
+
+def _question(doc: str) -> int:
+    a, op, b = re.search(r"What is (\d+) ([+-]) (\d+)\?", doc).groups()
+    return int(a) + int(b) if op == "+" else int(a) - int(b)
+
+
+def test_bare_guesses_are_right_at_the_given_rate_and_worked_solutions_always():
+    """direct_accuracy 0.3: about 3 bare answers in 10 right, the others near misses
+    (+-1, +-2, +-10, never negative); every worked solution right; the result pair of an
+    instruction document repeats the guess."""
+    docs = _docs(3, 4000, direct=0.5, accuracy=0.3, pieces=_PIECES)
+    bare = [d for d in docs if "column by column" not in d]
+    right = 0
+    for doc in docs:
+        truth = _question(doc)
+        (stated,) = re.findall(r"The answer is (\d+)", doc)
+        if doc in bare:
+            right += int(stated) == truth
+            assert int(stated) - truth in (0, -10, -2, -1, 1, 2, 10)
+        else:
+            assert int(stated) == truth
+        result = re.search(r"<([a-z]+)> (\d+) </\1>\n", doc)
+        if result:
+            assert result.group(2) == stated
+    assert len(bare) > 1700 and abs(right / len(bare) - 0.3) < 0.04  # ~4 standard errors
+    assert _docs(3, 200, direct=0.5) == _docs(3, 200, direct=0.5, accuracy=1.0)
+    with pytest.raises(ValueError, match="direct_accuracy"):
+        next(corpus.documents(("arithmetic",), 0, 0.5, _KNOBS, 0.5, None, -0.1))
 
 
 @pytest.mark.parametrize("direct", [0.0, 0.5])
