@@ -33,7 +33,8 @@ def command(seed: int, root: pathlib.Path, extra: list[str]) -> list[str]:
     """The default command with this seed's pretraining and RL seeds and directories."""
     run = root / f"seed{seed}"
     return [sys.executable, "experiments/r1_zero.py", f"--workdir={run / 'r1_zero'}",
-            f"--config.base_dir={run / 'base'}", f"--config.seed={seed}",
+            f"--config.base_dir={run / 'base'}", f"--config.toy_base_dir={run / 'base'}",
+            f"--config.seed={seed}",
             f"--config.data.seed={seed}", f"--pretrain_config.seed={seed}",
             f"--pretrain_config.sft.seed={seed}", "--config.progress_bar=False", *extra]
 
