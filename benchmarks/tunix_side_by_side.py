@@ -27,7 +27,9 @@ tokens are compared and their agreement printed. Workloads, each with the same s
 Every workload is warmed up (compiled) first; then `--rounds` rounds in which the two
 frameworks run alternately (`--calls` calls each per round), so that a change in machine load
 hits both. Printed: median seconds per call of each, and the Tunix / r1jax ratio (> 1: r1jax
-faster) as the median of the rounds' ratios with their min and max, and `uptime`'s load.
+faster) as the median of the rounds' ratios with their min and max, and `uptime`'s load; the
+same ratio of process CPU time too (all threads; less disturbed by other processes' load
+than wall-clock on a shared machine, but it is not the speed a user sees).
 """
 
 from __future__ import annotations
@@ -279,28 +281,37 @@ def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def interleaved(r1jax_fn, tunix_fn) -> dict[str, float]:
-    """Median seconds per call of each and the median/min/max of the rounds' Tunix / r1jax
-    ratios; one warm-up (compiling) call each first."""
+def interleaved(r1jax_fn, tunix_fn) -> dict[str, dict[str, float]]:
+    """Per clock ("wall": perf_counter; "cpu": this process's CPU time, all threads, which
+    other processes' load disturbs less): median seconds per call of each framework and the
+    median/min/max of the rounds' Tunix / r1jax ratios. One warm-up (compiling) call each
+    first."""
     r1jax_fn(), tunix_fn()
-    times = {"r1jax": [], "tunix": []}
+    clocks = {"wall": time.perf_counter, "cpu": time.process_time}
+    times = {(c, n): [] for c in clocks for n in ("r1jax", "tunix")}
     for _ in range(_ROUNDS.value):
         for name, fn in (("r1jax", r1jax_fn), ("tunix", tunix_fn)):
-            start = time.perf_counter()
+            start = {c: clock() for c, clock in clocks.items()}
             for _ in range(_CALLS.value):
                 fn()
-            times[name].append((time.perf_counter() - start) / _CALLS.value)
-    ratios = [t / r for r, t in zip(times["r1jax"], times["tunix"])]
-    return {"r1jax": statistics.median(times["r1jax"]),
-            "tunix": statistics.median(times["tunix"]),
-            "ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+            for c, clock in clocks.items():
+                times[c, name].append((clock() - start[c]) / _CALLS.value)
+    out = {}
+    for c in clocks:
+        ratios = [t / r for r, t in zip(times[c, "r1jax"], times[c, "tunix"])]
+        out[c] = {"r1jax": statistics.median(times[c, "r1jax"]),
+                  "tunix": statistics.median(times[c, "tunix"]),
+                  "ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    return out
 
 
-def report(name: str, r: dict[str, float], tokens: int | None = None) -> None:
-    rate = (f" ({tokens / r['r1jax']:,.0f} vs {tokens / r['tunix']:,.0f} tok/s)"
+def report(name: str, r: dict[str, dict[str, float]], tokens: int | None = None) -> None:
+    w, c = r["wall"], r["cpu"]
+    rate = (f" ({tokens / w['r1jax']:,.0f} vs {tokens / w['tunix']:,.0f} tok/s)"
             if tokens else "")
-    print(f"  {name:<28} r1jax {r['r1jax'] * 1e3:8.1f} ms  Tunix {r['tunix'] * 1e3:8.1f} ms"
-          f"{rate}  Tunix/r1jax x{r['ratio']:.2f} (rounds {r['min']:.2f}-{r['max']:.2f})")
+    print(f"  {name:<22} r1jax {w['r1jax'] * 1e3:7.1f} ms  Tunix {w['tunix'] * 1e3:7.1f} ms"
+          f"{rate}  Tunix/r1jax x{w['ratio']:.2f} (rounds {w['min']:.2f}-{w['max']:.2f}); "
+          f"CPU time x{c['ratio']:.2f} ({c['min']:.2f}-{c['max']:.2f})")
 
 
 def main(argv):
