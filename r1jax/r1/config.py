@@ -86,9 +86,9 @@ class RejectionStage:
     and the judge route too), plus `num_non_reasoning` non-reasoning examples, given a brief
     CoT written by the stage-2 model when `cot_non_reasoning` (`non_reasoning.CoTConfig`
     `cot`); `judge`: how the judge samples its verdicts where samples take the judge route
-    (`judge_tasks`, `judge_after_rule`); the judge is the stage-2 model fine-tuned
-    (`judge_sft`) on `judge_train` synthetic grading examples (`r1.judge_data`; 0: the
-    stage-2 model as it is), its agreement with the truth measured on `judge_eval` held-out
+    (`judge_tasks`, `judge_after_rule`); the judge is the stage-2 model (or the base model:
+    `judge_from` "base") fine-tuned (`judge_sft`) on `judge_train` synthetic grading examples
+    (`r1.judge_data`; 0: the stage-2 model as it is), its agreement with the truth measured on `judge_eval` held-out
     items (0: not measured); `worded_share`: the share of the prompts whose reference answer
     is rewritten in number words with a unit (`data.tasks.worded`: task `WORDED_TASK`, which
     no rule reads, so it takes the judge route and its integer answer stays the ground truth
@@ -117,10 +117,14 @@ class RejectionStage:
     cot_non_reasoning: bool = True
     cot: non_reasoning.CoTConfig = non_reasoning.CoTConfig()
     worded_share: float = 0.0
+    judge_from: str = "policy"
 
     def __post_init__(self):
         if not 0.0 <= self.worded_share <= 1.0:
             raise ValueError(f"rejection.worded_share={self.worded_share!r}: must be in [0, 1]")
+        if self.judge_from not in ("policy", "base"):
+            raise ValueError(f"rejection.judge_from={self.judge_from!r}: must be 'policy' or "
+                             "'base'")
 
     def sampler(self, accuracy_reward: str) -> rejection.RejectionConfig:
         """The stage's `RejectionConfig` (reasoning samples only: the non-reasoning data is

@@ -121,7 +121,8 @@ def _rejection(config, m, stage_dir):
     model_config, params, tok = base.load_base(policy_dir)
     template = templates.get(common.TEMPLATE)
     judge_ctx, judge_params, judge_dir = stage3.judge_model(
-        c, stage_dir, policy_dir, (model_config, params, tok), template, config.seed)
+        c, stage_dir, policy_dir, (model_config, params, tok), template, config.seed,
+        base_dir=m.entry("base")["metrics"]["base_dir"])
     prompts, accuracy = _rejection_prompts(config)
     rcfg = c.sampler(accuracy)
     reasoning_path = stage_dir / "reasoning.jsonl"

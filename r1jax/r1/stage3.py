@@ -3,8 +3,9 @@ the generative judge (trained on toy grading data, or the stage-2 model as it is
 agreement with the ground truth on held-out items, the CoT-prompted non-reasoning data, and
 the lines of the stage-3 summary.
 
-R1's judge is DeepSeek-V3; at toy scale the judge is the stage-2 policy fine-tuned on
-`judge_data.sft_records` (`rejection.judge_train` > 0) or, with 0, the policy itself (the
+R1's judge is DeepSeek-V3; at toy scale the judge is the stage-2 policy or the base model
+(`rejection.judge_from`) fine-tuned on `judge_data.sft_records` (`rejection.judge_train` > 0)
+or, with 0, the policy itself (the
 smoke preset's, which has never seen a grading prompt: its agreement is what an untrained
 judge gets, every unparseable reply counting as "incorrect").
 """
@@ -31,9 +32,12 @@ def context(model_config: config_lib.ModelConfig, tok: tokenizer_lib.Tokenizer,
 
 
 def judge_model(c: r1_config.RejectionStage, stage_dir: pathlib.Path, policy_dir, policy,
-                template: templates.Template, seed: int) -> tuple[rollout.Context, dict, str]:
-    """The judge: the policy fine-tuned on `c.judge_train` synthetic grading examples (into
-    `<stage_dir>/judge`, resumable), or the policy itself when that is 0.
+                template: templates.Template, seed: int, base_dir=None
+                ) -> tuple[rollout.Context, dict, str]:
+    """The judge: a model fine-tuned on `c.judge_train` synthetic grading examples (into
+    `<stage_dir>/judge`, resumable), or the policy itself when that is 0. The fine-tuned
+    judge starts from the policy, or from the pipeline's base model (`base_dir`) when
+    `c.judge_from` is "base" (R1's judge, DeepSeek-V3, is not the RL policy either).
 
     Args:
       policy: the loaded policy (model_config, params, tokenizer) of `policy_dir`, reused
@@ -44,8 +48,11 @@ def judge_model(c: r1_config.RejectionStage, stage_dir: pathlib.Path, policy_dir
     if not c.judge_train:
         model_config, params, tok = policy
         return context(model_config, tok, template), params, str(policy_dir)
+    start = policy_dir if c.judge_from == "policy" else base_dir
+    if start is None:
+        raise ValueError("rejection.judge_from='base' needs the base model's directory")
     items = judge_data.grading_items(c.judge_train, "train", seed)
-    judge_dir = common.sft_stage(stage_dir / "judge", policy_dir,
+    judge_dir = common.sft_stage(stage_dir / "judge", start,
                                  judge_data.sft_records(items, template), c.judge_sft,
                                  desc="judge sft")
     model_config, params, tok = base.load_base(judge_dir)

@@ -80,3 +80,17 @@ def test_sections_are_frozen_trees_and_build_the_trainers_config(smoke):
         with pytest.raises(ValueError, match="all_scenario: unknown reward '(judge|reward_model)'"):
             frozen.all_scenario.experiment("/s", 0)
     assert frozen.all_scenario.values.rewards.reward_model == 1.0
+
+
+def test_rejection_stage_checks_the_judge_fields():
+    """judge_from names the judge's start model; worded_share is a share; the worded task
+    joins the judge's tasks when some prompts are worded."""
+    from r1jax.data.tasks import worded
+
+    with pytest.raises(ValueError, match="judge_from='sft'"):
+        r1_config.RejectionStage(judge_from="sft")
+    with pytest.raises(ValueError, match="worded_share=1.5"):
+        r1_config.RejectionStage(worded_share=1.5)
+    assert r1_config.RejectionStage().sampler("numeric").judge_tasks == ()
+    assert r1_config.RejectionStage(worded_share=0.5).sampler("numeric").judge_tasks == (
+        worded.WORDED_TASK,)
