@@ -223,7 +223,8 @@ def main():
     for name in args.presets.split(","):
         if batches:
             bench_preset(name, batches, args)
-        long_tail(name, args)
+        if args.tail_rounds:  # 0 skips the long-tail comparison
+            long_tail(name, args)
     for name in args.presets.split(","):
         cache_report(name)
 
