@@ -349,7 +349,8 @@ class ExperimentConfig:
     format, Sec. 2.2.2); reward_workers: processes for pooled rewards; checkpoint_every,
     keep_checkpoints, async_checkpoints: orbax checkpointing (metrics are logged every step);
     peak_flops: the accelerator's peak FLOP/s for
-    the MFU estimate (None: measured once with a matmul); progress_bar, tensorboard, plots:
+    the MFU estimate (None: measured in the run's own process, the best matmul FLOP/s of the
+    model's compute dtype over several sizes and repeats, `r1jax.peak_flops`); progress_bar, tensorboard, plots:
     outputs.
     """
 
