@@ -26,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "r1jax"
 
 LAYERS = {
     "r1jax": 0, "sharding": 0, "distributed": 0, "ownership": 0, "preemption": 0,
-    "config_utils": 0,
+    "config_utils": 0, "peak_flops": 0,
     "data": 1, "models": 1,
     "sampling": 2, "rewards": 2, "plan": 2,
     "evals": 3,

@@ -170,7 +170,8 @@ def _rejection_prompts(config) -> tuple[list[dict], str]:
     share = config.rejection.worded_share
     if share:
         worded_rows = np.random.default_rng([config.seed, 2]).random(len(examples)) < share
-        examples = [worded.worded_example(ex) if w else ex
+        # only toy word problems can be worded; user JSONL rows keep their own answers
+        examples = [worded.worded_example(ex) if w and worded.can_word(ex) else ex
                     for ex, w in zip(examples, worded_rows)]
     return examples, accuracy
 

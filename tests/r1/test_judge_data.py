@@ -54,6 +54,9 @@ def test_worded_example():
     assert worded.worded_example(ex, "digits_unit")["answer"] == "410 kilometres"
     with pytest.raises(ValueError, match="needs a word problem"):
         worded.worded_example({"kind": "sort", "answer": "a b"})
+    # user JSONL rows (no kind) and non-integer answers are not worded (stage 3 keeps them)
+    assert worded.can_word(ex) and not worded.can_word({"answer": "8", "question": "q"})
+    assert not worded.can_word(dict(ex, answer="2.5"))
     with pytest.raises(ValueError, match="form 'roman'"):
         worded.write_answer(4, "roman", "days")
 

@@ -47,6 +47,12 @@ def write_answer(value: int, form: str, unit: str) -> str:
     return f"{text} {unit}" if form.endswith("_unit") else text
 
 
+def can_word(example: dict) -> bool:
+    """Whether `worded_example` can rewrite `example`: a toy word problem (a `kind` of `UNITS`)
+    with a whole-number answer. User data (JSONL) has no kind and is never rewritten."""
+    return example.get("kind") in UNITS and str(example.get("answer", "")).isdigit()
+
+
 def worded_example(example: dict, form: str = "words_unit") -> dict:
     """A word-problem example whose reference `answer` is written in `form` (number words with
     the kind's unit by default), task `WORDED_TASK`, the integer answer kept in `rule_answer`.
@@ -56,7 +62,7 @@ def worded_example(example: dict, form: str = "words_unit") -> dict:
         answer).
     """
     kind, answer = example.get("kind"), str(example.get("answer", ""))
-    if kind not in UNITS or not answer.isdigit():
+    if not can_word(example):
         raise ValueError(f"worded_example: needs a word problem (kind in {sorted(UNITS)}, an "
                          f"integer answer); got kind={kind!r}, answer={answer!r}")
     return dict(example, task=WORDED_TASK, answer=write_answer(int(answer), form, UNITS[kind]),
