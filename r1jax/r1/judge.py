@@ -267,12 +267,17 @@ class JudgeReward:
         return out
 
 
+def sampling_context(model_config, tok, template: templates.Template) -> rollout.Context:
+    """A sampling context for a judge or a CoT writer (no rewards are scored with it)."""
+    return rollout.Context(model_config, tok, template,
+                           registry.Spec.from_dict({"format_strict": 1.0}), None, None)
+
+
 def context(model_dir, template: templates.Template) -> tuple[rollout.Context, dict]:
     """(a sampling context, params) of the judge model in `model_dir` (an r1jax base-format
-    directory); the context's rewards are never used."""
+    directory)."""
     model_config, params, tok = base.load_base(model_dir)
-    return rollout.Context(model_config, tok, template,
-                           registry.Spec.from_dict({"format_strict": 1.0}), None, None), params
+    return sampling_context(model_config, tok, template), params
 
 
 def save_reward(directory: str | os.PathLike, model_dir, template_name: str,

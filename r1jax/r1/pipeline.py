@@ -134,7 +134,7 @@ def _rejection(config, m, stage_dir):
     pairs = data.user_non_reasoning_pairs(path, c.num_non_reasoning) if path else \
         data.non_reasoning_pairs(c.num_non_reasoning, config.seed)
     extra, cot_counts = stage3.non_reasoning_records(
-        c, stage3.context(model_config, tok, template), params, pairs)
+        c, judge.sampling_context(model_config, tok, template), params, pairs)
     records = data.shuffled(kept + extra, c.seed)
     summary = {"reasoning": len(kept), "non_reasoning": len(extra),
                "prompts": len(prompts),

@@ -15,20 +15,10 @@ from __future__ import annotations
 import pathlib
 
 from r1jax.data import templates
-from r1jax.data import tokenizer as tokenizer_lib
 from r1jax.evals import rollout
-from r1jax.models import config as config_lib
 from r1jax.r1 import common, judge, judge_data, non_reasoning, rejection
 from r1jax.r1 import config as r1_config
-from r1jax.rewards import registry
 from r1jax.train import base
-
-
-def context(model_config: config_lib.ModelConfig, tok: tokenizer_lib.Tokenizer,
-            template: templates.Template) -> rollout.Context:
-    """A sampling context for a judge or CoT writer (no rewards are scored with it)."""
-    return rollout.Context(model_config, tok, template,
-                           registry.Spec.from_dict({"format_strict": 1.0}), None, None)
 
 
 def judge_model(c: r1_config.RejectionStage, stage_dir: pathlib.Path, policy_dir, policy,
@@ -47,7 +37,7 @@ def judge_model(c: r1_config.RejectionStage, stage_dir: pathlib.Path, policy_dir
     """
     if not c.judge_train:
         model_config, params, tok = policy
-        return context(model_config, tok, template), params, str(policy_dir)
+        return judge.sampling_context(model_config, tok, template), params, str(policy_dir)
     start = policy_dir if c.judge_from == "policy" else base_dir
     if start is None:
         raise ValueError("rejection.judge_from='base' needs the base model's directory")
@@ -56,7 +46,7 @@ def judge_model(c: r1_config.RejectionStage, stage_dir: pathlib.Path, policy_dir
                                  judge_data.sft_records(items, template), c.judge_sft,
                                  desc="judge sft")
     model_config, params, tok = base.load_base(judge_dir)
-    return context(model_config, tok, template), params, str(judge_dir)
+    return judge.sampling_context(model_config, tok, template), params, str(judge_dir)
 
 
 def judge_agreement(ctx: rollout.Context, params, c: r1_config.RejectionStage,
